@@ -1,0 +1,1 @@
+"""Shared pieces of the TRPO family: the natural-gradient engine, the base class, rollouts, validation."""

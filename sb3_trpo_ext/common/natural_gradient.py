@@ -1,0 +1,245 @@
+"""
+The natural-gradient engine shared by ``TRPO``, ``NaturalPG`` and ``VineTRPO``.
+
+Pure functions on tensors (no ``self``), so each piece can be checked against an explicit matrix:
+
+- :func:`flat_grad`, :func:`get_flat_params`, :func:`set_flat_params`: move between a list of parameters and one vector;
+- :func:`fisher_vector_product_fn`: the analytic Fisher-vector product, i.e. the Hessian of the mean KL at the old
+  parameters times a vector (paper, Appendix C), by double back-propagation with the first gradient cached;
+- :func:`conjugate_gradient`: approximately solve ``A x = b`` with ``k`` steps;
+- :func:`full_step_scale`: ``beta = sqrt(2 delta / s^T F s)``, the step that meets the quadratic KL model;
+- :func:`backtracking_line_search`: shrink the step until the surrogate improves and the mean KL stays below
+  ``delta``; when every try fails, the parameters are restored bit for bit.
+"""
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch as th
+
+
+def get_flat_params(params: Sequence[th.Tensor]) -> th.Tensor:
+    """
+    Concatenate parameters into one detached vector (a copy).
+
+    :param params: the parameters
+    :return: a 1-D tensor holding every parameter value
+    """
+    return th.cat([p.detach().reshape(-1) for p in params]).clone()
+
+
+def set_flat_params(params: Sequence[th.Tensor], flat: th.Tensor) -> None:
+    """
+    Write a flat vector back into the parameters, in place.
+
+    :param params: the parameters to overwrite
+    :param flat: a 1-D tensor with as many elements as all ``params`` together
+    """
+    offset = 0
+    with th.no_grad():
+        for param in params:
+            numel = param.numel()
+            param.copy_(flat[offset : offset + numel].view_as(param))
+            offset += numel
+    if offset != flat.numel():
+        raise ValueError(f"flat vector has {flat.numel()} elements but the parameters need {offset}")
+
+
+def _restore(params: Sequence[th.Tensor], saved: Sequence[th.Tensor]) -> None:
+    with th.no_grad():
+        for param, value in zip(params, saved, strict=True):
+            param.copy_(value)
+
+
+def flat_grad(
+    output: th.Tensor,
+    params: Sequence[th.Tensor],
+    retain_graph: bool = False,
+    create_graph: bool = False,
+) -> th.Tensor:
+    """
+    Gradient of a scalar with respect to ``params`` as one vector (zeros for parameters it does not depend on).
+
+    :param output: a scalar tensor
+    :param params: the parameters to differentiate with respect to
+    :param retain_graph: keep the graph for another backward pass
+    :param create_graph: build the graph of the gradient (for second derivatives)
+    :return: a 1-D tensor
+    """
+    grads = th.autograd.grad(
+        output, params, retain_graph=retain_graph or create_graph, create_graph=create_graph, allow_unused=True
+    )
+    return th.cat([(th.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params, strict=True)])
+
+
+def fisher_vector_product_fn(
+    mean_kl: th.Tensor,
+    params: Sequence[th.Tensor],
+    damping: float = 0.0,
+) -> Callable[[th.Tensor], th.Tensor]:
+    """
+    Build ``v -> (F + damping * I) v`` where ``F`` is the Hessian of ``mean_kl`` with respect to ``params``.
+
+    ``mean_kl`` must be the mean KL between the (detached) old distribution and the distribution at the current
+    parameters, evaluated at the old parameters: its Hessian there is the Fisher information matrix, computed
+    analytically by integrating over actions (not the empirical outer-product Fisher). The first gradient is built
+    once with ``create_graph=True``; each product then costs one extra backward pass.
+
+    :param mean_kl: scalar mean KL, as a function of ``params`` through the autograd graph
+    :param params: the policy parameters
+    :param damping: Tikhonov damping added to the product (``cg_damping``)
+    :return: the Fisher-vector product function
+    """
+    kl_grad = flat_grad(mean_kl, params, create_graph=True)
+
+    def fisher_vector_product(vector: th.Tensor) -> th.Tensor:
+        product = flat_grad(th.dot(kl_grad, vector.detach()), params, retain_graph=True)
+        return product + damping * vector
+
+    return fisher_vector_product
+
+
+@dataclass
+class ConjugateGradientResult:
+    """Outcome of :func:`conjugate_gradient`."""
+
+    solution: th.Tensor
+    """Approximate solution ``x`` of ``A x = b``."""
+    residual_norm: float
+    """Norm of ``b - A x`` at the end."""
+    iterations: int
+    """Number of matrix-vector products used."""
+
+
+def conjugate_gradient(
+    matrix_vector_product: Callable[[th.Tensor], th.Tensor],
+    b: th.Tensor,
+    max_steps: int = 10,
+    residual_tol: float = 1e-10,
+) -> ConjugateGradientResult:
+    """
+    Approximately solve ``A x = b`` for a symmetric positive-definite ``A`` given only ``v -> A v``.
+
+    Starts from ``x = 0``; stops after ``max_steps`` products or when the squared residual norm falls below
+    ``residual_tol``.
+
+    :param matrix_vector_product: the function ``v -> A v``
+    :param b: the right-hand side
+    :param max_steps: the number of conjugate-gradient iterations ``k``
+    :param residual_tol: stop once ``||r||^2`` is below this
+    :return: the solution, the final residual norm and the number of iterations
+    """
+    x = th.zeros_like(b)
+    residual = b.clone()
+    direction = b.clone()
+    residual_sq = th.dot(residual, residual)
+    iterations = 0
+    for _ in range(max_steps):
+        if residual_sq.item() < residual_tol:
+            break
+        a_direction = matrix_vector_product(direction)
+        curvature = th.dot(direction, a_direction)
+        if not th.isfinite(curvature) or curvature.item() <= 0.0:
+            break
+        alpha = residual_sq / curvature
+        x = x + alpha * direction
+        residual = residual - alpha * a_direction
+        new_residual_sq = th.dot(residual, residual)
+        direction = residual + (new_residual_sq / residual_sq) * direction
+        residual_sq = new_residual_sq
+        iterations += 1
+    return ConjugateGradientResult(solution=x, residual_norm=float(residual_sq.sqrt()), iterations=iterations)
+
+
+def full_step_scale(direction: th.Tensor, fisher_direction: th.Tensor, target_kl: float) -> float:
+    """
+    The paper's maximal step length ``beta = sqrt(2 delta / (s^T F s))`` along the search direction ``s``.
+
+    With this scale the quadratic model of the KL, ``0.5 * beta^2 * s^T F s``, equals ``delta``.
+
+    :param direction: the search direction ``s`` (the conjugate-gradient solution)
+    :param fisher_direction: ``F s`` (undamped)
+    :param target_kl: ``delta``
+    :return: ``beta``, or ``nan`` when ``s^T F s`` is not positive and finite
+    """
+    curvature = float(th.dot(direction, fisher_direction))
+    if not (math.isfinite(curvature) and curvature > 0.0):
+        return float("nan")
+    return (2.0 * target_kl / curvature) ** 0.5
+
+
+def apply_fixed_step(
+    params: Sequence[th.Tensor],
+    step: th.Tensor,
+    evaluate: Callable[[], tuple[float, float]],
+) -> tuple[bool, float, float]:
+    """
+    Move ``params`` by ``step`` without a line search; undo the move, bit for bit, if the result is non-finite.
+
+    :param params: the policy parameters, modified in place
+    :param step: the full parameter change
+    :param evaluate: returns ``(surrogate objective, mean KL)`` at the current parameters
+    :return: whether the step was kept, and the objective and mean KL after it
+    """
+    saved = [p.detach().clone() for p in params]
+    set_flat_params(params, th.cat([s.reshape(-1) for s in saved]) + step)
+    objective, kl = evaluate()
+    if math.isfinite(objective) and math.isfinite(kl):
+        return True, objective, kl
+    _restore(params, saved)
+    return False, objective, kl
+
+
+@dataclass
+class LineSearchResult:
+    """Outcome of :func:`backtracking_line_search`."""
+
+    accepted: bool
+    """Whether a step was accepted (otherwise the parameters are unchanged)."""
+    iterations: int
+    """Number of candidate steps evaluated."""
+    step_fraction: float
+    """Fraction of the full step that was accepted (0 when none)."""
+    objective: float
+    """Surrogate objective at the final parameters."""
+    kl: float
+    """Mean KL at the final parameters (0 when none was accepted)."""
+
+
+def backtracking_line_search(
+    params: Sequence[th.Tensor],
+    full_step: th.Tensor,
+    evaluate: Callable[[], tuple[float, float]],
+    old_objective: float,
+    target_kl: float,
+    shrinking_factor: float = 0.8,
+    max_iter: int = 10,
+) -> LineSearchResult:
+    """
+    Try ``theta_old + shrinking_factor^i * full_step`` for ``i = 0, 1, ...`` and keep the first candidate whose
+    surrogate objective improves on ``old_objective`` and whose mean KL is at most ``target_kl``.
+
+    When no candidate is accepted (or one evaluates to a non-finite value), the parameters are restored to their
+    exact old values, bit for bit.
+
+    :param params: the policy parameters, modified in place
+    :param full_step: the step at fraction 1 (``beta * s``)
+    :param evaluate: returns ``(surrogate objective, mean KL)`` at the current parameters
+    :param old_objective: the surrogate objective at the old parameters
+    :param target_kl: the trust-region size ``delta``
+    :param shrinking_factor: the factor by which the step is shrunk after a failed try, in (0, 1)
+    :param max_iter: the maximal number of tries
+    :return: whether a step was accepted, and its diagnostics
+    """
+    saved = [p.detach().clone() for p in params]
+    old_flat = th.cat([s.reshape(-1) for s in saved])
+    fraction = 1.0
+    for iteration in range(1, max_iter + 1):
+        set_flat_params(params, old_flat + fraction * full_step)
+        objective, kl = evaluate()
+        if math.isfinite(objective) and math.isfinite(kl) and kl <= target_kl and objective > old_objective:
+            return LineSearchResult(True, iteration, fraction, objective, kl)
+        fraction *= shrinking_factor
+    _restore(params, saved)
+    return LineSearchResult(False, max_iter, 0.0, old_objective, 0.0)

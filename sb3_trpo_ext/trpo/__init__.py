@@ -1,0 +1,3 @@
+from sb3_trpo_ext.trpo.trpo import TRPO
+
+__all__ = ["TRPO"]

@@ -1,0 +1,164 @@
+"""TRPO, single-path: Schulman et al. (2015), https://arxiv.org/abs/1502.05477, Section 5.1 and Appendix C."""
+
+from typing import Any, TypeVar
+
+import torch as th
+from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
+
+from sb3_trpo_ext.common.base import NaturalGradientAlgorithm, StepOutcome
+from sb3_trpo_ext.common.natural_gradient import backtracking_line_search
+from sb3_trpo_ext.common.validation import check_in_range, check_int_at_least
+
+SelfTRPO = TypeVar("SelfTRPO", bound="TRPO")
+
+
+class TRPO(NaturalGradientAlgorithm):
+    """
+    Trust Region Policy Optimization, single-path method, with GAE advantages and an Adam-fitted critic.
+
+    Each update maximizes the importance-weighted surrogate subject to the mean KL between old and new action
+    distributions staying below ``target_kl``: conjugate gradient on the analytic Fisher gives the direction, the
+    step ``beta = sqrt(2 delta / s^T F s)`` meets the quadratic KL model, and a backtracking line search accepts the
+    first shrunk step that improves the surrogate with the *measured* mean KL <= ``target_kl`` (otherwise the
+    parameters are left exactly as they were).
+
+    Paper: https://arxiv.org/abs/1502.05477. Keyword names follow sb3-contrib's TRPO, so its YAML carries over; note
+    that ``target_kl`` here is the paper's whole-distribution KL (see the README for the conversion).
+
+    :param policy: the policy model (``MlpPolicy``, ``CnnPolicy``, ``MultiInputPolicy``) or a policy class
+    :param env: the environment to learn from (if registered in Gym, can be str)
+    :param learning_rate: learning rate of the critic's Adam optimizer (constant or schedule)
+    :param n_steps: steps to run per environment per update
+    :param batch_size: mini-batch size of the critic's updates
+    :param gamma: discount factor
+    :param cg_max_steps: conjugate-gradient iterations ``k`` (the paper uses 10)
+    :param cg_damping: damping added to the Fisher-vector product
+    :param line_search_shrinking_factor: factor by which the step shrinks after a rejected try, in (0, 1)
+    :param line_search_max_iter: maximal number of line-search tries
+    :param n_critic_updates: epochs of critic updates per rollout
+    :param gae_lambda: GAE trade-off of bias and variance
+    :param use_sde: use generalized State Dependent Exploration
+    :param sde_sample_freq: resample the gSDE noise every n steps (-1: only at the start of a rollout)
+    :param rollout_buffer_class: rollout buffer class (``None``: chosen from the observation space)
+    :param rollout_buffer_kwargs: keyword arguments of the rollout buffer
+    :param normalize_advantage: normalize the advantages
+    :param target_kl: the paper's ``delta``: bound on the mean whole-distribution KL of an update
+    :param sub_sampling_factor: use only every k-th sample of the rollout for the policy step (as in sb3-contrib)
+    :param fisher_sample_fraction: fraction of the policy batch used for the Fisher-vector products (paper: 0.1)
+    :param stats_window_size: window size of the rollout logging (episodes)
+    :param tensorboard_log: the log location for tensorboard (if None, no logging)
+    :param policy_kwargs: additional arguments passed to the policy on creation
+    :param verbose: 0 no output, 1 info, 2 debug
+    :param seed: seed of the pseudo random generators
+    :param device: device to run on (cpu, cuda, auto)
+    :param _init_setup_model: whether to build the network at the creation of the instance
+    """
+
+    def __init__(
+        self,
+        policy: str | type[ActorCriticPolicy],
+        env: GymEnv | str,
+        learning_rate: float | Schedule = 1e-3,
+        n_steps: int = 2048,
+        batch_size: int = 128,
+        gamma: float = 0.99,
+        cg_max_steps: int = 10,
+        cg_damping: float = 0.1,
+        line_search_shrinking_factor: float = 0.8,
+        line_search_max_iter: int = 10,
+        n_critic_updates: int = 10,
+        gae_lambda: float = 0.95,
+        use_sde: bool = False,
+        sde_sample_freq: int = -1,
+        rollout_buffer_class: type[RolloutBuffer] | None = None,
+        rollout_buffer_kwargs: dict[str, Any] | None = None,
+        normalize_advantage: bool = True,
+        target_kl: float = 0.01,
+        sub_sampling_factor: int = 1,
+        fisher_sample_fraction: float = 1.0,
+        stats_window_size: int = 100,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: th.device | str = "auto",
+        _init_setup_model: bool = True,
+    ) -> None:
+        check_in_range(
+            "line_search_shrinking_factor", line_search_shrinking_factor, 0.0, 1.0, False, False, " Peers use 0.8."
+        )
+        check_int_at_least("line_search_max_iter", line_search_max_iter, 1, " Peers use 10.")
+        self.line_search_shrinking_factor = line_search_shrinking_factor
+        self.line_search_max_iter = line_search_max_iter
+        super().__init__(
+            policy,
+            env,
+            learning_rate=learning_rate,
+            n_steps=n_steps,
+            batch_size=batch_size,
+            gamma=gamma,
+            cg_max_steps=cg_max_steps,
+            cg_damping=cg_damping,
+            n_critic_updates=n_critic_updates,
+            gae_lambda=gae_lambda,
+            use_sde=use_sde,
+            sde_sample_freq=sde_sample_freq,
+            rollout_buffer_class=rollout_buffer_class,
+            rollout_buffer_kwargs=rollout_buffer_kwargs,
+            normalize_advantage=normalize_advantage,
+            target_kl=target_kl,
+            sub_sampling_factor=sub_sampling_factor,
+            fisher_sample_fraction=fisher_sample_fraction,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            policy_kwargs=policy_kwargs,
+            verbose=verbose,
+            seed=seed,
+            device=device,
+            _init_setup_model=_init_setup_model,
+        )
+
+    def _apply_step(
+        self,
+        params: list[th.nn.Parameter],
+        direction: th.Tensor,
+        full_step_scale: float,
+        evaluate: Any,
+        old_objective: float,
+    ) -> StepOutcome:
+        result = backtracking_line_search(
+            params,
+            full_step_scale * direction,
+            evaluate,
+            old_objective,
+            self.target_kl,
+            self.line_search_shrinking_factor,
+            self.line_search_max_iter,
+        )
+        return StepOutcome(
+            accepted=result.accepted,
+            objective=result.objective,
+            kl=result.kl,
+            step_size=full_step_scale * result.step_fraction,
+            line_search_iterations=result.iterations,
+        )
+
+    def learn(
+        self: SelfTRPO,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 1,
+        tb_log_name: str = "TRPO",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfTRPO:
+        return super().learn(
+            total_timesteps=total_timesteps,
+            callback=callback,
+            log_interval=log_interval,
+            tb_log_name=tb_log_name,
+            reset_num_timesteps=reset_num_timesteps,
+            progress_bar=progress_bar,
+        )
