@@ -11,6 +11,7 @@ fit the critic, log. Subclasses differ only where the methods differ:
 - ``collect_rollouts``: how samples are gathered.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
@@ -33,6 +34,8 @@ from stable_baselines3.common.vec_env import VecEnv
 from torch.nn import functional as F
 
 from sb3_trpo_ext.common.distributions import SUPPORTED_DISTRIBUTIONS, detach_distribution, kl_per_state
+from sb3_trpo_ext.common.fast_mlp import mlp_layers, mse_gradients
+from sb3_trpo_ext.common.gauss_newton import gauss_newton_fisher_vector_product_fn
 from sb3_trpo_ext.common.natural_gradient import (
     conjugate_gradient,
     fisher_vector_product_fn,
@@ -212,6 +215,21 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
         if not isinstance(self.policy.action_dist, SUPPORTED_DISTRIBUTIONS):
             raise ValueError(f"Unsupported action distribution {type(self.policy.action_dist).__name__}")
         self._actor_params: list[th.nn.Parameter] | None = None
+        self._use_fused_adam()
+
+    def _use_fused_adam(self) -> None:
+        """
+        Switch the critic's Adam to its fused kernel (same update, a fraction of the per-step overhead on small nets).
+
+        Only for a plain ``th.optim.Adam`` on CPU/CUDA that has not stepped yet; the flag travels in the optimizer's
+        state dict, which SB3 and sb3-contrib load unchanged.
+        """
+        optimizer = self.policy.optimizer
+        if type(optimizer) is not th.optim.Adam or optimizer.state or self.device.type not in ("cpu", "cuda"):
+            return
+        for group in optimizer.param_groups:
+            if not group.get("foreach") and not group.get("differentiable") and not group.get("capturable"):
+                group["fused"] = True
 
     # ------------------------------------------------------------------ rollouts
 
@@ -318,15 +336,7 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
         if not (th.isfinite(batch.weights).all() and th.isfinite(gradient).all()):
             return self._skip_step(stats, "non-finite advantages or gradient")
 
-        n_samples = len(batch.actions)
-        n_fisher = max(1, round(self.fisher_sample_fraction * n_samples))
-        if n_fisher < n_samples:
-            index = th.randperm(n_samples, device=self.device)[:n_fisher]
-            fisher_distribution = policy.get_distribution(index_observations(batch.observations, index))
-            fisher_kl = kl_per_state(detach_distribution(fisher_distribution), fisher_distribution).mean()
-        else:
-            fisher_kl = kl_per_state(old_distribution, distribution).mean()
-        fisher_vector_product = fisher_vector_product_fn(fisher_kl, params, self.cg_damping)
+        fisher_vector_product = self._fisher_vector_product(batch, distribution, old_distribution, params)
         cg = conjugate_gradient(fisher_vector_product, gradient, self.cg_max_steps)
         direction = cg.solution
         stats.update(cg_residual=cg.residual_norm, cg_iterations=float(cg.iterations))
@@ -356,6 +366,33 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
         )
         return stats
 
+    def _fisher_vector_product(
+        self,
+        batch: PolicyBatch,
+        distribution: Distribution,
+        old_distribution: Distribution,
+        params: list[th.nn.Parameter],
+    ) -> Callable[[th.Tensor], th.Tensor]:
+        """
+        ``v -> (F + cg_damping I) v`` on the batch (or a ``fisher_sample_fraction`` subsample of it).
+
+        Plain MLP policies use the Gauss-Newton form (no second-order graph); everything else double back-propagates
+        through the mean KL. Both are the analytic Fisher (the KL's Hessian at the old parameters).
+        """
+        observations, n_samples = batch.observations, len(batch.actions)
+        n_fisher = max(1, round(self.fisher_sample_fraction * n_samples))
+        index = th.randperm(n_samples, device=self.device)[:n_fisher] if n_fisher < n_samples else None
+        if index is not None:
+            observations = index_observations(observations, index)
+        fast = gauss_newton_fisher_vector_product_fn(self.policy, observations, params, self.cg_damping)  # type: ignore[arg-type]
+        if fast is not None:
+            return fast
+        if index is not None:
+            distribution = self.policy.get_distribution(observations)
+            old_distribution = detach_distribution(distribution)
+        kl = kl_per_state(old_distribution, distribution).mean()
+        return fisher_vector_product_fn(kl, params, self.cg_damping)
+
     def _skip_step(self, stats: dict[str, float], reason: str) -> dict[str, float]:
         self.skipped_updates += 1
         if self.verbose >= 1:
@@ -378,19 +415,23 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
         if not th.isfinite(returns).all():
             return []
         optimizer = self.policy.optimizer
+        critic_layers = mlp_layers(self.policy, "critic") if isinstance(observations, th.Tensor) else None
         n_samples = len(returns)
-        losses = []
+        losses: list[th.Tensor] = []
         for _ in range(self.n_critic_updates):
             permutation = th.randperm(n_samples, device=self.device)
             for start in range(0, n_samples, self.batch_size):
                 index = permutation[start : start + self.batch_size]
-                values = self.policy.predict_values(index_observations(observations, index)).flatten()
-                loss = F.mse_loss(values, returns[index])
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                if critic_layers is not None:  # plain MLP critic: the same gradient, computed by hand
+                    losses.append(mse_gradients(critic_layers, observations[index], returns[index]))  # type: ignore[index]
+                else:
+                    values = self.policy.predict_values(index_observations(observations, index)).flatten()
+                    loss = F.mse_loss(values, returns[index])
+                    loss.backward()
+                    losses.append(loss.detach())
                 optimizer.step()
-                losses.append(loss.detach())
-        return [float(x) for x in th.stack(losses)] if losses else []
+        return th.stack(losses).tolist() if losses else []
 
     # ------------------------------------------------------------------ train
 

@@ -30,9 +30,10 @@ from stable_baselines3.common.distributions import (
     SquashedDiagGaussianDistribution,
 )
 from stable_baselines3.common.policies import ActorCriticPolicy
-from stable_baselines3.common.type_aliases import PyTorchObs
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
+
+from sb3_trpo_ext.common.fast_mlp import NumpyMlp, mlp_layers
 
 if TYPE_CHECKING:
     from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
@@ -42,8 +43,10 @@ class ActionSampler:
     """
     Draws actions from the current policy one step at a time, with the noise of a whole rollout drawn up front.
 
-    Diagonal Gaussian, Categorical, MultiCategorical and Bernoulli policies take the fast path (actor only, no
-    distribution object); gSDE and squashed Gaussians use the policy's own distribution.
+    Diagonal Gaussian, Categorical, MultiCategorical and Bernoulli policies take a fast path: only the actor runs (in
+    NumPy for plain MLP policies, see :mod:`sb3_trpo_ext.common.fast_mlp`), no distribution object is built, and the
+    noise comes from one torch RNG call per rollout (so ``seed`` still makes runs reproducible). gSDE and squashed
+    Gaussians use the policy's own distribution.
 
     :param policy: the actor-critic policy (fixed for the rollout)
     :param n_envs: number of environments
@@ -54,55 +57,62 @@ class ActionSampler:
         self.policy = policy
         self.step = 0
         dist = policy.action_dist
-        self.fast = not policy.use_sde and not isinstance(dist, SquashedDiagGaussianDistribution)
-        device = policy.device
-        self.noise: th.Tensor | None = None
+        self.kind = ""
         self.split: list[int] = []
-        if not self.fast:
-            return
-        if isinstance(dist, DiagGaussianDistribution):
+        shape: tuple[int, ...] = (n_steps, n_envs)
+        if policy.use_sde or isinstance(dist, SquashedDiagGaussianDistribution):
+            pass
+        elif isinstance(dist, DiagGaussianDistribution):
             self.kind = "gaussian"
-            self.noise = th.randn(n_steps, n_envs, dist.action_dim, device=device)
-            self.std = th.exp(policy.log_std.detach())
+            noise = th.randn(*shape, dist.action_dim)
+            self.std = th.exp(policy.log_std.detach()).cpu().numpy()
         elif isinstance(dist, CategoricalDistribution):
             self.kind = "categorical"
-            self.noise = self._gumbel((n_steps, n_envs, dist.action_dim), device)
+            noise = _gumbel((*shape, dist.action_dim))
         elif isinstance(dist, MultiCategoricalDistribution):
             self.kind = "categorical"
-            self.split = list(dist.action_dims)
-            self.noise = self._gumbel((n_steps, n_envs, sum(self.split)), device)
+            self.split = list(np.cumsum(dist.action_dims)[:-1])
+            noise = _gumbel((*shape, int(sum(dist.action_dims))))
         elif isinstance(dist, BernoulliDistribution):
             self.kind = "bernoulli"
-            self.noise = th.rand(n_steps, n_envs, dist.action_dims, device=device)
-        else:
-            self.fast = False
+            noise = th.rand(*shape, dist.action_dims)
+        if self.kind:
+            self.noise = noise.numpy()
+            layers = mlp_layers(policy, "actor")
+            self.numpy_actor = NumpyMlp(layers) if layers is not None else None
 
-    @staticmethod
-    def _gumbel(shape: tuple[int, ...], device: th.device) -> th.Tensor:
-        uniform = th.rand(shape, device=device).clamp_(min=1e-20, max=1.0 - 1e-7)
-        return -th.log(-th.log(uniform))
+    def _actor(self, obs: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
+        if self.numpy_actor is not None:
+            return self.numpy_actor(obs)  # type: ignore[arg-type]
+        policy = self.policy
+        with th.no_grad():
+            features = policy.extract_features(obs_as_tensor(obs, policy.device), policy.pi_features_extractor)
+            return policy.action_net(policy.mlp_extractor.forward_actor(features)).cpu().numpy()
 
-    def __call__(self, obs: PyTorchObs) -> th.Tensor:
+    def __call__(self, obs: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
         """
         :param obs: a batch of observations, one per environment
         :return: the sampled actions
         """
-        policy = self.policy
-        if not self.fast:
-            return policy.get_distribution(obs).get_actions()
-        assert self.noise is not None
+        if not self.kind:
+            with th.no_grad():
+                return self.policy.get_distribution(obs_as_tensor(obs, self.policy.device)).get_actions().cpu().numpy()
         noise = self.noise[self.step]
         self.step += 1
-        features = policy.extract_features(obs, policy.pi_features_extractor)
-        logits = policy.action_net(policy.mlp_extractor.forward_actor(features))
+        out = self._actor(obs)
         if self.kind == "gaussian":
-            return logits + self.std * noise
+            return out + self.std * noise
         if self.kind == "bernoulli":
-            return (noise < th.sigmoid(logits)).float()
-        perturbed = logits + noise  # Gumbel-max trick: argmax(logits + Gumbel) ~ Categorical(logits)
+            return (noise < 1.0 / (1.0 + np.exp(-out))).astype(np.float32)
+        perturbed = out + noise  # Gumbel-max trick: argmax(logits + Gumbel noise) ~ Categorical(logits)
         if not self.split:
-            return perturbed.argmax(dim=-1)
-        return th.stack([chunk.argmax(dim=-1) for chunk in th.split(perturbed, self.split, dim=-1)], dim=-1)
+            return perturbed.argmax(axis=-1)
+        return np.stack([chunk.argmax(axis=-1) for chunk in np.split(perturbed, self.split, axis=-1)], axis=-1)
+
+
+def _gumbel(shape: tuple[int, ...]) -> th.Tensor:
+    uniform = th.rand(shape).clamp_(min=1e-20, max=1.0 - 1e-7)
+    return -th.log(-th.log(uniform))
 
 
 def flatten_buffer_observations(rollout_buffer: RolloutBuffer, n_steps: int) -> np.ndarray | dict[str, np.ndarray]:
@@ -172,14 +182,14 @@ def collect_rollouts_fast(
     placeholder = th.zeros(env.num_envs, device=device)
     is_box = isinstance(algorithm.action_space, spaces.Box)
     is_discrete = isinstance(algorithm.action_space, spaces.Discrete)
+    plain_buffer = type(rollout_buffer) is RolloutBuffer and isinstance(algorithm.observation_space, spaces.Box)
     truncated_terminals: list[tuple[int, int, np.ndarray | dict[str, np.ndarray]]] = []
     callback.on_rollout_start()
 
     while n_steps < n_rollout_steps:
         if algorithm.use_sde and algorithm.sde_sample_freq > 0 and n_steps % algorithm.sde_sample_freq == 0:
             policy.reset_noise(env.num_envs)
-        with th.no_grad():
-            actions = sampler(obs_as_tensor(algorithm._last_obs, device)).cpu().numpy()  # type: ignore[arg-type]
+        actions = sampler(algorithm._last_obs)  # type: ignore[arg-type]
         clipped_actions = actions
         if is_box:
             if policy.squash_output:
@@ -198,14 +208,23 @@ def collect_rollouts_fast(
         for idx, done in enumerate(dones):
             if done and infos[idx].get("terminal_observation") is not None and infos[idx].get("TimeLimit.truncated", False):
                 truncated_terminals.append((n_steps, idx, infos[idx]["terminal_observation"]))
-        rollout_buffer.add(
-            algorithm._last_obs,  # type: ignore[arg-type]
-            actions,
-            rewards,
-            algorithm._last_episode_starts,  # type: ignore[arg-type]
-            placeholder,
-            placeholder,
-        )
+        if plain_buffer:  # what RolloutBuffer.add does, minus values and log-probs (filled in afterwards)
+            pos = rollout_buffer.pos
+            rollout_buffer.observations[pos] = algorithm._last_obs
+            rollout_buffer.actions[pos] = actions.reshape(rollout_buffer.actions.shape[1:])
+            rollout_buffer.rewards[pos] = rewards
+            rollout_buffer.episode_starts[pos] = algorithm._last_episode_starts
+            rollout_buffer.pos += 1
+            rollout_buffer.full = rollout_buffer.pos == rollout_buffer.buffer_size
+        else:
+            rollout_buffer.add(
+                algorithm._last_obs,  # type: ignore[arg-type]
+                actions,
+                rewards,
+                algorithm._last_episode_starts,  # type: ignore[arg-type]
+                placeholder,
+                placeholder,
+            )
         algorithm._last_obs = new_obs  # type: ignore[assignment]
         algorithm._last_episode_starts = dones
         n_steps += 1

@@ -86,9 +86,7 @@ class TRPO(NaturalGradientAlgorithm):
         device: th.device | str = "auto",
         _init_setup_model: bool = True,
     ) -> None:
-        check_in_range(
-            "line_search_shrinking_factor", line_search_shrinking_factor, 0.0, 1.0, False, False, " Peers use 0.8."
-        )
+        check_in_range("line_search_shrinking_factor", line_search_shrinking_factor, 0.0, 1.0, False, False, " Peers use 0.8.")
         check_int_at_least("line_search_max_iter", line_search_max_iter, 1, " Peers use 10.")
         self.line_search_shrinking_factor = line_search_shrinking_factor
         self.line_search_max_iter = line_search_max_iter
