@@ -190,7 +190,7 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
             _init_setup_model=False,
             supported_action_spaces=None,
         )
-        if self.action_space is not None:
+        if getattr(self, "action_space", None) is not None:
             check_action_space(self.action_space, name)
         if self.env is not None:
             check_batch_size(batch_size, n_steps, self.n_envs)

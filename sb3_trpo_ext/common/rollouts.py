@@ -15,6 +15,7 @@ Callbacks still see every step (``update_locals`` then ``on_step``, which can st
 the info buffer, ``dones`` mark episode starts, and ``VecNormalize`` is untouched (it lives in the env).
 """
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -89,15 +90,19 @@ class ActionSampler:
             features = policy.extract_features(obs_as_tensor(obs, policy.device), policy.pi_features_extractor)
             return policy.action_net(policy.mlp_extractor.forward_actor(features)).cpu().numpy()
 
-    def __call__(self, obs: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
+    def __call__(self, obs: np.ndarray | dict[str, np.ndarray], noise_rows: np.ndarray | None = None) -> np.ndarray:
         """
         :param obs: a batch of observations, one per environment
+        :param noise_rows: which row of this step's noise each observation uses (default: row i for observation i);
+            the vine method passes the rollout-set state of each branch, so branches from one state share noise
         :return: the sampled actions
         """
         if not self.kind:
             with th.no_grad():
                 return self.policy.get_distribution(obs_as_tensor(obs, self.policy.device)).get_actions().cpu().numpy()
         noise = self.noise[self.step]
+        if noise_rows is not None:
+            noise = noise[noise_rows]
         self.step += 1
         out = self._actor(obs)
         if self.kind == "gaussian":
@@ -159,6 +164,7 @@ def collect_rollouts_fast(
     callback: BaseCallback,
     rollout_buffer: RolloutBuffer,
     n_rollout_steps: int,
+    before_step: Callable[[int], None] | None = None,
 ) -> bool:
     """
     Fill ``rollout_buffer`` with ``n_rollout_steps`` steps per env, as ``OnPolicyAlgorithm.collect_rollouts`` does.
@@ -168,6 +174,8 @@ def collect_rollouts_fast(
     :param callback: called after each step; returning False stops collection
     :param rollout_buffer: the buffer to fill
     :param n_rollout_steps: steps per environment
+    :param before_step: called with the step index before each step, while the envs are in the state of
+        ``algorithm._last_obs`` (the vine method snapshots its rollout-set states there)
     :return: False if a callback asked to stop, True otherwise
     """
     assert algorithm._last_obs is not None, "No previous observation was provided"
@@ -189,6 +197,8 @@ def collect_rollouts_fast(
     while n_steps < n_rollout_steps:
         if algorithm.use_sde and algorithm.sde_sample_freq > 0 and n_steps % algorithm.sde_sample_freq == 0:
             policy.reset_noise(env.num_envs)
+        if before_step is not None:
+            before_step(n_steps)
         actions = sampler(algorithm._last_obs)  # type: ignore[arg-type]
         clipped_actions = actions
         if is_box:

@@ -1,0 +1,89 @@
+"""
+Demo (the `make demo` job): train TRPO on the paper's Hopper task for a few minutes.
+
+Prints evaluation returns as it learns, saves the model, its VecNormalize statistics and a learning-curve PNG under
+demo_output/, then loads the model back in a fresh object and evaluates it again.
+
+    python examples/demo_hopper.py --timesteps 300000
+"""
+
+import argparse
+import os
+import time
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import torch as th
+from stable_baselines3.common.callbacks import EvalCallback
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.vec_env import VecNormalize
+
+from sb3_trpo_ext import TRPO
+
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser.add_argument("--env", default="Hopper-v5")
+parser.add_argument("--timesteps", type=int, default=300_000)
+parser.add_argument("--eval-freq", type=int, default=10_000)
+parser.add_argument("--seed", type=int, default=0)
+parser.add_argument("--output", default="demo_output")
+args = parser.parse_args()
+
+th.set_num_threads(1)
+os.makedirs(args.output, exist_ok=True)
+
+# rl-zoo3's MuJoCo TRPO settings; target_kl is the paper's delta on the whole-distribution KL.
+env = VecNormalize(make_vec_env(args.env, n_envs=2, seed=args.seed), gamma=0.99)
+eval_env = VecNormalize(make_vec_env(args.env, n_envs=1, seed=args.seed + 100), training=False, norm_reward=False)
+model = TRPO(
+    "MlpPolicy", env, n_steps=1024, batch_size=128, cg_max_steps=25, cg_damping=0.1, n_critic_updates=20,
+    gae_lambda=0.95, target_kl=0.03, learning_rate=1e-3, seed=args.seed,
+)  # fmt: skip
+
+
+class SyncedEvalCallback(EvalCallback):
+    """EvalCallback whose eval env uses the training env's current normalization statistics."""
+
+    def _on_step(self) -> bool:
+        if self.eval_freq > 0 and self.n_calls % self.eval_freq == 0:
+            self.eval_env.obs_rms = env.obs_rms.copy()
+            result = super()._on_step()
+            print(f"  {self.num_timesteps:>7} steps: mean eval return {self.last_mean_reward:8.1f}", flush=True)
+            return result
+        return True
+
+
+callback = SyncedEvalCallback(
+    eval_env, eval_freq=args.eval_freq // 2, n_eval_episodes=5, log_path=args.output, deterministic=True, verbose=0
+)
+print(f"Training TRPO on {args.env} for {args.timesteps} steps")
+start = time.perf_counter()
+model.learn(args.timesteps, callback=callback)
+elapsed = time.perf_counter() - start
+print(f"Trained in {elapsed:.0f} s ({args.timesteps / elapsed:.0f} env-steps/s)")
+
+model_path = os.path.join(args.output, "trpo_hopper.zip")
+stats_path = os.path.join(args.output, "vecnormalize.pkl")
+model.save(model_path)
+env.save(stats_path)
+
+curve = np.load(os.path.join(args.output, "evaluations.npz"))
+plt.figure(figsize=(6, 4))
+plt.plot(curve["timesteps"], curve["results"].mean(axis=1), marker="o")
+plt.xlabel("environment steps")
+plt.ylabel("mean evaluation return")
+plt.title(f"sb3-trpo-ext TRPO on {args.env}")
+plt.grid(alpha=0.3)
+plt.tight_layout()
+plot_path = os.path.join(args.output, "learning_curve.png")
+plt.savefig(plot_path, dpi=100)
+
+loaded = TRPO.load(model_path)
+check_env = VecNormalize.load(stats_path, make_vec_env(args.env, n_envs=1, seed=args.seed + 200))
+check_env.training, check_env.norm_reward = False, False
+mean_return, std_return = evaluate_policy(loaded, check_env, n_eval_episodes=10, deterministic=True)
+print(f"Saved {model_path}, {stats_path}, {plot_path}")
+print(f"Loaded model: mean return over 10 episodes {mean_return:.1f} +/- {std_return:.1f}")

@@ -1,0 +1,57 @@
+"""
+The vine method's surrogate estimators (paper, Section 5.2), as pure functions on ``(N states, K actions)`` tensors.
+
+- Eq. (15), small discrete action spaces, every action rolled out: ``L_n = sum_k pi_theta(a_k|s_n) Q(s_n, a_k)``.
+- Eq. (16), any action space, self-normalized importance sampling:
+  ``L_n = sum_k w_k Q(s_n, a_{n,k}) / sum_k w_k`` with ``w_k = pi_theta(a_{n,k}|s_n) / q(a_{n,k}|s_n)``.
+  No baseline is needed: adding a constant to every ``Q(s_n, .)`` adds the same constant to ``L_n``.
+
+The surrogate is the mean of ``L_n`` over the rollout set.
+"""
+
+import torch as th
+
+
+def all_actions_surrogate(log_prob: th.Tensor, q_values: th.Tensor) -> th.Tensor:
+    """
+    Eq. (15): ``mean_n sum_k pi_theta(a_k | s_n) Q(s_n, a_k)``, when the K actions are all the actions.
+
+    :param log_prob: ``log pi_theta(a_k | s_n)``, shape ``(N, K)``
+    :param q_values: ``Q(s_n, a_k)``, shape ``(N, K)``
+    :return: the surrogate (scalar)
+    """
+    return (th.exp(log_prob) * q_values).sum(dim=1).mean()
+
+
+def importance_sampling_surrogate(log_prob: th.Tensor, log_q: th.Tensor, q_values: th.Tensor) -> th.Tensor:
+    """
+    Eq. (16): ``mean_n [sum_k w_k Q(s_n, a_{n,k})] / [sum_k w_k]``, ``w_k = pi_theta(a_{n,k}|s_n) / q(a_{n,k}|s_n)``.
+
+    Computed in log space for stability: the weights are a softmax over ``k`` of ``log pi_theta - log q``.
+
+    :param log_prob: ``log pi_theta(a_{n,k} | s_n)``, shape ``(N, K)``
+    :param log_q: ``log q(a_{n,k} | s_n)`` of the sampling distribution, shape ``(N, K)``
+    :param q_values: ``Q(s_n, a_{n,k})``, shape ``(N, K)``
+    :return: the surrogate (scalar)
+    """
+    weights = th.softmax(log_prob - log_q, dim=1)
+    return (weights * q_values).sum(dim=1).mean()
+
+
+def discounted_branch_returns(
+    rewards: th.Tensor,
+    alive: th.Tensor,
+    bootstrap_values: th.Tensor,
+    gamma: float,
+) -> th.Tensor:
+    """
+    ``Q(s, a) = sum_t gamma^t r_t + gamma^T V(s_T)`` for branch rollouts stopped at step ``T``.
+
+    :param rewards: rewards, shape ``(B, m)``, zero after a branch ended
+    :param alive: 1 where a branch was still running at step ``t`` (before that step's reward), shape ``(B, m)``
+    :param bootstrap_values: ``gamma^T V(s_T)`` already discounted, or 0 where not bootstrapped, shape ``(B,)``
+    :param gamma: the discount factor
+    :return: the Q estimates, shape ``(B,)``
+    """
+    discounts = gamma ** th.arange(rewards.shape[1], dtype=rewards.dtype, device=rewards.device)
+    return (rewards * alive * discounts).sum(dim=1) + bootstrap_values

@@ -1,0 +1,207 @@
+"""
+The vine method's rollout set (states chosen along the trunks), the K actions drawn at each, and the branch rollouts
+that estimate their Q-values.
+
+Choice of states: uniform over the visited trunk states, without replacement (the paper gives no rule; uniform is
+the plain choice, and with trunks long compared to ``1 / (1 - gamma)`` it is close to the discounted visitation).
+The indices are drawn before the trunk runs, so each chosen state is snapshotted when it is visited.
+"""
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.utils import obs_as_tensor
+
+from sb3_trpo_ext.common.rollouts import ActionSampler
+from sb3_trpo_ext.common.snapshot import Snapshot
+from sb3_trpo_ext.vine.branches import BranchObservationTransform, BranchWorkers
+
+if TYPE_CHECKING:
+    from sb3_trpo_ext.vine.vine import VineTRPO
+
+Observation = np.ndarray | dict[str, np.ndarray]
+
+
+@dataclass
+class RolloutSet:
+    """The N rollout-set states of one iteration: where they are in the trunk, their snapshots and observations."""
+
+    chosen: dict[int, list[int]]
+    """Trunk step -> env indices chosen at that step."""
+    snapshots: list[Snapshot] = field(default_factory=list)
+    observations_: list[Observation] = field(default_factory=list)
+    frame_stacks: list[list[np.ndarray]] = field(default_factory=list)
+
+    @classmethod
+    def choose(cls, n_steps: int, n_envs: int, n_states: int, rng: np.random.Generator) -> "RolloutSet":
+        """
+        :param n_steps: trunk steps per env
+        :param n_envs: number of envs
+        :param n_states: ``N``
+        :param rng: random generator
+        :return: an empty rollout set with ``N`` (step, env) positions drawn uniformly without replacement
+        """
+        chosen: dict[int, list[int]] = defaultdict(list)
+        for flat in np.sort(rng.choice(n_steps * n_envs, size=n_states, replace=False)):
+            chosen[int(flat) // n_envs].append(int(flat) % n_envs)
+        return cls(chosen=dict(chosen))
+
+    def envs_at_step(self, step: int) -> list[int]:
+        """:param step: trunk step
+        :return: env indices whose current state belongs to the rollout set"""
+        return self.chosen.get(step, [])
+
+    def add(self, step: int, index: int, snapshot: Snapshot, last_obs: Observation, stacks: list[np.ndarray]) -> None:
+        """
+        :param step: trunk step
+        :param index: env index
+        :param snapshot: the env's snapshot at that step
+        :param last_obs: the VecEnv's current observations (all envs)
+        :param stacks: the env's frame-stack buffers
+        """
+        if isinstance(last_obs, dict):
+            self.observations_.append({key: np.array(value[index]) for key, value in last_obs.items()})
+        else:
+            self.observations_.append(np.array(last_obs[index]))
+        self.snapshots.append(snapshot)
+        self.frame_stacks.append(stacks)
+
+    def observations(self) -> Observation:
+        """:return: the rollout-set observations as one batch, shape ``(N, *obs_shape)``"""
+        return _stack(self.observations_)
+
+
+def _stack(observations: list[Observation]) -> Observation:
+    if isinstance(observations[0], dict):
+        return {key: np.stack([obs[key] for obs in observations]) for key in observations[0]}  # type: ignore[index]
+    return np.stack(observations)  # type: ignore[arg-type]
+
+
+def sample_branch_actions(algorithm: "VineTRPO", observations: Observation) -> tuple[np.ndarray, np.ndarray]:
+    """
+    The K actions at each rollout-set state, drawn from ``q``, with ``log q``.
+
+    :param algorithm: the vine algorithm (its policy, action space and keywords)
+    :param observations: the rollout-set observations
+    :return: actions of shape ``(N, K, *action_shape)`` and ``log q`` of shape ``(N, K)``
+    """
+    space = algorithm.action_space
+    n_states = len(next(iter(observations.values())) if isinstance(observations, dict) else observations)
+    rng = algorithm._vine_rng()
+    if algorithm.uses_all_actions:
+        n = int(space.n)  # type: ignore[attr-defined]
+        return np.tile(np.arange(n), (n_states, 1)), np.full((n_states, n), -np.log(n))
+    n_actions = algorithm.n_actions_per_state
+    if algorithm.action_sampling == "uniform":
+        if isinstance(space, spaces.Discrete):
+            actions = rng.integers(0, int(space.n), size=(n_states, n_actions))
+            return actions, np.full(actions.shape, -np.log(int(space.n)))
+        if isinstance(space, spaces.MultiDiscrete):
+            nvec = space.nvec.reshape(-1)
+            actions = rng.integers(0, nvec, size=(n_states, n_actions, len(nvec)))
+            return actions, np.full((n_states, n_actions), -np.log(nvec).sum())
+        if isinstance(space, spaces.MultiBinary):
+            actions = rng.integers(0, 2, size=(n_states, n_actions, int(np.prod(space.shape))))
+            return actions, np.full((n_states, n_actions), -actions.shape[-1] * np.log(2.0))
+        raise ValueError("action_sampling='uniform' needs a discrete action space")
+    with th.no_grad():
+        distribution = algorithm.policy.get_distribution(obs_as_tensor(observations, algorithm.device))  # type: ignore[arg-type]
+        samples = [distribution.get_actions() for _ in range(n_actions)]
+        log_q = th.stack([distribution.log_prob(sample) for sample in samples], dim=1)
+    return th.stack(samples, dim=1).cpu().numpy(), log_q.cpu().numpy()
+
+
+def _env_actions(algorithm: "VineTRPO", actions: np.ndarray) -> np.ndarray:
+    """Actions as the env takes them (clipped or unsquashed Box actions), as the trunk does."""
+    space = algorithm.action_space
+    if isinstance(space, spaces.Box):
+        if algorithm.policy.squash_output:
+            return algorithm.policy.unscale_action(actions)
+        return np.clip(actions, space.low, space.high)
+    return actions
+
+
+def run_branch_rollouts(
+    algorithm: "VineTRPO",
+    workers: BranchWorkers,
+    transform: BranchObservationTransform,
+    rollout_set: RolloutSet,
+    actions: np.ndarray,
+) -> tuple[np.ndarray, int]:
+    """
+    Run the N x K branch rollouts in lockstep and estimate ``Q(s_n, a_{n,k})``.
+
+    A branch ends at ``rollout_length`` steps (bootstrapped with ``gamma^m V(s_m)`` when ``bootstrap_branches``),
+    at a termination (no bootstrap) or at a time-limit truncation (bootstrapped, as the trunk does).
+
+    :param algorithm: the vine algorithm
+    :param workers: the training env's workers
+    :param transform: the VecEnv wrappers' transforms
+    :param rollout_set: the states and their snapshots
+    :param actions: the first action of each branch, shape ``(N, K, *action_shape)``
+    :return: Q estimates of shape ``(N, K)`` and the number of simulator steps taken
+    """
+    n_states, n_actions = actions.shape[:2]
+    n_branches = n_states * n_actions
+    length, gamma = algorithm.rollout_length, algorithm.gamma
+    crn = algorithm.common_random_numbers
+    state_of = np.repeat(np.arange(n_states), n_actions)
+    snapshots: list[Any] = [rollout_set.snapshots[n] for n in state_of]
+    stacks = [np.stack([rollout_set.frame_stacks[n][f] for n in state_of]) for f in range(len(rollout_set.frame_stacks[0]))]
+    worker_of = np.arange(n_branches) % workers.n_workers
+    reseeds = None if crn else algorithm._vine_rng().integers(0, 2**31, size=n_branches)
+    sampler = ActionSampler(algorithm.policy, n_states if crn else n_branches, max(1, length - 1))
+    noise_rows = state_of if crn else np.arange(n_branches)
+
+    env_actions = np.array(_env_actions(algorithm, actions.reshape(n_branches, *actions.shape[2:])))  # a copy: updated in place
+    q_values = np.zeros(n_branches)
+    alive = np.ones(n_branches, dtype=bool)
+    steps = 0
+    for t in range(length):
+        live = np.flatnonzero(alive)
+        if live.size == 0:
+            break
+        work: list[list[tuple[Snapshot, Any, int | None]]] = [[] for _ in range(workers.n_workers)]
+        members: list[list[int]] = [[] for _ in range(workers.n_workers)]
+        for b in live:
+            reseed = int(reseeds[b]) if reseeds is not None and t == 0 else None
+            work[worker_of[b]].append((snapshots[b], env_actions[b], reseed))
+            members[worker_of[b]].append(int(b))
+        results = workers.step(work)
+        order = [b for group in members for b in group]
+        flat = [result for group in results for result in group]
+        steps += len(flat)
+        for b, (snapshot, *_rest) in zip(order, flat, strict=True):
+            snapshots[b] = snapshot
+        order_array = np.array(order)
+        raw_obs = _stack([result[1] for result in flat])
+        raw_rewards = np.array([result[2] for result in flat], dtype=np.float32)
+        terminated = np.array([result[3] for result in flat])
+        truncated = np.array([result[4] for result in flat])
+        obs, rewards, new_stacks = transform(raw_obs, raw_rewards, [s[order_array] for s in stacks])
+        for stack, new_stack in zip(stacks, new_stacks, strict=True):
+            stack[order_array] = new_stack
+        q_values[order_array] += gamma**t * rewards
+        cut = ~terminated & (truncated | (t == length - 1))
+        if t == length - 1 and not algorithm.bootstrap_branches:
+            cut &= truncated
+        if cut.any():
+            with th.no_grad():
+                values = algorithm.policy.predict_values(obs_as_tensor(_select(obs, cut), algorithm.device))  # type: ignore[arg-type]
+            q_values[order_array[cut]] += gamma ** (t + 1) * values.flatten().cpu().numpy()
+        alive[order_array[terminated | truncated]] = False
+        still = ~(terminated | truncated)
+        if t < length - 1 and still.any():
+            next_actions = sampler(_select(obs, still), noise_rows[order_array[still]])
+            env_actions[order_array[still]] = _env_actions(algorithm, next_actions)
+    return q_values.reshape(n_states, n_actions), steps
+
+
+def _select(obs: Observation, mask: np.ndarray) -> Observation:
+    if isinstance(obs, dict):
+        return {key: value[mask] for key, value in obs.items()}
+    return obs[mask]
