@@ -33,7 +33,13 @@ def _detach_torch_distribution(dist: th.distributions.Distribution) -> th.distri
     if isinstance(dist, Normal):
         return Normal(dist.loc.detach(), dist.scale.detach(), validate_args=False)
     if isinstance(dist, Categorical):
-        return Categorical(logits=dist.logits.detach(), validate_args=False)
+        # Keep the (already normalized) logits exactly: normalizing them again would change them by rounding, and
+        # KL(old || new) at identical parameters would not be exactly 0.
+        logits = dist.logits.detach()
+        detached = Categorical(logits=logits, validate_args=False)
+        detached.logits = detached._param = logits
+        detached.__dict__.pop("probs", None)
+        return detached
     if isinstance(dist, Bernoulli):
         return Bernoulli(logits=dist.logits.detach(), validate_args=False)
     raise TypeError(f"Unsupported torch distribution {type(dist).__name__}")

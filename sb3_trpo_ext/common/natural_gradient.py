@@ -36,14 +36,15 @@ def set_flat_params(params: Sequence[th.Tensor], flat: th.Tensor) -> None:
     :param params: the parameters to overwrite
     :param flat: a 1-D tensor with as many elements as all ``params`` together
     """
+    expected = sum(param.numel() for param in params)
+    if flat.numel() != expected:
+        raise ValueError(f"flat vector has {flat.numel()} elements but the parameters need {expected}")
     offset = 0
     with th.no_grad():
         for param in params:
             numel = param.numel()
             param.copy_(flat[offset : offset + numel].view_as(param))
             offset += numel
-    if offset != flat.numel():
-        raise ValueError(f"flat vector has {flat.numel()} elements but the parameters need {offset}")
 
 
 def _restore(params: Sequence[th.Tensor], saved: Sequence[th.Tensor]) -> None:

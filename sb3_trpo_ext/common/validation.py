@@ -1,5 +1,7 @@
 """Construction-time checks of hyperparameters, with errors that say what was wrong and how to fix it."""
 
+import numbers
+
 from gymnasium import spaces
 
 SUPPORTED_ACTION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
@@ -24,7 +26,7 @@ def check_int_at_least(name: str, value: int, minimum: int, hint: str = "") -> N
     :param hint: a suggestion appended to the message
     :raises ValueError: unless ``value`` is an integer ``>= minimum``
     """
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.{hint}")
 
 

@@ -1,0 +1,188 @@
+"""
+Bad inputs fail loudly at construction, and a NaN in the data never reaches the parameters.
+"""
+
+import math
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch as th
+from gymnasium import spaces
+
+from sb3_trpo_ext import TRPO, NaturalPG
+
+ALGORITHMS = [TRPO, NaturalPG]
+SMALL = dict(n_steps=64, batch_size=32, n_critic_updates=1, policy_kwargs=dict(net_arch=dict(pi=[8], vf=[8])))
+
+
+def _make(algorithm: type, env: Any = "CartPole-v1", **kwargs: Any):
+    return algorithm("MlpPolicy", env, **{**SMALL, **kwargs})
+
+
+# ---------------------------------------------------------------------------------------------------- shared keywords
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS, ids=lambda a: a.__name__)
+@pytest.mark.parametrize(
+    ("keyword", "value"),
+    [
+        ("target_kl", 0.0),
+        ("target_kl", -0.01),
+        ("target_kl", float("nan")),
+        ("cg_max_steps", 0),
+        ("cg_max_steps", -3),
+        ("cg_max_steps", 2.5),
+        ("cg_max_steps", 10.0),
+        ("cg_damping", -0.1),
+        ("fisher_sample_fraction", 0.0),
+        ("fisher_sample_fraction", -0.5),
+        ("fisher_sample_fraction", 1.5),
+        ("sub_sampling_factor", 0),
+        ("sub_sampling_factor", -1),
+        ("sub_sampling_factor", 1.5),
+    ],
+)
+def test_bad_shared_keyword_raises_value_error_naming_it(algorithm: type, keyword: str, value: Any) -> None:
+    with pytest.raises(ValueError, match=keyword):
+        _make(algorithm, **{keyword: value})
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS, ids=lambda a: a.__name__)
+@pytest.mark.parametrize(("n_envs", "batch_size"), [(1, 65), (2, 129)])
+def test_batch_size_larger_than_rollout_raises_value_error_naming_batch_size(
+    algorithm: type, n_envs: int, batch_size: int
+) -> None:
+    from stable_baselines3.common.env_util import make_vec_env
+
+    env = make_vec_env("CartPole-v1", n_envs=n_envs)
+    with pytest.raises(ValueError, match="batch_size"):
+        _make(algorithm, env, batch_size=batch_size)
+    env.close()
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS, ids=lambda a: a.__name__)
+def test_boundary_values_are_accepted(algorithm: type) -> None:
+    model = _make(algorithm, cg_damping=0.0, fisher_sample_fraction=1.0, cg_max_steps=1, batch_size=64)
+    assert model.cg_damping == 0.0 and model.fisher_sample_fraction == 1.0 and model.batch_size == 64
+    assert model.skipped_updates == 0
+
+
+# ---------------------------------------------------------------------------------------------------- TRPO only
+
+
+@pytest.mark.parametrize("factor", [0.0, 1.0, 1.5, -0.5])
+def test_trpo_line_search_shrinking_factor_outside_open_unit_interval_raises(factor: float) -> None:
+    with pytest.raises(ValueError, match="line_search_shrinking_factor"):
+        _make(TRPO, line_search_shrinking_factor=factor)
+
+
+@pytest.mark.parametrize("max_iter", [0, -1, 2.0])
+def test_trpo_line_search_max_iter_below_one_raises(max_iter: Any) -> None:
+    with pytest.raises(ValueError, match="line_search_max_iter"):
+        _make(TRPO, line_search_max_iter=max_iter)
+
+
+# ---------------------------------------------------------------------------------------------------- NaturalPG only
+
+
+@pytest.mark.parametrize("step_mode", ["adaptive", "KL", "", None])
+def test_natural_pg_invalid_step_mode_raises(step_mode: Any) -> None:
+    with pytest.raises(ValueError, match="step_mode"):
+        _make(NaturalPG, step_mode=step_mode)
+
+
+@pytest.mark.parametrize("step_size", [0.0, -0.1, float("nan")])
+def test_natural_pg_non_positive_step_size_raises(step_size: float) -> None:
+    with pytest.raises(ValueError, match="step_size"):
+        _make(NaturalPG, step_mode="constant", step_size=step_size)
+
+
+# ---------------------------------------------------------------------------------------------------- action spaces
+
+
+class _CompositeActionEnv(gym.Env):
+    """A one-step environment with a composite (Tuple or Dict) action space."""
+
+    observation_space = spaces.Box(-1.0, 1.0, (2,), dtype=np.float32)
+
+    def __init__(self, kind: str) -> None:
+        parts = (spaces.Discrete(2), spaces.Box(-1.0, 1.0, (1,), dtype=np.float32))
+        self.action_space = spaces.Tuple(parts) if kind == "tuple" else spaces.Dict({"a": parts[0], "b": parts[1]})
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        return np.zeros(2, dtype=np.float32), {}
+
+    def step(self, action: Any):
+        return np.zeros(2, dtype=np.float32), 0.0, True, False, {}
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS, ids=lambda a: a.__name__)
+@pytest.mark.parametrize("kind", ["tuple", "dict"])
+def test_unsupported_action_space_raises_value_error_naming_action_space(algorithm: type, kind: str) -> None:
+    with pytest.raises(ValueError, match="action space") as info:
+        _make(algorithm, _CompositeActionEnv(kind))
+    assert algorithm.__name__ in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------------- NaN in the data
+
+
+class _NanRewardAt(gym.Wrapper):
+    """Returns a NaN reward at step ``nan_step`` (counted over the whole life of the wrapper)."""
+
+    def __init__(self, env: gym.Env, nan_step: int) -> None:
+        super().__init__(env)
+        self.nan_step = nan_step
+        self.steps = 0
+
+    def step(self, action: Any):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.steps += 1
+        if self.steps == self.nan_step:
+            reward = float("nan")
+        return obs, reward, terminated, truncated, info
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS, ids=lambda a: a.__name__)
+@pytest.mark.parametrize(("env_id", "nan_step"), [("CartPole-v1", 20), ("Pendulum-v1", 64)])
+@pytest.mark.parametrize("normalize_advantage", [True, False])
+def test_nan_reward_leaves_every_policy_parameter_unchanged_and_counts_a_skipped_update(
+    algorithm: type, env_id: str, nan_step: int, normalize_advantage: bool
+) -> None:
+    env = _NanRewardAt(gym.make(env_id), nan_step)
+    model = _make(algorithm, env, seed=0, normalize_advantage=normalize_advantage, n_critic_updates=2)
+    before = {k: v.clone() for k, v in model.policy.state_dict().items()}
+    assert model.skipped_updates == 0
+
+    model.learn(total_timesteps=64)
+
+    assert env.steps >= nan_step  # the NaN was really collected
+    assert np.isnan(model.rollout_buffer.rewards).any()
+    after = model.policy.state_dict()
+    assert before.keys() == after.keys()
+    changed = [k for k in before if not th.equal(before[k], after[k])]
+    assert changed == []
+    assert model.skipped_updates >= 1
+    logged = model.logger.name_to_value
+    assert logged["train/skipped_updates"] >= 1
+    assert logged["train/step_size"] == 0.0
+    assert logged["train/is_line_search_success"] == 0.0
+    assert all(th.isfinite(p).all() for p in model.policy.parameters())
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS, ids=lambda a: a.__name__)
+def test_finite_rollout_updates_the_policy_without_skipping(algorithm: type) -> None:
+    # Control for the NaN test: the same setup without the NaN does change the actor and logs no skipped update.
+    model = _make(algorithm, "CartPole-v1", seed=0)
+    before = {k: v.clone() for k, v in model.policy.state_dict().items()}
+    model.learn(total_timesteps=64)
+    after = model.policy.state_dict()
+    assert any(not th.equal(before[k], after[k]) for k in before if k.startswith("action_net"))
+    assert model.skipped_updates == 0
+    logged = model.logger.name_to_value
+    assert logged["train/skipped_updates"] == 0
+    assert math.isfinite(logged["train/kl_divergence_loss"])
+    assert logged["train/kl_divergence_loss"] <= model.target_kl * (1.0 + 1e-6) or algorithm is NaturalPG
