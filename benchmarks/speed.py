@@ -23,12 +23,15 @@ from sb3_contrib import TRPO as ContribTRPO
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import VecNormalize
 
-from sb3_trpo_ext import TRPO
+from sb3_trpo_ext import TRPO, VineTRPO
 
 ZOO_SETTINGS: dict[str, Any] = dict(
     n_steps=1024, batch_size=128, gamma=0.99, gae_lambda=0.95, cg_max_steps=25, cg_damping=0.1, n_critic_updates=20,
     learning_rate=1e-3,
 )  # fmt: skip
+
+
+VINE_SETTINGS: dict[str, Any] = dict(n_rollout_states=64, n_actions_per_state=4, rollout_length=50)
 
 
 def build(cls: type, n_envs: int, seed: int, target_kl: float) -> Any:
@@ -57,13 +60,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20480, help="timed env steps per round and model")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--n-envs", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--skip-vine", action="store_true", help="skip the VineTRPO vs TRPO table")
+    parser.add_argument("--only-vine", action="store_true", help="only the VineTRPO vs TRPO table")
     args = parser.parse_args()
     th.set_num_threads(1)
     gym.logger.min_level = 40
     act_dim = 3  # Hopper-v5
     print(f"torch {th.__version__}, 1 thread, Hopper-v5, {args.steps} steps x {args.rounds} rounds per model")
     print(f"{'n_envs':>6} {'lib':>12} {'steps/s':>9} {'train() ms':>11}")
-    for n_envs in args.n_envs:
+    for n_envs in [] if args.only_vine else args.n_envs:
         models = {
             "sb3-contrib": build(ContribTRPO, n_envs, 0, target_kl=0.01),
             "sb3-trpo-ext": build(TRPO, n_envs, 0, target_kl=0.01 * act_dim),
@@ -84,6 +89,24 @@ def main() -> None:
             f"{n_envs:>6} {'ratio':>12} {rates['sb3-trpo-ext'] / rates['sb3-contrib']:>8.2f}x "
             f"{trains['sb3-trpo-ext'] / trains['sb3-contrib']:>10.2f}x   (steps/s: higher is better; train(): lower)"
         )
+    if not args.skip_vine:
+        vine_vs_single_path(args, act_dim)
+
+
+def vine_vs_single_path(args: argparse.Namespace, act_dim: int) -> None:
+    """Simulator steps/s (trunk + branches) of VineTRPO vs single-path TRPO, same env and n_envs."""
+    print("\nVineTRPO (N=64 states, K=4, m=50) vs TRPO: simulator steps/s, Hopper-v5")
+    print(f"{'n_envs':>6} {'TRPO':>9} {'VineTRPO':>9} {'ratio':>7}")
+    for n_envs in args.n_envs:
+        rates = {}
+        for name, cls, extra in (("TRPO", TRPO, {}), ("VineTRPO", VineTRPO, VINE_SETTINGS)):
+            env = VecNormalize(make_vec_env("Hopper-v5", n_envs=n_envs, seed=0), gamma=0.99)
+            model = cls("MlpPolicy", env, seed=0, target_kl=0.01 * act_dim, **ZOO_SETTINGS, **extra)
+            timed_learn(model, 2 * 1024 * n_envs)
+            before = model.num_timesteps
+            seconds = timed_learn(model, args.rounds * args.steps)
+            rates[name] = (model.num_timesteps - before) / seconds
+        print(f"{n_envs:>6} {rates['TRPO']:>9.0f} {rates['VineTRPO']:>9.0f} {rates['VineTRPO'] / rates['TRPO']:>6.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,20 +1,24 @@
 """
-Branch rollouts of the vine method: from saved simulator states, all branches stepped in lockstep.
+Branch rollouts of the vine method: from saved simulator states, many branches stepped in lockstep.
 
-Each lockstep step sends every worker the list of ``(snapshot, action)`` pairs it must step; a worker restores each
-branch's simulator state, steps it once with Monitor paused, and returns the new snapshot with the transition.
-One batched policy forward then gives the next actions of every live branch. With a ``SubprocVecEnv`` the workers
-step their branches in parallel.
+Each worker of the training VecEnv keeps a pool of clones of its env (made once, by deep copy, with their Monitor
+bookkeeping switched off). A branch is started by restoring a rollout-set snapshot into a clone; then every
+lockstep step sends each worker the actions of its live branches and gets the transitions back, and one batched
+policy forward gives the next actions of all branches. The training envs themselves are never touched, so the
+trunk continues exactly where it was and Monitor statistics only ever see the trunk. With a ``SubprocVecEnv``, the
+workers step their branches in parallel.
 
 The VecEnv wrappers' observation and reward transforms (``VecNormalize`` with frozen statistics,
-``VecTransposeImage``, ``VecFrameStack``) are replayed on the branch observations by
-:class:`BranchObservationTransform`; nothing in the training env is updated by branch steps.
+``VecTransposeImage``, ``VecFrameStack``) are replayed on branch observations by
+:class:`BranchObservationTransform`; no statistics are updated by branch steps.
 """
 
+import copy
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
+from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import (
     DummyVecEnv,
     SubprocVecEnv,
@@ -26,56 +30,94 @@ from stable_baselines3.common.vec_env import (
     VecTransposeImage,
 )
 
-from sb3_trpo_ext.common.snapshot import Snapshot, capture, monitor_paused, restore
+from sb3_trpo_ext.common.snapshot import Snapshot, SnapshotWrapper, capture, restore
 
-BranchStep = tuple[Snapshot, Any, float, bool, bool]
-"""What a worker returns for one branch: (new snapshot, observation, reward, terminated, truncated)."""
+Transition = tuple[Any, float, bool, bool]
+"""What a branch step returns: (observation, reward, terminated, truncated)."""
 
-BRANCH_METHOD = "vine_step_branches"
 SUPPORTED_VEC_WRAPPERS = (VecNormalize, VecTransposeImage, VecFrameStack, VecMonitor)
 
 
-def step_branches(env: gym.Env, items: list[tuple[Snapshot, Any, int | None]]) -> list[BranchStep]:
-    """
-    Step each branch once: restore its state, step, snapshot the result. Monitor statistics are not touched.
+def _clone_without_bookkeeping(env: gym.Env) -> gym.Env:
+    """A deep copy of ``env`` whose Monitor layers step straight through (no statistics, no file)."""
+    layers = []
+    layer: Any = env
+    while True:
+        layers.append(layer)
+        if not isinstance(layer, gym.Wrapper):
+            break
+        layer = layer.env
+    memo: dict[int, Any] = {}
+    for layer in layers:
+        if isinstance(layer, Monitor) and layer.results_writer is not None:
+            memo[id(layer.results_writer)] = None
+    clone = copy.deepcopy(env, memo)
+    layer = clone
+    while isinstance(layer, gym.Wrapper):
+        if isinstance(layer, (Monitor, gym.wrappers.RecordEpisodeStatistics)):
+            inner = layer.env
+            vars(layer)["step"] = inner.step
+            vars(layer)["reset"] = inner.reset
+        layer = layer.env
+    return clone
 
-    :param env: one (Monitor-wrapped) environment of the training VecEnv
-    :param items: ``(snapshot, action, reseed)`` per branch; ``reseed`` (when not None) reseeds the env's
-        ``np_random`` after the restore, which breaks common random numbers in the simulator
-    :return: one :data:`BranchStep` per item
+
+class BranchPool:
     """
-    results: list[BranchStep] = []
-    with monitor_paused(env):
-        for snapshot, action, reseed in items:
-            restore(env, snapshot)
+    Clones of one env that hold branch rollouts; lives next to the env (in the worker for ``SubprocVecEnv``).
+
+    :param env: the env to clone (never modified)
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        self.env = env
+        self.clones: list[gym.Env] = []
+
+    def start(self, items: list[tuple[Snapshot, int | None]]) -> None:
+        """
+        Restore one snapshot into each of the first ``len(items)`` clones (making clones as needed).
+
+        :param items: ``(snapshot, reseed)`` per branch; ``reseed`` (when not None) reseeds the clone's ``np_random``
+            after the restore, which breaks common random numbers in the simulator
+        """
+        while len(self.clones) < len(items):
+            self.clones.append(_clone_without_bookkeeping(self.env))
+        for clone, (snapshot, reseed) in zip(self.clones, items, strict=False):
+            restore(clone, snapshot)
             if reseed is not None:
-                env.unwrapped._np_random = np.random.default_rng(reseed)  # type: ignore[attr-defined]
-            obs, reward, terminated, truncated, _ = env.step(action)
-            results.append((capture(env), obs, float(reward), bool(terminated), bool(truncated)))
-    return results
+                clone.unwrapped._np_random = np.random.default_rng(reseed)  # type: ignore[attr-defined]
+
+    def step(self, actions: list[tuple[int, Any]]) -> list[Transition]:
+        """
+        :param actions: ``(slot, action)`` for each live branch
+        :return: the transitions, in the same order
+        """
+        results: list[Transition] = []
+        for slot, action in actions:
+            obs, reward, terminated, truncated, _ = self.clones[slot].step(action)
+            results.append((obs, float(reward), bool(terminated), bool(truncated)))
+        return results
 
 
-class VineWorkerWrapper(gym.Wrapper):
+class VineWorkerWrapper(SnapshotWrapper):
     """
-    Gives a ``SubprocVecEnv`` worker the branch-stepping method. Use it as ``wrapper_class`` of ``make_vec_env``::
+    Gives a ``SubprocVecEnv`` worker the snapshot and branch methods. Use it as ``wrapper_class`` of ``make_vec_env``::
 
         env = make_vec_env("Hopper-v5", n_envs=4, vec_env_cls=SubprocVecEnv, wrapper_class=VineWorkerWrapper)
 
     ``DummyVecEnv`` needs no wrapper.
     """
 
-    def vine_step_branches(self, items: list[tuple[Snapshot, Any, int | None]]) -> list[BranchStep]:
-        """:param items: see :func:`step_branches`
-        :return: see :func:`step_branches`"""
-        return step_branches(self, items)
+    def vine_start_branches(self, items: list[tuple[Snapshot, int | None]]) -> None:
+        """:param items: see :meth:`BranchPool.start`"""
+        if not hasattr(self, "_branch_pool"):
+            self._branch_pool = BranchPool(self.env)
+        self._branch_pool.start(items)
 
-    def vine_capture(self) -> Snapshot:
-        """:return: the snapshot of this env's current state"""
-        return capture(self)
-
-    def vine_restore(self, snapshot: Snapshot) -> None:
-        """:param snapshot: a snapshot to restore"""
-        restore(self, snapshot)
+    def vine_step_branches(self, actions: list[tuple[int, Any]]) -> list[Transition]:
+        """:param actions: see :meth:`BranchPool.step`
+        :return: see :meth:`BranchPool.step`"""
+        return self._branch_pool.step(actions)
 
 
 class BranchWorkers:
@@ -83,6 +125,7 @@ class BranchWorkers:
     The training VecEnv's workers, used for snapshots and branch steps.
 
     :param venv: the training environment (possibly wrapped in VecEnv wrappers)
+    :raises ValueError: for a VecEnv the branches cannot run on
     """
 
     def __init__(self, venv: VecEnv) -> None:
@@ -90,12 +133,15 @@ class BranchWorkers:
         while isinstance(base, VecEnvWrapper):
             base = base.venv
         if isinstance(base, SubprocVecEnv):
-            if not all(base.env_method("has_wrapper_attr", BRANCH_METHOD)):
+            if not all(base.env_method("has_wrapper_attr", "vine_step_branches")):
                 raise ValueError(
                     "VineTRPO with a SubprocVecEnv needs each env wrapped in VineWorkerWrapper, e.g. "
                     "make_vec_env(env_id, n_envs, vec_env_cls=SubprocVecEnv, wrapper_class=VineWorkerWrapper)."
                 )
-        elif not isinstance(base, DummyVecEnv):
+            self.pools: list[BranchPool] = []
+        elif isinstance(base, DummyVecEnv):
+            self.pools = [BranchPool(env) for env in base.envs]
+        else:
             raise ValueError(f"VineTRPO supports DummyVecEnv and SubprocVecEnv, got {type(base).__name__}.")
         self.base = base
         self.n_workers = base.num_envs
@@ -103,34 +149,31 @@ class BranchWorkers:
     def capture(self, index: int) -> Snapshot:
         """:param index: env index
         :return: the snapshot of that env's current state"""
-        if isinstance(self.base, DummyVecEnv):
-            return capture(self.base.envs[index])
-        return self.base.env_method("vine_capture", indices=[index])[0]
+        if self.pools:
+            return capture(self.base.envs[index], live=False)  # type: ignore[attr-defined]
+        return self.base.env_method("get_snapshot", False, indices=[index])[0]
 
-    def restore(self, index: int, snapshot: Snapshot) -> None:
-        """:param index: env index
-        :param snapshot: the snapshot to restore there"""
-        if isinstance(self.base, DummyVecEnv):
-            restore(self.base.envs[index], snapshot)
-        else:
-            self.base.env_method("vine_restore", snapshot, indices=[index])
-
-    def step(self, work: list[list[tuple[Snapshot, Any, int | None]]]) -> list[list[BranchStep]]:
-        """
-        Step every worker's branches (in parallel for SubprocVecEnv).
-
-        :param work: per worker, its ``(snapshot, action, reseed)`` items
-        :return: per worker, its results
-        """
-        if isinstance(self.base, DummyVecEnv):
-            return [step_branches(env, items) if items else [] for env, items in zip(self.base.envs, work, strict=True)]
-        busy = [index for index, items in enumerate(work) if items]
+    def _call(self, method: str, payloads: list[Any]) -> list[Any]:
+        """Call ``method`` on every worker with a non-empty payload, in parallel; ``[]`` for the others."""
+        if self.pools:
+            return [getattr(pool, method)(payload) if payload else [] for pool, payload in zip(self.pools, payloads)]
+        busy = [index for index, payload in enumerate(payloads) if payload]
+        remotes = self.base.remotes  # type: ignore[attr-defined]
         for index in busy:
-            self.base.remotes[index].send(("env_method", (BRANCH_METHOD, (work[index],), {})))
-        results: list[list[BranchStep]] = [[] for _ in work]
+            remotes[index].send(("env_method", (f"vine_{method}_branches", (payloads[index],), {})))
+        results: list[Any] = [[] for _ in payloads]
         for index in busy:
-            results[index] = self.base.remotes[index].recv()
+            results[index] = remotes[index].recv()
         return results
+
+    def start(self, items: list[list[tuple[Snapshot, int | None]]]) -> None:
+        """:param items: per worker, ``(snapshot, reseed)`` per branch (its slot is its position)"""
+        self._call("start", items)
+
+    def step(self, actions: list[list[tuple[int, Any]]]) -> list[list[Transition]]:
+        """:param actions: per worker, ``(slot, action)`` per live branch
+        :return: per worker, the transitions"""
+        return self._call("step", actions)
 
 
 class BranchObservationTransform:

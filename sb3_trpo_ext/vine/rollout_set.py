@@ -150,14 +150,20 @@ def run_branch_rollouts(
     length, gamma = algorithm.rollout_length, algorithm.gamma
     crn = algorithm.common_random_numbers
     state_of = np.repeat(np.arange(n_states), n_actions)
-    snapshots: list[Any] = [rollout_set.snapshots[n] for n in state_of]
     stacks = [np.stack([rollout_set.frame_stacks[n][f] for n in state_of]) for f in range(len(rollout_set.frame_stacks[0]))]
     worker_of = np.arange(n_branches) % workers.n_workers
+    slot_of = np.arange(n_branches) // workers.n_workers
     reseeds = None if crn else algorithm._vine_rng().integers(0, 2**31, size=n_branches)
+    starts: list[list[tuple[Snapshot, int | None]]] = [[] for _ in range(workers.n_workers)]
+    for b in range(n_branches):
+        starts[worker_of[b]].append((rollout_set.snapshots[state_of[b]], None if reseeds is None else int(reseeds[b])))
+    workers.start(starts)
     sampler = ActionSampler(algorithm.policy, n_states if crn else n_branches, max(1, length - 1))
     noise_rows = state_of if crn else np.arange(n_branches)
 
-    env_actions = np.array(_env_actions(algorithm, actions.reshape(n_branches, *actions.shape[2:])))  # a copy: updated in place
+    env_actions = np.array(
+        _env_actions(algorithm, actions.reshape(n_branches, *actions.shape[2:]))
+    )  # a copy: updated in place
     q_values = np.zeros(n_branches)
     alive = np.ones(n_branches, dtype=bool)
     steps = 0
@@ -165,39 +171,34 @@ def run_branch_rollouts(
         live = np.flatnonzero(alive)
         if live.size == 0:
             break
-        work: list[list[tuple[Snapshot, Any, int | None]]] = [[] for _ in range(workers.n_workers)]
+        work: list[list[tuple[int, Any]]] = [[] for _ in range(workers.n_workers)]
         members: list[list[int]] = [[] for _ in range(workers.n_workers)]
         for b in live:
-            reseed = int(reseeds[b]) if reseeds is not None and t == 0 else None
-            work[worker_of[b]].append((snapshots[b], env_actions[b], reseed))
+            work[worker_of[b]].append((int(slot_of[b]), env_actions[b]))
             members[worker_of[b]].append(int(b))
-        results = workers.step(work)
-        order = [b for group in members for b in group]
-        flat = [result for group in results for result in group]
+        flat = [transition for group in workers.step(work) for transition in group]
+        order = np.array([b for group in members for b in group])
         steps += len(flat)
-        for b, (snapshot, *_rest) in zip(order, flat, strict=True):
-            snapshots[b] = snapshot
-        order_array = np.array(order)
-        raw_obs = _stack([result[1] for result in flat])
-        raw_rewards = np.array([result[2] for result in flat], dtype=np.float32)
-        terminated = np.array([result[3] for result in flat])
-        truncated = np.array([result[4] for result in flat])
-        obs, rewards, new_stacks = transform(raw_obs, raw_rewards, [s[order_array] for s in stacks])
+        raw_obs = _stack([transition[0] for transition in flat])
+        raw_rewards = np.array([transition[1] for transition in flat], dtype=np.float32)
+        terminated = np.array([transition[2] for transition in flat])
+        truncated = np.array([transition[3] for transition in flat])
+        obs, rewards, new_stacks = transform(raw_obs, raw_rewards, [s[order] for s in stacks])
         for stack, new_stack in zip(stacks, new_stacks, strict=True):
-            stack[order_array] = new_stack
-        q_values[order_array] += gamma**t * rewards
+            stack[order] = new_stack
+        q_values[order] += gamma**t * rewards
         cut = ~terminated & (truncated | (t == length - 1))
         if t == length - 1 and not algorithm.bootstrap_branches:
             cut &= truncated
         if cut.any():
             with th.no_grad():
                 values = algorithm.policy.predict_values(obs_as_tensor(_select(obs, cut), algorithm.device))  # type: ignore[arg-type]
-            q_values[order_array[cut]] += gamma ** (t + 1) * values.flatten().cpu().numpy()
-        alive[order_array[terminated | truncated]] = False
-        still = ~(terminated | truncated)
-        if t < length - 1 and still.any():
-            next_actions = sampler(_select(obs, still), noise_rows[order_array[still]])
-            env_actions[order_array[still]] = _env_actions(algorithm, next_actions)
+            q_values[order[cut]] += gamma ** (t + 1) * values.flatten().cpu().numpy()
+        ended = terminated | truncated
+        alive[order[ended]] = False
+        if t < length - 1 and not ended.all():
+            next_actions = sampler(_select(obs, ~ended), noise_rows[order[~ended]])
+            env_actions[order[~ended]] = _env_actions(algorithm, next_actions)
     return q_values.reshape(n_states, n_actions), steps
 
 

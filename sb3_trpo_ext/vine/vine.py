@@ -91,7 +91,11 @@ class VineTRPO(TRPO):
         self.bootstrap_branches = bootstrap_branches
         self.common_random_numbers = common_random_numbers
         super().__init__(policy, env, n_steps=n_steps, **kwargs)
-        if getattr(self, "action_space", None) is not None and action_sampling == "uniform" and isinstance(self.action_space, spaces.Box):
+        if (
+            getattr(self, "action_space", None) is not None
+            and action_sampling == "uniform"
+            and isinstance(self.action_space, spaces.Box)
+        ):
             raise ValueError("action_sampling='uniform' needs a discrete action space; use 'policy' for Box actions.")
         if self.env is not None:
             if n_rollout_states > n_steps * self.n_envs:
@@ -137,8 +141,7 @@ class VineTRPO(TRPO):
         :param n_rollout_steps: trunk steps per environment
         :return: True if collection finished, False if a callback stopped it
         """
-        workers = BranchWorkers(env)
-        transform = BranchObservationTransform(env)
+        workers, transform = self._branch_machinery(env)
         rollout_set = RolloutSet.choose(n_rollout_steps, env.num_envs, self.n_rollout_states, self._vine_rng())
 
         def snapshot_chosen_states(step: int) -> None:
@@ -150,12 +153,9 @@ class VineTRPO(TRPO):
             return False
         trunk_steps = self.num_timesteps - steps_before
 
-        trunk_states = [workers.capture(index) for index in range(env.num_envs)]
         observations = rollout_set.observations()
         actions, log_q = sample_branch_actions(self, observations)
         q_values, branch_steps = run_branch_rollouts(self, workers, transform, rollout_set, actions)
-        for index, snapshot in enumerate(trunk_states):
-            workers.restore(index, snapshot)
         self.num_timesteps += branch_steps
 
         n_states, n_actions = q_values.shape
@@ -169,6 +169,14 @@ class VineTRPO(TRPO):
         self.logger.record("rollout/branch_steps", branch_steps)
         self.logger.record("rollout/mean_q_value", float(q_values.mean()))
         return True
+
+    def _branch_machinery(self, env: VecEnv) -> tuple[BranchWorkers, BranchObservationTransform]:
+        """The workers (with their pools of branch envs, kept across iterations) and the VecEnv transforms."""
+        cached = getattr(self, "_branches", None)
+        if cached is None or cached[0] is not env:
+            cached = (env, BranchWorkers(env), BranchObservationTransform(env))
+            self._branches = cached
+        return cached[1], cached[2]
 
     def _vine_rng(self) -> np.random.Generator:
         if not hasattr(self, "_rng"):
@@ -209,7 +217,7 @@ class VineTRPO(TRPO):
         )
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_vine_batch", "_vine_log_q", "_rng"]
+        return [*super()._excluded_save_params(), "_vine_batch", "_vine_log_q", "_rng", "_branches"]
 
 
 def _repeat_observations(observations: PyTorchObs, times: int) -> PyTorchObs:

@@ -1,0 +1,558 @@
+"""
+Snapshots of simulator state (sb3_trpo_ext.common.snapshot): restoring a snapshot and replaying the same actions
+reproduces observations, rewards, terminations and truncations bit for bit.
+"""
+
+import pickle
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation, RecordEpisodeStatistics
+from stable_baselines3.common.atari_wrappers import AtariWrapper
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecFrameStack, VecMonitor, VecNormalize
+
+from sb3_trpo_ext.common.snapshot import (
+    Snapshot,
+    SnapshotError,
+    SnapshotWrapper,
+    capture,
+    capture_vec,
+    capture_vec_frame_stack,
+    check_snapshottable,
+    monitor_paused,
+    monitor_paused_vec,
+    register_snapshot_adapter,
+    restore,
+    restore_vec,
+    restore_vec_frame_stack,
+    unregister_snapshot_adapter,
+)
+
+ale_py = pytest.importorskip("ale_py")
+gym.register_envs(ale_py)
+
+Record = tuple[Any, ...]
+
+
+def _rollout(env: gym.Env, actions: list[Any]) -> list[Record]:
+    """Step through ``actions``, resetting (without a seed: the env's np_random draws) after an episode ends."""
+    records: list[Record] = []
+    for action in actions:
+        obs, reward, terminated, truncated, _ = env.step(action)
+        records.append(("step", obs, reward, terminated, truncated))
+        if terminated or truncated:
+            obs, _ = env.reset()
+            records.append(("reset", obs))
+    return records
+
+
+def _assert_identical(expected: list[Record], actual: list[Record]) -> None:
+    assert len(expected) == len(actual)
+    for step, (want, got) in enumerate(zip(expected, actual, strict=True)):
+        assert want[0] == got[0], f"step {step}"
+        assert np.array_equal(np.asarray(want[1]), np.asarray(got[1])), f"observation differs at step {step}"
+        if want[0] == "step":
+            assert np.array_equal(np.float64(want[2]), np.float64(got[2])), f"reward differs at step {step}"
+            assert want[3:] == got[3:], f"terminated/truncated differ at step {step}"
+
+
+def _warm_up(env: gym.Env, seed: int, low: int = 5, high: int = 60) -> None:
+    """Reset, then a random number of random actions (resetting when an episode ends)."""
+    rng = np.random.default_rng(seed)
+    env.reset(seed=seed)
+    env.action_space.seed(seed)
+    for _ in range(int(rng.integers(low, high))):
+        _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        if terminated or truncated:
+            env.reset()
+
+
+def _fixed_actions(env: gym.Env, n: int, seed: int) -> list[Any]:
+    space = env.action_space
+    space.seed(seed + 1)
+    return [space.sample() for _ in range(n)]
+
+
+def _check_replay(make_env: Callable[[], gym.Env], n_replay: int, seed: int = 0, other_instance: bool = True) -> list[Record]:
+    """
+    Capture after a random warm-up, replay fixed actions, restore, replay again (twice), and restore into a fresh
+    instance of the env: every replay must be identical.
+    """
+    env = make_env()
+    _warm_up(env, seed)
+    snapshot = pickle.loads(pickle.dumps(capture(env)))  # it must cross process boundaries
+    actions = _fixed_actions(env, n_replay, seed)
+    expected = _rollout(env, actions)
+    for _ in range(2):  # a snapshot can be restored any number of times
+        restore(env, snapshot)
+        _assert_identical(expected, _rollout(env, actions))
+    if other_instance:
+        other = make_env()
+        other.reset(seed=seed + 100)
+        restore(other, snapshot)
+        _assert_identical(expected, _rollout(other, actions))
+        other.close()
+    env.close()
+    return expected
+
+
+def _n_episode_ends(records: list[Record]) -> int:
+    return sum(1 for record in records if record[0] == "reset")
+
+
+# --------------------------------------------------------------------------------------------------- single envs
+
+
+@pytest.mark.parametrize(
+    "env_id, n_replay",
+    [
+        ("Hopper-v5", 60),
+        ("Walker2d-v5", 60),
+        ("Swimmer-v5", 60),
+        ("Ant-v5", 30),  # observations include derived quantities (cfrc_ext): needs the saved derived arrays
+        ("CartPole-v1", 60),
+        ("Pendulum-v1", 60),
+        ("Acrobot-v1", 40),
+        ("MountainCar-v0", 40),
+        ("MountainCarContinuous-v0", 40),
+    ],
+)
+def test_replay_is_bit_exact(env_id: str, n_replay: int) -> None:
+    records = _check_replay(lambda: Monitor(gym.make(env_id)), n_replay, seed=3)
+    if env_id in ("Hopper-v5", "Walker2d-v5", "CartPole-v1"):
+        assert _n_episode_ends(records) > 0, "the replay should include a termination and a reset"
+
+
+@pytest.mark.parametrize("env_id", ["Pendulum-v1", "Hopper-v5", "CartPole-v1"])
+def test_time_limit_truncation_within_replay(env_id: str) -> None:
+    max_steps = 12
+    records = _check_replay(lambda: gym.make(env_id, max_episode_steps=max_steps), 3 * max_steps, seed=1)
+    assert any(record[0] == "step" and record[4] for record in records), "a truncation should happen in the replay"
+
+
+def test_pong_v5_sticky_actions() -> None:
+    # v5: frameskip 4 and sticky actions (0.25): the ALE RNG must be restored (cloneState(include_rng=True))
+    _check_replay(lambda: Monitor(gym.make("ALE/Pong-v5")), 80, seed=2)
+
+
+def test_pong_sb3_atari_wrapper() -> None:
+    def make() -> gym.Env:
+        env = gym.make("ALE/Pong-v5", frameskip=1, repeat_action_probability=0.0)
+        env = AtariWrapper(Monitor(env), action_repeat_probability=0.25)  # StickyActionEnv, Noop, MaxAndSkip, Fire
+        return FrameStackObservation(env, 4)
+
+    _check_replay(make, 60, seed=4)
+
+
+def test_pong_gymnasium_atari_preprocessing() -> None:
+    def make() -> gym.Env:
+        env = gym.make("ALE/Pong-v5", frameskip=1)
+        return FrameStackObservation(AtariPreprocessing(env, terminal_on_life_loss=True), 4, padding_type="reset")
+
+    _check_replay(make, 50, seed=5)
+
+
+def test_breakout_episodic_life_across_life_loss() -> None:
+    # EpisodicLifeEnv: a lost life ends the episode; reset() then only steps (was_real_done, lives)
+    def make() -> gym.Env:
+        return AtariWrapper(Monitor(gym.make("ALE/Breakout-v5", frameskip=1, repeat_action_probability=0.25)))
+
+    records = _check_replay(make, 150, seed=6, other_instance=False)
+    assert _n_episode_ends(records) > 0, "a life should be lost in the replay"
+
+
+def test_non_live_capture_restores_consistently() -> None:
+    # capture(live=False) skips the sticky-action priming on capture: restores still agree with each other
+    make = lambda: gym.make("ALE/Breakout-v5", repeat_action_probability=0.25)  # noqa: E731
+    env, other = make(), make()
+    _warm_up(env, 7)
+    other.reset(seed=0)
+    snapshot = capture(env, live=False)
+    actions = _fixed_actions(env, 40, seed=7)
+    _rollout(env, actions)
+    restore(env, snapshot)
+    expected = _rollout(env, actions)
+    restore(other, pickle.loads(pickle.dumps(snapshot)))
+    _assert_identical(expected, _rollout(other, actions))
+
+
+def test_atari_wrapper_states_round_trip() -> None:
+    env = AtariWrapper(gym.make("ALE/Pong-v5", frameskip=1, repeat_action_probability=0.0), action_repeat_probability=0.5)
+    _warm_up(env, 8, low=3, high=4)
+    layers = {type(layer).__name__: layer for layer in _layers_of(env)}
+    sticky, skip, life = layers["StickyActionEnv"], layers["MaxAndSkipEnv"], layers["EpisodicLifeEnv"]
+    before = (sticky._sticky_action, skip._obs_buffer.copy(), life.lives, life.was_real_done)
+    snapshot = capture(env)
+    sticky._sticky_action = 5 if before[0] != 5 else 4
+    skip._obs_buffer[...] = 7
+    life.lives, life.was_real_done = 99, not before[3]
+    restore(env, snapshot)
+    after = (sticky._sticky_action, skip._obs_buffer, life.lives, life.was_real_done)
+    assert after[0] == before[0] and np.array_equal(after[1], before[1]) and after[2:] == before[2:]
+
+
+def _layers_of(env: gym.Env) -> list[gym.Env]:
+    layers = [env]
+    while isinstance(layers[-1], gym.Wrapper):
+        layers.append(layers[-1].env)
+    return layers
+
+
+# ------------------------------------------------------------------------------------------------------ Monitor
+
+
+def test_monitor_statistics_unchanged_by_paused_branches(tmp_path: Any) -> None:
+    def make(name: str) -> gym.Env:
+        env = Monitor(RecordEpisodeStatistics(gym.make("CartPole-v1")), filename=str(tmp_path / name))
+        env.reset(seed=0)
+        env.action_space.seed(0)
+        return env
+
+    trunk_alone, trunk_with_branches = make("alone"), make("branches")
+    actions = _fixed_actions(trunk_alone, 300, seed=0)
+    branch_actions = _fixed_actions(trunk_alone, 40, seed=1)
+    infos_alone = []
+    for action in actions:
+        _, _, terminated, truncated, info = trunk_alone.step(action)
+        infos_alone.append(info.get("episode"))
+        if terminated or truncated:
+            trunk_alone.reset()
+
+    infos_branches, branch_episodes = [], 0
+    for t, action in enumerate(actions):
+        if t in (0, 17, 50, 121, 200):
+            snapshot = capture(trunk_with_branches)
+            with monitor_paused(trunk_with_branches):
+                for _ in range(3):
+                    restore(trunk_with_branches, snapshot)
+                    branch_episodes += _n_episode_ends(_rollout(trunk_with_branches, branch_actions))
+            restore(trunk_with_branches, snapshot)
+        _, _, terminated, truncated, info = trunk_with_branches.step(action)
+        infos_branches.append(info.get("episode"))
+        if terminated or truncated:
+            trunk_with_branches.reset()
+
+    assert branch_episodes > 0, "branches should finish episodes (which must not be recorded)"
+    assert trunk_with_branches.get_episode_rewards() == trunk_alone.get_episode_rewards()
+    assert trunk_with_branches.get_episode_lengths() == trunk_alone.get_episode_lengths()
+    assert trunk_with_branches.get_total_steps() == trunk_alone.get_total_steps() == len(actions)
+    assert len(trunk_with_branches.get_episode_times()) == len(trunk_alone.get_episode_rewards())
+    assert [None if info is None else info["r"] for info in infos_branches] == [
+        None if info is None else info["r"] for info in infos_alone
+    ]
+    recorder_alone, recorder_branches = trunk_alone.env, trunk_with_branches.env
+    assert list(recorder_branches.return_queue) == list(recorder_alone.return_queue)
+    assert recorder_branches.episode_count == recorder_alone.episode_count
+    trunk_alone.close()
+    trunk_with_branches.close()
+    with open(tmp_path / "alone.monitor.csv") as alone, open(tmp_path / "branches.monitor.csv") as branches:
+        assert len(alone.readlines()) == len(branches.readlines())  # no branch episode written to the file
+
+
+def test_restore_never_rewinds_finished_episode_statistics() -> None:
+    env = Monitor(gym.make("CartPole-v1"))
+    env.reset(seed=0)
+    for action in [0, 1] * 3:
+        env.step(action)
+    snapshot = capture(env)
+    for action in _fixed_actions(env, 100, seed=0):  # unpaused: these episodes are recorded
+        _, _, terminated, truncated, _ = env.step(action)
+        if terminated or truncated:
+            env.reset()
+    returns, lengths, total = list(env.get_episode_rewards()), list(env.get_episode_lengths()), env.get_total_steps()
+    assert returns
+    restore(env, snapshot)
+    assert env.get_episode_rewards() == returns and env.get_episode_lengths() == lengths
+    assert env.get_total_steps() == total
+    assert env.rewards == [1.0] * 6 and not env.needs_reset  # the episode in progress is rewound
+
+
+def test_monitor_paused_passes_through_and_restores_accumulators() -> None:
+    env = Monitor(gym.make("CartPole-v1"))
+    env.reset(seed=0)
+    env.step(0)
+    with monitor_paused(env):
+        with monitor_paused(env):  # nested use is fine
+            _rollout(env, _fixed_actions(env, 60, seed=2))
+        assert "step" in vars(env)
+    assert "step" not in vars(env) and "reset" not in vars(env)
+    assert env.rewards == [1.0] and env.get_total_steps() == 1 and env.get_episode_rewards() == []
+
+
+# ------------------------------------------------------------------------------------------------------ VecEnvs
+
+
+def test_subproc_vec_env_capture_and_restore_in_workers() -> None:
+    venv = make_vec_env(
+        "Hopper-v5",
+        n_envs=2,
+        seed=0,
+        vec_env_cls=SubprocVecEnv,
+        vec_env_kwargs={"start_method": "fork"},
+        wrapper_class=SnapshotWrapper,
+    )
+    try:
+        venv.reset()
+        venv.action_space.seed(0)
+        for _ in range(17):
+            venv.step(np.stack([venv.action_space.sample() for _ in range(2)]))
+        snapshot = capture_vec(venv, 0)
+        assert isinstance(snapshot, Snapshot)
+        actions = [venv.action_space.sample() for _ in range(40)]
+
+        def replay() -> list[tuple[np.ndarray, float, bool]]:
+            out = []
+            for action in actions:
+                obs, rewards, dones, _ = venv.step(np.stack([action, action]))
+                out.append((obs.copy(), float(rewards[0]), bool(dones[0]), float(rewards[1]), bool(dones[1])))
+            return out
+
+        expected = replay()
+        assert any(done for *_, done, _, _ in expected), "the replay should cross an episode end (auto-reset)"
+        episodes = [len(returns) for returns in venv.get_attr("episode_returns")]
+        restore_vec(venv, 0, snapshot)
+        restore_vec(venv, 1, snapshot)  # into the other worker: both envs now follow the same trajectory
+        with monitor_paused_vec(venv):
+            actual = replay()
+        for (obs_e, rew_e, done_e, *_), (obs_a, rew_a, done_a, rew_b, done_b) in zip(expected, actual, strict=True):
+            assert np.array_equal(obs_e[0], obs_a[0]) and np.array_equal(obs_a[0], obs_a[1])
+            assert rew_e == rew_a == rew_b and done_e == done_a == done_b
+        # the paused replay's episodes were not recorded
+        assert [len(returns) for returns in venv.get_attr("episode_returns")] == episodes
+    finally:
+        venv.close()
+
+
+def test_subproc_vec_env_without_snapshot_wrapper_fails() -> None:
+    venv = make_vec_env("CartPole-v1", n_envs=1, vec_env_cls=SubprocVecEnv, vec_env_kwargs={"start_method": "fork"})
+    try:
+        venv.reset()
+        with pytest.raises(SnapshotError, match="SnapshotWrapper"):
+            capture_vec(venv, 0)
+    finally:
+        venv.close()
+
+
+def test_subproc_worker_error_is_raised_and_worker_survives() -> None:
+    venv = make_vec_env(
+        lambda: LockedEnv(),
+        n_envs=1,
+        vec_env_cls=SubprocVecEnv,
+        vec_env_kwargs={"start_method": "fork"},
+        wrapper_class=SnapshotWrapper,
+    )
+    try:
+        venv.reset()
+        with pytest.raises(SnapshotError, match="LockedEnv"):
+            capture_vec(venv, 0)
+        with pytest.raises(SnapshotError, match="LockedEnv"):
+            check_snapshottable(venv)
+        venv.step(np.array([1]))  # the worker is still alive
+    finally:
+        venv.close()
+
+
+def test_dummy_vec_env_with_vec_wrappers() -> None:
+    venv = VecMonitor(DummyVecEnv([lambda: Monitor(gym.make("Pendulum-v1", max_episode_steps=30))] * 2))
+    venv = VecFrameStack(VecNormalize(venv, gamma=0.9), n_stack=3)
+    venv.seed(0)
+    venv.reset()
+    rng = np.random.default_rng(0)
+    for _ in range(11):
+        venv.step(rng.uniform(-2, 2, size=(2, 1)))
+    snapshot = capture_vec(venv, 1)
+    stacks = capture_vec_frame_stack(venv, 1)
+    actions = rng.uniform(-2, 2, size=(25, 2, 1))
+    normalize = venv.venv
+    normalize.training = False  # frozen statistics during branch rollouts (documented requirement)
+    vec_monitor = normalize.venv
+    episodes_before = vec_monitor.episode_count
+
+    def replay() -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        return [tuple(np.copy(x[1]) for x in venv.step(action)[:3]) for action in actions]
+
+    expected = replay()
+    assert any(done for _, _, done in expected), "a truncation should happen in the replay"
+    restore_vec(venv, 1, snapshot)
+    with monitor_paused_vec(venv):
+        actual = replay()
+    for want, got in zip(expected, actual, strict=True):
+        for x, y in zip(want, got, strict=True):
+            assert np.array_equal(x, y)
+    assert vec_monitor.episode_count == episodes_before + 2  # only the first replay's episodes (one per env)
+    restore_vec_frame_stack(venv, 1, stacks)
+    assert np.array_equal(capture_vec_frame_stack(venv, 1)[0], stacks[0])
+    check_snapshottable(venv)
+    venv.close()
+
+
+# ----------------------------------------------------------------------------------------- errors and user adapters
+
+
+class LockedEnv(gym.Env):
+    """A custom env whose state holds a lock (cannot be copied nor pickled)."""
+
+    observation_space = gym.spaces.Box(-np.inf, np.inf, (1,), np.float64)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.position = 0.0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self.position = float(self.np_random.normal())
+        return np.array([self.position]), {}
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+        with self.lock:
+            self.position += (1.0 if action else -1.0) + 0.1 * float(self.np_random.normal())
+        return np.array([self.position]), -abs(self.position), abs(self.position) > 5, False, {}
+
+
+class _NoLock:
+    """Picklable stand-in for a lock."""
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, *args: Any) -> None:
+        pass
+
+
+def test_unsnapshottable_env_raises_with_its_name() -> None:
+    env_id = "SnapshotTestLocked-v0"
+    if env_id not in gym.registry:
+        gym.register(env_id, entry_point=LockedEnv, max_episode_steps=50)
+    env = gym.make(env_id)
+    env.reset(seed=0)
+    with pytest.raises(SnapshotError, match=env_id) as error:
+        check_snapshottable(env)
+    message = str(error.value)
+    assert "LockedEnv" in message and "register_snapshot_adapter" in message and "lock" in message
+    assert isinstance(error.value, ValueError)
+    with pytest.raises(SnapshotError):
+        capture(env)
+
+
+def test_unpicklable_state_is_reported() -> None:
+    class LocalClassEnv(LockedEnv):  # deep-copies, but a local class does not pickle
+        def __init__(self) -> None:
+            self.position = 0.0
+            self.lock = _local_instance()
+
+    env = LocalClassEnv()
+    capture(env)
+    with pytest.raises(SnapshotError, match="LocalClassEnv.*does not pickle"):
+        check_snapshottable(env)
+
+
+def _local_instance() -> Any:
+    class Local:
+        pass
+
+    return Local()
+
+
+def test_generic_fallback_for_a_plain_env() -> None:
+    class PlainEnv(LockedEnv):
+        def __init__(self) -> None:
+            self.position = 0.0
+            self.lock = _NoLock()
+
+    check_snapshottable(PlainEnv())
+    _check_replay(lambda: gym.wrappers.TimeLimit(PlainEnv(), 20), 40, seed=0)
+
+
+class LockedEnvAdapter:
+    name = "locked_env"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def matches(self, env_layer: gym.Env) -> bool:
+        return isinstance(env_layer, LockedEnv)
+
+    def capture(self, env_layer: LockedEnv) -> tuple[float, dict]:
+        self.calls += 1
+        return env_layer.position, env_layer.np_random.bit_generator.state
+
+    def restore(self, env_layer: LockedEnv, state: tuple[float, dict]) -> None:
+        env_layer.position, env_layer.np_random.bit_generator.state = state
+
+
+def test_user_registered_adapter() -> None:
+    adapter = register_snapshot_adapter(LockedEnvAdapter())
+    try:
+        env = gym.wrappers.TimeLimit(LockedEnv(), 30)
+        check_snapshottable(env)
+        assert capture(env).layers[-1].adapter == "locked_env"
+        _check_replay(lambda: gym.wrappers.TimeLimit(LockedEnv(), 30), 50, seed=0)
+        assert adapter.calls > 0
+    finally:
+        unregister_snapshot_adapter(adapter)
+    with pytest.raises(SnapshotError):
+        capture(LockedEnv())
+
+
+def test_user_adapter_takes_precedence_over_builtin() -> None:
+    class CartPoleAdapter:
+        name = "my_cartpole"
+
+        def matches(self, env_layer: gym.Env) -> bool:
+            return type(env_layer).__name__ == "CartPoleEnv"
+
+        def capture(self, env_layer: gym.Env) -> Any:
+            return env_layer.state.copy(), env_layer.steps_beyond_terminated, env_layer.np_random.bit_generator.state
+
+        def restore(self, env_layer: gym.Env, state: Any) -> None:
+            env_layer.state, env_layer.steps_beyond_terminated, env_layer.np_random.bit_generator.state = state
+            env_layer.state = env_layer.state.copy()
+
+    adapter = register_snapshot_adapter(CartPoleAdapter)
+    try:
+        env = gym.make("CartPole-v1")
+        env.reset(seed=0)
+        snapshot = capture(env)
+        assert snapshot.layers[-1].adapter == "my_cartpole"
+        _check_replay(lambda: gym.make("CartPole-v1"), 40)
+    finally:
+        unregister_snapshot_adapter(adapter)
+    # restoring with another adapter registered than at capture time is refused
+    with pytest.raises(SnapshotError, match="my_cartpole"):
+        restore(env, snapshot)
+
+
+def test_restore_into_a_different_chain_fails() -> None:
+    env = gym.make("CartPole-v1")
+    env.reset(seed=0)
+    snapshot = capture(env)
+    with pytest.raises(SnapshotError, match="wrapper chains differ"):
+        restore(Monitor(gym.make("CartPole-v1")), snapshot)
+    with pytest.raises(SnapshotError, match="wrapper chains differ"):
+        restore(gym.make("Pendulum-v1"), snapshot)
+
+
+def test_snapshot_does_not_alias_env_state() -> None:
+    env = gym.make("Hopper-v5")
+    env.reset(seed=0)
+    snapshot = capture(env)
+    blob = pickle.dumps(snapshot)
+    for _ in range(5):
+        env.step(env.action_space.sample())
+    assert pickle.dumps(snapshot) == blob
+    restore(env, snapshot)
+    env.step(env.action_space.sample())
+    assert pickle.dumps(snapshot) == blob
+
+
+def test_snapshot_is_small() -> None:
+    env = gym.make("Hopper-v5")
+    env.reset(seed=0)
+    assert len(pickle.dumps(capture(env))) < 20_000
