@@ -156,7 +156,9 @@ class BranchWorkers:
     def _call(self, method: str, payloads: list[Any]) -> list[Any]:
         """Call ``method`` on every worker with a non-empty payload, in parallel; ``[]`` for the others."""
         if self.pools:
-            return [getattr(pool, method)(payload) if payload else [] for pool, payload in zip(self.pools, payloads)]
+            return [
+                getattr(pool, method)(payload) if payload else [] for pool, payload in zip(self.pools, payloads, strict=True)
+            ]
         busy = [index for index, payload in enumerate(payloads) if payload]
         remotes = self.base.remotes  # type: ignore[attr-defined]
         for index in busy:
