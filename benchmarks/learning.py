@@ -3,7 +3,7 @@ Learning: our algorithms vs sb3-contrib's TRPO on Hopper-v5 at equal simulator s
 
 Each (algorithm, seed) trains in its own process (``--workers`` at a time, one torch thread each) with rl-zoo3's
 MuJoCo TRPO settings and VecNormalize; every ``--eval-every`` steps the policy is evaluated on 10 deterministic
-episodes. Prints mean evaluation returns over seeds per checkpoint and writes benchmarks/output/learning.png.
+episodes. Prints mean evaluation returns over seeds per checkpoint and writes a plot to benchmarks/results/.
 
 Equal effective trust region: sb3-contrib's target_kl 0.01 averages the KL over Hopper's 3 action dimensions, so it
 is our 0.03 (the paper's whole-distribution KL). VineTRPO counts trunk plus branch steps against the same budget.
@@ -91,7 +91,8 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    os.makedirs(os.path.join(os.path.dirname(__file__), "output"), exist_ok=True)
+    results_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+    os.makedirs(results_dir, exist_ok=True)
     plt.figure(figsize=(6, 4))
     for algo, runs in by_algo.items():
         plt.plot(runs[0][0][:n_points], np.mean([r[1][:n_points] for r in runs], axis=0), marker="o", label=algo)
@@ -101,7 +102,9 @@ def main() -> None:
     plt.legend()
     plt.grid(alpha=0.3)
     plt.tight_layout()
-    plt.savefig(os.path.join(os.path.dirname(__file__), "output", "learning.png"), dpi=100)
+    path = os.path.join(results_dir, f"learning_{args.env}_{'_vs_'.join(args.algos)}.png")
+    plt.savefig(path, dpi=100)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,99 @@
+"""
+Registration of our algorithms in rl-zoo3's tables.
+
+rl-zoo3 has no plugin mechanism: ``--algo`` choices come from ``rl_zoo3.ALGOS`` when the arguments are parsed, optuna
+samplers from ``rl_zoo3.hyperparams_opt.HYPERPARAMS_SAMPLER`` and trial converters from ``HYPERPARAMS_CONVERTER``.
+:func:`register` adds our keys to these dictionaries in place (the zoo's modules all hold the same objects), next to
+rl-zoo3's own ``trpo`` (sb3-contrib), which is left alone:
+
+- ``trpo_ext`` -> :class:`sb3_trpo_ext.TRPO`
+- ``natural_pg`` -> :class:`sb3_trpo_ext.NaturalPG`
+- ``vine_trpo`` -> ``sb3_trpo_ext.vine.VineTRPO``, only when that module imports
+
+Our default config folder is the repository's top-level ``hyperparams/`` (``SB3_TRPO_EXT_HYPERPARAMS`` overrides it),
+used by :class:`sb3_trpo_ext.zoo.exp_manager.ExperimentManager` for our keys unless ``-conf`` is given.
+"""
+
+import os
+from pathlib import Path
+from typing import Any
+
+from stable_baselines3.common.base_class import BaseAlgorithm
+
+import sb3_trpo_ext
+from sb3_trpo_ext.npg import NaturalPG
+from sb3_trpo_ext.trpo import TRPO
+from sb3_trpo_ext.zoo.samplers import CONVERTERS, SAMPLERS
+
+ZOO_KEYS = ("trpo_ext", "natural_pg", "vine_trpo")
+"""Every key this package may register (``vine_trpo`` only when ``sb3_trpo_ext.vine`` provides ``VineTRPO``)."""
+
+HYPERPARAMS_ENV_VAR = "SB3_TRPO_EXT_HYPERPARAMS"
+
+
+def vine_class() -> type[BaseAlgorithm] | None:
+    """:return: ``VineTRPO`` when ``sb3_trpo_ext.vine`` provides it, else ``None``"""
+    try:
+        from sb3_trpo_ext.vine import VineTRPO  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return VineTRPO
+
+
+def zoo_algorithms() -> dict[str, type[BaseAlgorithm]]:
+    """:return: our zoo keys and their classes (``vine_trpo`` only when available)"""
+    algorithms: dict[str, type[BaseAlgorithm]] = {"trpo_ext": TRPO, "natural_pg": NaturalPG}
+    vine = vine_class()
+    if vine is not None:
+        algorithms["vine_trpo"] = vine
+    return algorithms
+
+
+def hyperparams_folder() -> Path:
+    """
+    Our default config folder: ``$SB3_TRPO_EXT_HYPERPARAMS`` if set, else the top-level ``hyperparams/`` next to the
+    package (a source checkout or an editable install).
+
+    :return: the folder
+    :raises FileNotFoundError: when neither exists (a plain wheel install: pass ``-conf`` instead)
+    """
+    override = os.environ.get(HYPERPARAMS_ENV_VAR)
+    candidates = [Path(override)] if override else []
+    candidates.append(Path(sb3_trpo_ext.__file__).resolve().parents[1] / "hyperparams")
+    for folder in candidates:
+        if folder.is_dir():
+            return folder
+    raise FileNotFoundError(
+        f"sb3-trpo-ext's hyperparams/ folder was not found (looked in {', '.join(map(str, candidates))}). "
+        f"Use a source checkout or editable install, set {HYPERPARAMS_ENV_VAR}, or pass the YAML file with -conf."
+    )
+
+
+def default_config(algo: str) -> str | None:
+    """
+    :param algo: an algorithm key
+    :return: the path of our ``hyperparams/{algo}.yml`` for our keys, ``None`` for rl-zoo3's own keys
+    """
+    if algo not in ZOO_KEYS:
+        return None
+    return str(hyperparams_folder() / f"{algo}.yml")
+
+
+def register() -> dict[str, type[BaseAlgorithm]]:
+    """
+    Add our algorithms, samplers and converters to rl-zoo3's tables (idempotent).
+
+    :return: the keys registered and their classes
+    """
+    import rl_zoo3.hyperparams_opt
+    import rl_zoo3.utils
+
+    algorithms = zoo_algorithms()
+    # the same dictionary objects that rl-zoo3's train, enjoy and ExperimentManager read
+    samplers: dict[str, Any] = rl_zoo3.hyperparams_opt.HYPERPARAMS_SAMPLER
+    converters: dict[str, Any] = rl_zoo3.hyperparams_opt.HYPERPARAMS_CONVERTER
+    for key, algorithm_class in algorithms.items():
+        rl_zoo3.utils.ALGOS[key] = algorithm_class
+        samplers[key] = SAMPLERS[key]
+        converters[key] = CONVERTERS[key]
+    return algorithms

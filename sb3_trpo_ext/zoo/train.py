@@ -1,0 +1,37 @@
+"""
+``python -m sb3_trpo_ext.train`` / ``sb3-trpo-ext-train``: rl-zoo3's ``train`` with our algorithms registered.
+
+Every rl-zoo3 option works as documented by ``python -m rl_zoo3.train --help``; ``--algo`` also accepts ``trpo_ext``,
+``natural_pg`` and (once available) ``vine_trpo``, whose default config is our ``hyperparams/{algo}.yml``.
+"""
+
+import sys
+
+import rl_zoo3.train
+
+from sb3_trpo_ext.zoo.checks import HyperparameterError
+from sb3_trpo_ext.zoo.exp_manager import ExperimentManager
+from sb3_trpo_ext.zoo.registration import register
+
+
+def main(argv: list[str] | None = None) -> None:
+    """
+    Register our algorithms, then run rl-zoo3's training script.
+
+    :param argv: command-line arguments (default: ``sys.argv[1:]``)
+    """
+    register()
+    # rl-zoo3's train() builds its ExperimentManager by the name bound in its module: use ours (same class, plus our
+    # default config folder and the checks of our entries).
+    rl_zoo3.train.ExperimentManager = ExperimentManager  # type: ignore[misc]
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    try:
+        rl_zoo3.train.train()
+    except HyperparameterError as error:  # a bad config entry: say what is wrong, without a traceback
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
