@@ -406,7 +406,9 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
         """
         Fit the value function with Adam: ``n_critic_updates`` epochs of shuffled mini-batches of ``batch_size``.
 
-        Only the critic's gradients are computed (the actor's stay ``None``, so Adam leaves the actor alone).
+        Only the critic's gradients are computed (the actor's stay ``None``, so Adam leaves the actor alone); a features
+        extractor shared with the actor is not trained by the critic, or it would move the policy after the trust-region
+        step.
 
         :param observations: all observations of the rollout
         :param returns: the regression targets
@@ -426,12 +428,21 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
                 if critic_layers is not None:  # plain MLP critic: the same gradient, computed by hand
                     losses.append(mse_gradients(critic_layers, observations[index], returns[index]))  # type: ignore[index]
                 else:
-                    values = self.policy.predict_values(index_observations(observations, index)).flatten()
+                    values = self._critic_values(index_observations(observations, index)).flatten()
                     loss = F.mse_loss(values, returns[index])
                     loss.backward()
                     losses.append(loss.detach())
                 optimizer.step()
         return th.stack(losses).tolist() if losses else []
+
+    def _critic_values(self, observations: PyTorchObs) -> th.Tensor:
+        """The critic's values, with a features extractor shared with the actor held fixed."""
+        policy = self.policy
+        if not policy.share_features_extractor:
+            return policy.predict_values(observations)
+        with th.no_grad():
+            features = policy.extract_features(observations)
+        return policy.value_net(policy.mlp_extractor.forward_critic(features))  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ train
 

@@ -31,6 +31,7 @@ from stable_baselines3.common.distributions import (
     SquashedDiagGaussianDistribution,
 )
 from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.preprocessing import preprocess_obs
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 
@@ -87,7 +88,10 @@ class ActionSampler:
             return self.numpy_actor(obs)  # type: ignore[arg-type]
         policy = self.policy
         with th.no_grad():
-            features = policy.extract_features(obs_as_tensor(obs, policy.device), policy.pi_features_extractor)
+            observations = preprocess_obs(
+                obs_as_tensor(obs, policy.device), policy.observation_space, normalize_images=policy.normalize_images
+            )
+            features = policy.pi_features_extractor(observations)
             return policy.action_net(policy.mlp_extractor.forward_actor(features)).cpu().numpy()
 
     def __call__(self, obs: np.ndarray | dict[str, np.ndarray], noise_rows: np.ndarray | None = None) -> np.ndarray:
@@ -153,9 +157,10 @@ def fill_values_and_log_probs(algorithm: "OnPolicyAlgorithm", rollout_buffer: Ro
 
 
 def _actions_for_policy(actions: th.Tensor, policy: ActorCriticPolicy) -> th.Tensor:
+    """Stored actions as the distribution's ``log_prob`` takes them (SB3 2.9 stores them in the space's dtype)."""
     if isinstance(policy.action_space, spaces.Discrete):
         return actions.flatten().long()
-    return actions
+    return actions.float()
 
 
 def collect_rollouts_fast(

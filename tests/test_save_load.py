@@ -1,0 +1,162 @@
+"""Saving and loading: round trips, a fresh process, sb3-contrib's TRPO in both directions, continued learning."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import sb3_contrib
+import torch as th
+from stable_baselines3.common.env_util import make_vec_env
+
+from sb3_trpo_ext import TRPO, NaturalPG
+
+SMALL = dict(n_steps=64, batch_size=32, n_critic_updates=2, seed=0)
+
+
+def observations(env_id: str, n: int = 16) -> np.ndarray:
+    """A fixed batch of plausible observations."""
+    rng = np.random.default_rng(123)
+    dim = {"Pendulum-v1": 3, "CartPole-v1": 4}[env_id]
+    return rng.uniform(-1.0, 1.0, size=(n, dim)).astype(np.float32)
+
+
+def predictions(model: Any, obs: np.ndarray) -> np.ndarray:
+    actions, _ = model.predict(obs, deterministic=True)
+    return actions
+
+
+def assert_same_policy_parameters(a: Any, b: Any) -> None:
+    state_a, state_b = a.policy.state_dict(), b.policy.state_dict()
+    assert state_a.keys() == state_b.keys()
+    for name in state_a:
+        assert th.equal(state_a[name].cpu(), state_b[name].cpu()), name
+
+
+def trained(cls: type, env_id: str, **kwargs: Any) -> Any:
+    model = cls("MlpPolicy", make_vec_env(env_id, n_envs=1, seed=0), **{**SMALL, **kwargs})
+    model.learn(128)
+    return model
+
+
+@pytest.mark.parametrize("env_id", ["Pendulum-v1", "CartPole-v1"])
+def test_deterministic_predictions_are_identical_after_save_and_load(algorithm: type, env_id: str, tmp_path: Path) -> None:
+    extra = dict(step_mode="constant", step_size=0.05) if algorithm is NaturalPG else dict(line_search_max_iter=7)
+    model = trained(algorithm, env_id, target_kl=0.02, cg_max_steps=7, **extra)
+    obs = observations(env_id)
+    expected = predictions(model, obs)
+    model.save(tmp_path / "model.zip")
+
+    loaded = algorithm.load(tmp_path / "model.zip", device="cpu")
+    assert type(loaded) is algorithm
+    np.testing.assert_array_equal(predictions(loaded, obs), expected)
+    assert_same_policy_parameters(model, loaded)
+    # hyperparameters and counters travel with the zip
+    assert (loaded.target_kl, loaded.cg_max_steps, loaded.n_steps) == (0.02, 7, 64)
+    assert loaded.num_timesteps == 128 and loaded._n_updates == 2
+    if algorithm is NaturalPG:
+        assert (loaded.step_mode, loaded.step_size) == ("constant", 0.05)
+    else:
+        assert loaded.line_search_max_iter == 7
+
+
+PREDICT_SCRIPT = """
+import json, sys
+import numpy as np
+import sb3_trpo_ext
+cls = getattr(sb3_trpo_ext, sys.argv[1])
+model = cls.load(sys.argv[2], device="cpu")
+obs = np.array(json.loads(sys.argv[3]), dtype=np.float32)
+actions, _ = model.predict(obs, deterministic=True)
+print(json.dumps({"class": type(model).__name__, "actions": actions.tolist()}))
+"""
+
+
+def test_loaded_model_predicts_identically_in_a_fresh_process(algorithm: type, tmp_path: Path) -> None:
+    model = trained(algorithm, "Pendulum-v1")
+    obs = observations("Pendulum-v1")
+    expected = predictions(model, obs)
+    path = tmp_path / "model.zip"
+    model.save(path)
+    result = subprocess.run(
+        [sys.executable, "-c", PREDICT_SCRIPT, algorithm.__name__, str(path), json.dumps(obs.tolist())],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    output = json.loads(result.stdout.strip().splitlines()[-1])
+    assert output["class"] == algorithm.__name__
+    np.testing.assert_array_equal(np.array(output["actions"], dtype=np.float32), expected)
+
+
+@pytest.mark.parametrize("env_id", ["Pendulum-v1", "CartPole-v1"])
+def test_our_trpo_loads_an_sb3_contrib_zip_and_predicts_identically(env_id: str, tmp_path: Path) -> None:
+    theirs = sb3_contrib.TRPO("MlpPolicy", make_vec_env(env_id, n_envs=1, seed=0), **SMALL)
+    theirs.learn(128)
+    obs = observations(env_id)
+    expected = predictions(theirs, obs)
+    theirs.save(tmp_path / "contrib.zip")
+
+    ours = TRPO.load(tmp_path / "contrib.zip", env=make_vec_env(env_id, n_envs=1, seed=1), device="cpu")
+    assert type(ours) is TRPO
+    np.testing.assert_array_equal(predictions(ours, obs), expected)
+    assert_same_policy_parameters(theirs, ours)
+    # and it trains on from there with our update
+    before = {name: value.clone() for name, value in ours.policy.state_dict().items()}
+    ours.learn(128, reset_num_timesteps=False)
+    assert ours.num_timesteps == 256
+    assert not th.equal(before["value_net.weight"], ours.policy.state_dict()["value_net.weight"])
+
+
+@pytest.mark.parametrize("env_id", ["Pendulum-v1", "CartPole-v1"])
+def test_sb3_contrib_trpo_loads_our_zip_and_predicts_identically(env_id: str, tmp_path: Path) -> None:
+    ours = trained(TRPO, env_id)
+    obs = observations(env_id)
+    expected = predictions(ours, obs)
+    ours.save(tmp_path / "ours.zip")
+
+    theirs = sb3_contrib.TRPO.load(tmp_path / "ours.zip", env=make_vec_env(env_id, n_envs=1, seed=1), device="cpu")
+    assert type(theirs) is sb3_contrib.TRPO
+    np.testing.assert_array_equal(predictions(theirs, obs), expected)
+    assert_same_policy_parameters(ours, theirs)
+    theirs.learn(64, reset_num_timesteps=False)  # sb3-contrib can keep training it (optimizer state included)
+    assert theirs.num_timesteps == 192
+
+
+def test_learn_with_reset_num_timesteps_false_continues_the_count(algorithm: type) -> None:
+    model = trained(algorithm, "CartPole-v1")
+    assert (model.num_timesteps, model._n_updates) == (128, 2)
+    model.learn(128, reset_num_timesteps=False)
+    assert (model.num_timesteps, model._n_updates) == (256, 4)
+    model.learn(64)  # the default resets the step counter (not the update counter)
+    assert (model.num_timesteps, model._n_updates) == (64, 5)
+
+
+def test_loaded_model_keeps_learning_and_moves_its_actor(algorithm: type, tmp_path: Path) -> None:
+    model = trained(algorithm, "Pendulum-v1")
+    model.save(tmp_path / "model.zip")
+    loaded = algorithm.load(tmp_path / "model.zip", env=make_vec_env("Pendulum-v1", n_envs=1, seed=5), device="cpu")
+    before = {name: value.clone() for name, value in loaded.policy.state_dict().items()}
+    stats: list[dict[str, Any]] = []
+    original_train = loaded.train
+
+    def train() -> None:
+        original_train()
+        stats.append(dict(loaded.logger.name_to_value))
+
+    loaded.train = train
+    loaded.learn(128, reset_num_timesteps=False)
+    assert loaded.num_timesteps == 256
+    assert loaded._n_updates == 4
+    assert len(stats) == 2
+    assert all(np.isfinite(update["train/policy_objective"]) for update in stats)
+    assert any(update["train/is_line_search_success"] == 1.0 for update in stats)
+    after = loaded.policy.state_dict()
+    # the natural-gradient step acts on the loaded policy's own parameters
+    assert not th.equal(before["action_net.weight"], after["action_net.weight"])
+    assert not th.equal(before["value_net.weight"], after["value_net.weight"])
