@@ -11,7 +11,7 @@ fit the critic, log. Subclasses differ only where the methods differ:
 - ``collect_rollouts``: how samples are gathered.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
@@ -31,10 +31,11 @@ from stable_baselines3.common.policies import (
 from stable_baselines3.common.type_aliases import GymEnv, PyTorchObs, Schedule
 from stable_baselines3.common.utils import explained_variance
 from stable_baselines3.common.vec_env import VecEnv
+from threadpoolctl import threadpool_limits
 from torch.nn import functional as F
 
 from sb3_trpo_ext.common.distributions import SUPPORTED_DISTRIBUTIONS, detach_distribution, kl_per_state
-from sb3_trpo_ext.common.fast_mlp import mlp_layers, mse_gradients
+from sb3_trpo_ext.common.fast_mlp import NumpyAdamFit, mlp_layers, mse_gradients
 from sb3_trpo_ext.common.gauss_newton import gauss_newton_fisher_vector_product_fn
 from sb3_trpo_ext.common.natural_gradient import (
     conjugate_gradient,
@@ -419,21 +420,34 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
         optimizer = self.policy.optimizer
         critic_layers = mlp_layers(self.policy, "critic") if isinstance(observations, th.Tensor) else None
         n_samples = len(returns)
-        losses: list[th.Tensor] = []
+        numpy_fit = NumpyAdamFit.create(critic_layers, optimizer)
+        if numpy_fit is not None:  # plain MLP critic with Adam on CPU: the same steps in NumPy, no framework overhead
+            inputs = observations.cpu().numpy().astype(np.float32).reshape(n_samples, -1)  # type: ignore[union-attr]
+            targets = returns.cpu().numpy().astype(np.float32)
+            with threadpool_limits(limits=1, user_api="blas"):  # multi-threaded BLAS only slows matrices this small
+                losses = [numpy_fit.step(inputs[index], targets[index]) for index in self._minibatches(n_samples)]
+            numpy_fit.write_back()
+            return losses
+        loss_tensors = []
+        for index in self._minibatches(n_samples):
+            index = th.as_tensor(index, device=self.device)
+            optimizer.zero_grad(set_to_none=True)
+            if critic_layers is not None:  # plain MLP critic: the same gradient, computed by hand
+                loss_tensors.append(mse_gradients(critic_layers, observations[index], returns[index]))  # type: ignore[index]
+            else:
+                values = self._critic_values(index_observations(observations, index)).flatten()
+                loss = F.mse_loss(values, returns[index])
+                loss.backward()
+                loss_tensors.append(loss.detach())
+            optimizer.step()
+        return th.stack(loss_tensors).tolist() if loss_tensors else []
+
+    def _minibatches(self, n_samples: int) -> Iterator[np.ndarray]:
+        """Indices of ``n_critic_updates`` epochs of shuffled mini-batches (drawn from torch's RNG, so ``seed`` holds)."""
         for _ in range(self.n_critic_updates):
-            permutation = th.randperm(n_samples, device=self.device)
+            permutation = th.randperm(n_samples).numpy()
             for start in range(0, n_samples, self.batch_size):
-                index = permutation[start : start + self.batch_size]
-                optimizer.zero_grad(set_to_none=True)
-                if critic_layers is not None:  # plain MLP critic: the same gradient, computed by hand
-                    losses.append(mse_gradients(critic_layers, observations[index], returns[index]))  # type: ignore[index]
-                else:
-                    values = self._critic_values(index_observations(observations, index)).flatten()
-                    loss = F.mse_loss(values, returns[index])
-                    loss.backward()
-                    losses.append(loss.detach())
-                optimizer.step()
-        return th.stack(losses).tolist() if losses else []
+                yield permutation[start : start + self.batch_size]
 
     def _critic_values(self, observations: PyTorchObs) -> th.Tensor:
         """The critic's values, with a features extractor shared with the actor held fixed."""

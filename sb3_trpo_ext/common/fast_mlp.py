@@ -193,3 +193,121 @@ def mse_gradients(layers: list[tuple[nn.Linear, Activation]], x: th.Tensor, targ
         if linear.bias is not None:
             linear.bias.grad = grad_bias
     return error.square().mean()
+
+
+class NumpyAdamFit:
+    """
+    Fit a plain MLP regressor (the critic) with Adam in NumPy, reading and writing the torch parameters and the torch
+    Adam state, so the result is what ``optimizer.step()`` on the same mini-batches would give (to float32 rounding)
+    and everything downstream (save/load, sb3-contrib, a later torch step) sees the usual state.
+
+    The parameters live in one flat vector while fitting, so one Adam update is a handful of NumPy operations.
+    Built by :meth:`create`, which returns ``None`` when the optimizer is not a plain Adam on CPU.
+
+    :param layers: output of :func:`mlp_layers`
+    :param optimizer: the torch Adam optimizer holding these parameters
+    """
+
+    def __init__(self, layers: list[tuple[nn.Linear, Activation]], optimizer: th.optim.Adam) -> None:
+        self.layers = layers
+        self.optimizer = optimizer
+        group = optimizer.param_groups[0]
+        self.lr, (self.beta1, self.beta2), self.eps = float(group["lr"]), group["betas"], float(group["eps"])
+        self.params = [
+            p for linear, _ in layers for p in ((linear.weight, linear.bias) if linear.bias is not None else (linear.weight,))
+        ]
+        sizes = [p.numel() for p in self.params]
+        self.flat = np.concatenate([p.detach().cpu().numpy().reshape(-1) for p in self.params]).astype(np.float32)
+        self.grad = np.zeros_like(self.flat)
+        self.exp_avg = np.zeros_like(self.flat)
+        self.exp_avg_sq = np.zeros_like(self.flat)
+        self.step_count = 0
+        offsets = np.cumsum([0, *sizes])
+        self.slices = [slice(int(a), int(b)) for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+        for param, part in zip(self.params, self.slices, strict=True):
+            state = optimizer.state.get(param, {})
+            if state:
+                self.exp_avg[part] = state["exp_avg"].cpu().numpy().reshape(-1)
+                self.exp_avg_sq[part] = state["exp_avg_sq"].cpu().numpy().reshape(-1)
+                self.step_count = int(float(state["step"]))
+        self.views = []  # (weight, bias, grad weight, grad bias, activation) as views into the flat vectors
+        index = 0
+        for linear, activation in layers:
+            weight = self.flat[self.slices[index]].reshape(linear.weight.shape)
+            grad_weight = self.grad[self.slices[index]].reshape(linear.weight.shape)
+            index += 1
+            bias = grad_bias = None
+            if linear.bias is not None:
+                bias, grad_bias = self.flat[self.slices[index]], self.grad[self.slices[index]]
+                index += 1
+            self.views.append((weight, bias, grad_weight, grad_bias, activation))
+
+    @classmethod
+    def create(cls, layers: list[tuple[nn.Linear, Activation]] | None, optimizer: th.optim.Optimizer) -> "NumpyAdamFit | None":
+        """
+        :param layers: output of :func:`mlp_layers`, or None
+        :param optimizer: the policy's optimizer
+        :return: the fitter, or ``None`` when this fast path does not apply
+        """
+        if layers is None or type(optimizer) is not th.optim.Adam or len(optimizer.param_groups) != 1:
+            return None
+        group = optimizer.param_groups[0]
+        if group.get("amsgrad") or group.get("weight_decay") or group.get("maximize") or group.get("decoupled_weight_decay"):
+            return None
+        if any(linear.weight.device.type != "cpu" for linear, _ in layers):
+            return None
+        return cls(layers, optimizer)
+
+    def step(self, x: np.ndarray, target: np.ndarray) -> float:
+        """
+        One Adam step on ``mean((mlp(x) - target)^2)``.
+
+        :param x: inputs, shape ``(batch, in_features)``
+        :param target: targets, shape ``(batch,)``
+        :return: the loss before the step
+        """
+        inputs = [x]
+        h = x
+        for weight, bias, _, _, activation in self.views:
+            h = h @ weight.T
+            if bias is not None:
+                h += bias
+            if activation == "tanh":
+                np.tanh(h, out=h)
+            elif activation == "relu":
+                np.maximum(h, 0.0, out=h)
+            inputs.append(h)
+        error = h[:, 0] - target
+        delta = (2.0 / len(target)) * error[:, None]
+        for index in range(len(self.views) - 1, -1, -1):
+            weight, bias, grad_weight, grad_bias, activation = self.views[index]
+            output = inputs[index + 1]
+            if activation == "tanh":
+                delta = delta * (1.0 - output * output)
+            elif activation == "relu":
+                delta = delta * (output > 0)
+            np.matmul(delta.T, inputs[index], out=grad_weight)
+            if grad_bias is not None:
+                np.sum(delta, axis=0, out=grad_bias)
+            if index > 0:
+                delta = delta @ weight
+        self.step_count += 1
+        self.exp_avg += (1.0 - self.beta1) * (self.grad - self.exp_avg)
+        self.exp_avg_sq *= self.beta2
+        self.exp_avg_sq += (1.0 - self.beta2) * self.grad * self.grad
+        bias_correction1 = 1.0 - self.beta1**self.step_count
+        bias_correction2_sqrt = (1.0 - self.beta2**self.step_count) ** 0.5
+        denominator = np.sqrt(self.exp_avg_sq) / bias_correction2_sqrt + self.eps
+        self.flat -= (self.lr / bias_correction1) * self.exp_avg / denominator
+        return float(np.mean(error * error))
+
+    def write_back(self) -> None:
+        """Copy the fitted parameters and the Adam moments back into the torch parameters and optimizer state."""
+        with th.no_grad():
+            for param, part in zip(self.params, self.slices, strict=True):
+                param.copy_(th.from_numpy(self.flat[part].reshape(param.shape)))
+                self.optimizer.state[param] = {
+                    "step": th.tensor(float(self.step_count), dtype=th.float32),
+                    "exp_avg": th.from_numpy(self.exp_avg[part].reshape(param.shape).copy()),
+                    "exp_avg_sq": th.from_numpy(self.exp_avg_sq[part].reshape(param.shape).copy()),
+                }
