@@ -2,14 +2,15 @@
 Speed: our TRPO vs sb3-contrib's TRPO, side by side in one process run.
 
 Hopper-v5 with rl-zoo3's MuJoCo TRPO settings (n_steps 1024, batch 128, 20 critic updates, 25 CG steps, damping 0.1,
-GAE 0.95, VecNormalize), one torch thread, n_envs 1 and 2. Each model is warmed up, then timed on ``--steps`` env
-steps; the two libraries alternate in rounds so that machine noise hits both alike. Prints env-steps/s end to end,
-the mean time of one ``train()``, and the ratios ours / sb3-contrib.
+GAE 0.95; ``--normalize`` adds rl-zoo3's VecNormalize), one torch thread, n_envs 1 and 2. Each model is warmed up,
+then timed on ``--steps`` env steps; the two libraries alternate in rounds so that machine noise hits both alike.
+Prints env-steps/s end to end, the mean time of one ``train()``, and the ratios ours / sb3-contrib. A second table
+compares VineTRPO's simulator steps/s (trunk plus branches) with single-path TRPO's.
 
 Equal effective trust region: sb3-contrib's ``target_kl`` is averaged over the 3 action dimensions, so its 0.01 is
 our 0.03 (the paper's whole-distribution KL).
 
-    python benchmarks/speed.py --steps 20000 --rounds 3
+    python benchmarks/speed.py --steps 20480 --rounds 3 [--normalize]
 """
 
 import argparse
@@ -34,8 +35,13 @@ ZOO_SETTINGS: dict[str, Any] = dict(
 VINE_SETTINGS: dict[str, Any] = dict(n_rollout_states=64, n_actions_per_state=4, rollout_length=50)
 
 
-def build(cls: type, n_envs: int, seed: int, target_kl: float) -> Any:
-    env = VecNormalize(make_vec_env("Hopper-v5", n_envs=n_envs, seed=seed), gamma=0.99)
+def make_env(n_envs: int, seed: int, normalize: bool) -> Any:
+    env = make_vec_env("Hopper-v5", n_envs=n_envs, seed=seed)
+    return VecNormalize(env, gamma=0.99) if normalize else env
+
+
+def build(cls: type, n_envs: int, seed: int, target_kl: float, normalize: bool) -> Any:
+    env = make_env(n_envs, seed, normalize)
     model = cls("MlpPolicy", env, seed=seed, target_kl=target_kl, **ZOO_SETTINGS)
     model.train_seconds = []
     original_train = model.train
@@ -60,18 +66,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20480, help="timed env steps per round and model")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--n-envs", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--normalize", action="store_true", help="wrap the envs in VecNormalize (as rl-zoo3 does)")
     parser.add_argument("--skip-vine", action="store_true", help="skip the VineTRPO vs TRPO table")
     parser.add_argument("--only-vine", action="store_true", help="only the VineTRPO vs TRPO table")
     args = parser.parse_args()
     th.set_num_threads(1)
     gym.logger.min_level = 40
     act_dim = 3  # Hopper-v5
-    print(f"torch {th.__version__}, 1 thread, Hopper-v5, {args.steps} steps x {args.rounds} rounds per model")
+    normalized = "with VecNormalize" if args.normalize else "no VecNormalize"
+    print(f"torch {th.__version__}, 1 thread, Hopper-v5 ({normalized}), {args.steps} steps x {args.rounds} rounds per model")
     print(f"{'n_envs':>6} {'lib':>12} {'steps/s':>9} {'train() ms':>11}")
     for n_envs in [] if args.only_vine else args.n_envs:
         models = {
-            "sb3-contrib": build(ContribTRPO, n_envs, 0, target_kl=0.01),
-            "sb3-trpo-ext": build(TRPO, n_envs, 0, target_kl=0.01 * act_dim),
+            "sb3-contrib": build(ContribTRPO, n_envs, 0, target_kl=0.01, normalize=args.normalize),
+            "sb3-trpo-ext": build(TRPO, n_envs, 0, target_kl=0.01 * act_dim, normalize=args.normalize),
         }
         for model in models.values():
             timed_learn(model, 2 * 1024 * n_envs)  # warm-up
@@ -100,7 +108,7 @@ def vine_vs_single_path(args: argparse.Namespace, act_dim: int) -> None:
     for n_envs in args.n_envs:
         rates = {}
         for name, cls, extra in (("TRPO", TRPO, {}), ("VineTRPO", VineTRPO, VINE_SETTINGS)):
-            env = VecNormalize(make_vec_env("Hopper-v5", n_envs=n_envs, seed=0), gamma=0.99)
+            env = make_env(n_envs, 0, args.normalize)
             model = cls("MlpPolicy", env, seed=0, target_kl=0.01 * act_dim, **ZOO_SETTINGS, **extra)
             timed_learn(model, 2 * 1024 * n_envs)
             before = model.num_timesteps
