@@ -147,37 +147,64 @@ def run_branch_rollouts(
     """
     n_states, n_actions = actions.shape[:2]
     n_branches = n_states * n_actions
-    length, gamma = algorithm.rollout_length, algorithm.gamma
     crn = algorithm.common_random_numbers
     state_of = np.repeat(np.arange(n_states), n_actions)
-    stacks = [np.stack([rollout_set.frame_stacks[n][f] for n in state_of]) for f in range(len(rollout_set.frame_stacks[0]))]
-    worker_of = np.arange(n_branches) % workers.n_workers
-    slot_of = np.arange(n_branches) // workers.n_workers
     reseeds = None if crn else algorithm._vine_rng().integers(0, 2**31, size=n_branches)
-    starts: list[list[tuple[Snapshot, int | None]]] = [[] for _ in range(workers.n_workers)]
-    for b in range(n_branches):
-        starts[worker_of[b]].append((rollout_set.snapshots[state_of[b]], None if reseeds is None else int(reseeds[b])))
-    workers.start(starts)
-    sampler = ActionSampler(algorithm.policy, n_states if crn else n_branches, max(1, length - 1))
+    # one noise sequence per state (common random numbers) or per branch, shared by all waves
+    sampler = ActionSampler(algorithm.policy, n_states if crn else n_branches, max(1, algorithm.rollout_length - 1))
     noise_rows = state_of if crn else np.arange(n_branches)
-
-    env_actions = np.array(
-        _env_actions(algorithm, actions.reshape(n_branches, *actions.shape[2:]))
-    )  # a copy: updated in place
+    # a copy, since it is updated in place
+    env_actions = np.array(_env_actions(algorithm, actions.reshape(n_branches, *actions.shape[2:])))
     q_values = np.zeros(n_branches)
-    alive = np.ones(n_branches, dtype=bool)
+    wave_size = workers.n_workers * algorithm.branch_envs_per_worker
+    wave_size = max(n_actions, wave_size - wave_size % n_actions)  # the K branches of a state share a wave
+    steps = 0
+    for first in range(0, n_branches, wave_size):
+        wave = np.arange(first, min(first + wave_size, n_branches))
+        starts: list[list[tuple[Snapshot, int | None]]] = [[] for _ in range(workers.n_workers)]
+        for position, b in enumerate(wave):
+            reseed = None if reseeds is None else int(reseeds[b])
+            starts[position % workers.n_workers].append((rollout_set.snapshots[state_of[b]], reseed))
+        workers.start(starts)
+        sampler.step = 0
+        steps += _run_wave(
+            algorithm, workers, transform, rollout_set, wave, state_of, env_actions, q_values, sampler, noise_rows
+        )
+    return q_values.reshape(n_states, n_actions), steps
+
+
+def _run_wave(
+    algorithm: "VineTRPO",
+    workers: BranchWorkers,
+    transform: BranchObservationTransform,
+    rollout_set: RolloutSet,
+    wave: np.ndarray,
+    state_of: np.ndarray,
+    env_actions: np.ndarray,
+    q_values: np.ndarray,
+    sampler: ActionSampler,
+    noise_rows: np.ndarray,
+) -> int:
+    """Step the branches of one wave (already started in the workers' pools) in lockstep; accumulate their Q."""
+    length, gamma = algorithm.rollout_length, algorithm.gamma
+    n_workers = workers.n_workers
+    stacks = [
+        np.stack([rollout_set.frame_stacks[state_of[b]][f] for b in wave]) for f in range(len(rollout_set.frame_stacks[0]))
+    ]
+    alive = np.ones(len(wave), dtype=bool)
     steps = 0
     for t in range(length):
-        live = np.flatnonzero(alive)
+        live = np.flatnonzero(alive)  # positions in the wave
         if live.size == 0:
             break
-        work: list[list[tuple[int, Any]]] = [[] for _ in range(workers.n_workers)]
-        members: list[list[int]] = [[] for _ in range(workers.n_workers)]
-        for b in live:
-            work[worker_of[b]].append((int(slot_of[b]), env_actions[b]))
-            members[worker_of[b]].append(int(b))
+        work: list[list[tuple[int, Any]]] = [[] for _ in range(n_workers)]
+        members: list[list[int]] = [[] for _ in range(n_workers)]
+        for position in live:
+            work[position % n_workers].append((int(position // n_workers), env_actions[wave[position]]))
+            members[position % n_workers].append(int(position))
         flat = [transition for group in workers.step(work) for transition in group]
-        order = np.array([b for group in members for b in group])
+        order = np.array([position for group in members for position in group])
+        branches = wave[order]
         steps += len(flat)
         raw_obs = _stack([transition[0] for transition in flat])
         raw_rewards = np.array([transition[1] for transition in flat], dtype=np.float32)
@@ -186,20 +213,20 @@ def run_branch_rollouts(
         obs, rewards, new_stacks = transform(raw_obs, raw_rewards, [s[order] for s in stacks])
         for stack, new_stack in zip(stacks, new_stacks, strict=True):
             stack[order] = new_stack
-        q_values[order] += gamma**t * rewards
+        q_values[branches] += gamma**t * rewards
         cut = ~terminated & (truncated | (t == length - 1))
         if t == length - 1 and not algorithm.bootstrap_branches:
             cut &= truncated
         if cut.any():
             with th.no_grad():
                 values = algorithm.policy.predict_values(obs_as_tensor(_select(obs, cut), algorithm.device))  # type: ignore[arg-type]
-            q_values[order[cut]] += gamma ** (t + 1) * values.flatten().cpu().numpy()
+            q_values[branches[cut]] += gamma ** (t + 1) * values.flatten().cpu().numpy()
         ended = terminated | truncated
         alive[order[ended]] = False
         if t < length - 1 and not ended.all():
-            next_actions = sampler(_select(obs, ~ended), noise_rows[order[~ended]])
-            env_actions[order[~ended]] = _env_actions(algorithm, next_actions)
-    return q_values.reshape(n_states, n_actions), steps
+            next_actions = sampler(_select(obs, ~ended), noise_rows[branches[~ended]])
+            env_actions[branches[~ended]] = _env_actions(algorithm, next_actions)
+    return steps
 
 
 def _select(obs: Observation, mask: np.ndarray) -> Observation:

@@ -60,6 +60,8 @@ class VineTRPO(TRPO):
     :param action_sampling: ``"policy"`` (q = pi) or ``"uniform"`` (q uniform; discrete spaces only)
     :param bootstrap_branches: add ``gamma^m V(s_m)`` at the cut of a branch that did not end
     :param common_random_numbers: share simulator randomness and policy noise across the K branches of a state
+    :param branch_envs_per_worker: clones of its env each worker keeps for branches; more branches than
+        ``n_envs * branch_envs_per_worker`` run in successive waves (memory vs batching)
     :param kwargs: every other keyword of :class:`~sb3_trpo_ext.trpo.TRPO` (``learning_rate``, ``batch_size``,
         ``gamma``, ``target_kl``, ``cg_max_steps``, ``cg_damping``, line search, critic, ...)
     """
@@ -77,11 +79,13 @@ class VineTRPO(TRPO):
         action_sampling: Literal["policy", "uniform"] = "policy",
         bootstrap_branches: bool = True,
         common_random_numbers: bool = True,
+        branch_envs_per_worker: int = 256,
         **kwargs: Any,
     ) -> None:
         check_int_at_least("n_rollout_states", n_rollout_states, 1, " The paper uses 125-625 for MuJoCo.")
         check_int_at_least("n_actions_per_state", n_actions_per_state, 2, " The paper uses K = 4.")
         check_int_at_least("rollout_length", rollout_length, 1, " The paper uses m = 50 or 100.")
+        check_int_at_least("branch_envs_per_worker", branch_envs_per_worker, 1)
         if action_sampling not in ACTION_SAMPLING:
             raise ValueError(f"action_sampling must be one of {ACTION_SAMPLING}, got {action_sampling!r}.")
         self.n_rollout_states = n_rollout_states
@@ -90,6 +94,7 @@ class VineTRPO(TRPO):
         self.action_sampling = action_sampling
         self.bootstrap_branches = bootstrap_branches
         self.common_random_numbers = common_random_numbers
+        self.branch_envs_per_worker = branch_envs_per_worker
         super().__init__(policy, env, n_steps=n_steps, **kwargs)
         if (
             getattr(self, "action_space", None) is not None
