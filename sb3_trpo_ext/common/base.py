@@ -13,7 +13,7 @@ fit the critic, log. Subclasses differ only where the methods differ:
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import numpy as np
 import torch as th
@@ -28,7 +28,7 @@ from stable_baselines3.common.policies import (
     BasePolicy,
     MultiInputActorCriticPolicy,
 )
-from stable_baselines3.common.type_aliases import GymEnv, PyTorchObs, Schedule
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, Schedule
 from stable_baselines3.common.utils import explained_variance
 from stable_baselines3.common.vec_env import VecEnv
 from threadpoolctl import threadpool_limits
@@ -51,6 +51,8 @@ from sb3_trpo_ext.common.validation import (
     check_int_at_least,
     check_positive,
 )
+
+SelfNaturalGradientAlgorithm = TypeVar("SelfNaturalGradientAlgorithm", bound="NaturalGradientAlgorithm")
 
 
 class PolicyBatch(NamedTuple):
@@ -457,6 +459,35 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
         with th.no_grad():
             features = policy.extract_features(observations)
         return policy.value_net(policy.mlp_extractor.forward_critic(features))  # type: ignore[arg-type]
+
+    def learn(
+        self: SelfNaturalGradientAlgorithm,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 1,
+        tb_log_name: str = "",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfNaturalGradientAlgorithm:
+        """
+        Train for ``total_timesteps`` environment steps (simulator steps for the vine method).
+
+        :param total_timesteps: the number of steps to train for
+        :param callback: callback(s) called at every step
+        :param log_interval: log every ``log_interval`` iterations
+        :param tb_log_name: the run's name in tensorboard (default: the class name)
+        :param reset_num_timesteps: whether to reset the step counter (False continues a previous ``learn``)
+        :param progress_bar: display a progress bar (needs tqdm and rich)
+        :return: the trained model
+        """
+        return super().learn(
+            total_timesteps=total_timesteps,
+            callback=callback,
+            log_interval=log_interval,
+            tb_log_name=tb_log_name or type(self).__name__,
+            reset_num_timesteps=reset_num_timesteps,
+            progress_bar=progress_bar,
+        )
 
     # ------------------------------------------------------------------ train
 

@@ -86,11 +86,15 @@ class NumpyMlp:
             h = h @ weight
             if bias is not None:
                 h += bias
-            if activation == "tanh":
-                np.tanh(h, out=h)
-            elif activation == "relu":
-                np.maximum(h, 0.0, out=h)
+            _activate_in_place(h, activation)
         return h
+
+
+def _activate_in_place(h: np.ndarray, activation: Activation) -> None:
+    if activation == "tanh":
+        np.tanh(h, out=h)
+    elif activation == "relu":
+        np.maximum(h, 0.0, out=h)
 
 
 def forward_cache(layers: list[tuple[nn.Linear, Activation]], x: th.Tensor) -> list[th.Tensor]:
@@ -115,6 +119,7 @@ def forward_cache(layers: list[tuple[nn.Linear, Activation]], x: th.Tensor) -> l
 
 
 def _activation_derivative(delta: th.Tensor, output: th.Tensor, activation: Activation) -> th.Tensor:
+    """``delta`` times the activation's derivative, given the activation's output (tensors or arrays)."""
     if activation == "tanh":
         return delta * (1.0 - output * output)
     if activation == "relu":
@@ -272,20 +277,13 @@ class NumpyAdamFit:
             h = h @ weight.T
             if bias is not None:
                 h += bias
-            if activation == "tanh":
-                np.tanh(h, out=h)
-            elif activation == "relu":
-                np.maximum(h, 0.0, out=h)
+            _activate_in_place(h, activation)
             inputs.append(h)
         error = h[:, 0] - target
         delta = (2.0 / len(target)) * error[:, None]
         for index in range(len(self.views) - 1, -1, -1):
             weight, bias, grad_weight, grad_bias, activation = self.views[index]
-            output = inputs[index + 1]
-            if activation == "tanh":
-                delta = delta * (1.0 - output * output)
-            elif activation == "relu":
-                delta = delta * (output > 0)
+            delta = _activation_derivative(delta, inputs[index + 1], activation)  # type: ignore[arg-type]
             np.matmul(delta.T, inputs[index], out=grad_weight)
             if grad_bias is not None:
                 np.sum(delta, axis=0, out=grad_bias)

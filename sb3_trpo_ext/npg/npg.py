@@ -1,16 +1,14 @@
 """Natural policy gradient (Kakade 2001; as in Rajeswaran et al. 2017): the TRPO machinery with a fixed step."""
 
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import torch as th
 from stable_baselines3.common.policies import ActorCriticPolicy
-from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback
+from stable_baselines3.common.type_aliases import GymEnv
 
 from sb3_trpo_ext.common.base import NaturalGradientAlgorithm, StepOutcome
 from sb3_trpo_ext.common.natural_gradient import apply_fixed_step
 from sb3_trpo_ext.common.validation import check_positive
-
-SelfNaturalPG = TypeVar("SelfNaturalPG", bound="NaturalPG")
 
 STEP_MODES = ("kl", "constant")
 
@@ -64,21 +62,3 @@ class NaturalPG(NaturalGradientAlgorithm):
             self.skipped_updates += 1
             return StepOutcome(accepted=False, objective=old_objective, kl=0.0, step_size=0.0)
         return StepOutcome(accepted=True, objective=objective, kl=kl, step_size=scale)
-
-    def learn(
-        self: SelfNaturalPG,
-        total_timesteps: int,
-        callback: MaybeCallback = None,
-        log_interval: int = 1,
-        tb_log_name: str = "NaturalPG",
-        reset_num_timesteps: bool = True,
-        progress_bar: bool = False,
-    ) -> SelfNaturalPG:
-        return super().learn(
-            total_timesteps=total_timesteps,
-            callback=callback,
-            log_interval=log_interval,
-            tb_log_name=tb_log_name,
-            reset_num_timesteps=reset_num_timesteps,
-            progress_bar=progress_bar,
-        )

@@ -1,17 +1,15 @@
 """TRPO, single-path: Schulman et al. (2015), https://arxiv.org/abs/1502.05477, Section 5.1 and Appendix C."""
 
-from typing import Any, TypeVar
+from typing import Any
 
 import torch as th
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.policies import ActorCriticPolicy
-from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
+from stable_baselines3.common.type_aliases import GymEnv, Schedule
 
 from sb3_trpo_ext.common.base import NaturalGradientAlgorithm, StepOutcome
 from sb3_trpo_ext.common.natural_gradient import backtracking_line_search
 from sb3_trpo_ext.common.validation import check_in_range, check_int_at_least
-
-SelfTRPO = TypeVar("SelfTRPO", bound="TRPO")
 
 
 class TRPO(NaturalGradientAlgorithm):
@@ -141,22 +139,4 @@ class TRPO(NaturalGradientAlgorithm):
             kl=result.kl,
             step_size=full_step_scale * result.step_fraction,
             line_search_iterations=result.iterations,
-        )
-
-    def learn(
-        self: SelfTRPO,
-        total_timesteps: int,
-        callback: MaybeCallback = None,
-        log_interval: int = 1,
-        tb_log_name: str = "TRPO",
-        reset_num_timesteps: bool = True,
-        progress_bar: bool = False,
-    ) -> SelfTRPO:
-        return super().learn(
-            total_timesteps=total_timesteps,
-            callback=callback,
-            log_interval=log_interval,
-            tb_log_name=tb_log_name,
-            reset_num_timesteps=reset_num_timesteps,
-            progress_bar=progress_bar,
         )

@@ -1,6 +1,6 @@
 """TRPO, vine method: Schulman et al. (2015), https://arxiv.org/abs/1502.05477, Section 5.2."""
 
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch as th
@@ -8,7 +8,7 @@ from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.policies import ActorCriticPolicy
-from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs
+from stable_baselines3.common.type_aliases import GymEnv, PyTorchObs
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 
@@ -19,8 +19,6 @@ from sb3_trpo_ext.trpo.trpo import TRPO
 from sb3_trpo_ext.vine.branches import BranchObservationTransform, BranchWorkers
 from sb3_trpo_ext.vine.estimators import all_actions_surrogate, importance_sampling_surrogate
 from sb3_trpo_ext.vine.rollout_set import RolloutSet, run_branch_rollouts, sample_branch_actions
-
-SelfVineTRPO = TypeVar("SelfVineTRPO", bound="VineTRPO")
 
 ACTION_SAMPLING = ("policy", "uniform")
 
@@ -202,24 +200,6 @@ class VineTRPO(TRPO):
         if self.uses_all_actions:
             return all_actions_surrogate(log_prob, q_values)
         return importance_sampling_surrogate(log_prob, self._vine_log_q, q_values)
-
-    def learn(
-        self: SelfVineTRPO,
-        total_timesteps: int,
-        callback: MaybeCallback = None,
-        log_interval: int = 1,
-        tb_log_name: str = "VineTRPO",
-        reset_num_timesteps: bool = True,
-        progress_bar: bool = False,
-    ) -> SelfVineTRPO:
-        return super().learn(
-            total_timesteps=total_timesteps,
-            callback=callback,
-            log_interval=log_interval,
-            tb_log_name=tb_log_name,
-            reset_num_timesteps=reset_num_timesteps,
-            progress_bar=progress_bar,
-        )
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "_vine_batch", "_vine_log_q", "_rng", "_branches"]
