@@ -30,7 +30,7 @@ from stable_baselines3.common.vec_env import (
     VecTransposeImage,
 )
 
-from sb3_trpo_ext.common.snapshot import Snapshot, SnapshotWrapper, capture, restore
+from sb3_trpo_ext.common.snapshot import Snapshot, capture, register_snapshot_adapter, restore
 
 Transition = tuple[Any, float, bool, bool]
 """What a branch step returns: (observation, reward, terminated, truncated)."""
@@ -99,14 +99,19 @@ class BranchPool:
         return results
 
 
-class VineWorkerWrapper(SnapshotWrapper):
+class VineWorkerWrapper(gym.Wrapper):
     """
     Gives a ``SubprocVecEnv`` worker the snapshot and branch methods. Use it as ``wrapper_class`` of ``make_vec_env``::
 
         env = make_vec_env("Hopper-v5", n_envs=4, vec_env_cls=SubprocVecEnv, wrapper_class=VineWorkerWrapper)
 
-    ``DummyVecEnv`` needs no wrapper.
+    ``DummyVecEnv`` needs no wrapper. Snapshots and branch clones are of the env inside this wrapper, which holds no
+    state of its own.
     """
+
+    def vine_capture(self) -> Snapshot:
+        """:return: the snapshot of the env inside this wrapper (what the branch pool's clones are copies of)"""
+        return capture(self.env, live=False)
 
     def vine_start_branches(self, items: list[tuple[Snapshot, int | None]]) -> None:
         """:param items: see :meth:`BranchPool.start`"""
@@ -118,6 +123,24 @@ class VineWorkerWrapper(SnapshotWrapper):
         """:param actions: see :meth:`BranchPool.step`
         :return: see :meth:`BranchPool.step`"""
         return self._branch_pool.step(actions)
+
+
+class _VineWorkerWrapperAdapter:
+    """VineWorkerWrapper holds no simulator state (its branch pool is not part of the env's state)."""
+
+    name = "VineWorkerWrapper"
+
+    def matches(self, env_layer: Any) -> bool:
+        return type(env_layer) is VineWorkerWrapper
+
+    def capture(self, env_layer: Any) -> None:
+        return None
+
+    def restore(self, env_layer: Any, state: None) -> None:
+        return None
+
+
+register_snapshot_adapter(_VineWorkerWrapperAdapter())
 
 
 class BranchWorkers:
@@ -151,7 +174,7 @@ class BranchWorkers:
         :return: the snapshot of that env's current state"""
         if self.pools:
             return capture(self.base.envs[index], live=False)  # type: ignore[attr-defined]
-        return self.base.env_method("get_snapshot", False, indices=[index])[0]
+        return self.base.env_method("vine_capture", indices=[index])[0]
 
     def _call(self, method: str, payloads: list[Any]) -> list[Any]:
         """Call ``method`` on every worker with a non-empty payload, in parallel; ``[]`` for the others."""
