@@ -30,7 +30,14 @@ from stable_baselines3.common.vec_env import (
     VecTransposeImage,
 )
 
-from sb3_trpo_ext.common.snapshot import Snapshot, capture, register_snapshot_adapter, restore
+from sb3_trpo_ext.common.snapshot import (
+    Snapshot,
+    SnapshotError,
+    capture,
+    check_snapshottable,
+    register_snapshot_adapter,
+    restore,
+)
 
 Transition = tuple[Any, float, bool, bool]
 """What a branch step returns: (observation, reward, terminated, truncated)."""
@@ -106,23 +113,43 @@ class VineWorkerWrapper(gym.Wrapper):
         env = make_vec_env("Hopper-v5", n_envs=4, vec_env_cls=SubprocVecEnv, wrapper_class=VineWorkerWrapper)
 
     ``DummyVecEnv`` needs no wrapper. Snapshots and branch clones are of the env inside this wrapper, which holds no
-    state of its own.
+    state of its own. Each method returns ``(True, result)`` or ``(False, message)``, so that an error in a worker
+    reaches the main process as a ``SnapshotError`` instead of killing the worker.
     """
 
-    def vine_capture(self) -> Snapshot:
-        """:return: the snapshot of the env inside this wrapper (what the branch pool's clones are copies of)"""
-        return capture(self.env, live=False)
+    def vine_check(self) -> tuple[bool, Any]:
+        """:return: whether the env inside can be snapshotted (a capture, pickle and restore round trip)"""
+        return _guarded(check_snapshottable, self.env)
 
-    def vine_start_branches(self, items: list[tuple[Snapshot, int | None]]) -> None:
-        """:param items: see :meth:`BranchPool.start`"""
+    def vine_capture(self) -> tuple[bool, Any]:
+        """:return: the snapshot of the env inside this wrapper (what the branch pool's clones are copies of)"""
+        return _guarded(capture, self.env, live=False)
+
+    def vine_start_branches(self, items: list[tuple[Snapshot, int | None]]) -> tuple[bool, Any]:
+        """:param items: see :meth:`BranchPool.start`
+        :return: ``(True, None)`` or ``(False, message)``"""
         if not hasattr(self, "_branch_pool"):
             self._branch_pool = BranchPool(self.env)
-        self._branch_pool.start(items)
+        return _guarded(self._branch_pool.start, items)
 
-    def vine_step_branches(self, actions: list[tuple[int, Any]]) -> list[Transition]:
+    def vine_step_branches(self, actions: list[tuple[int, Any]]) -> tuple[bool, Any]:
         """:param actions: see :meth:`BranchPool.step`
-        :return: see :meth:`BranchPool.step`"""
-        return self._branch_pool.step(actions)
+        :return: ``(True, transitions)`` or ``(False, message)``"""
+        return _guarded(self._branch_pool.step, actions)
+
+
+def _guarded(function: Any, *args: Any, **kwargs: Any) -> tuple[bool, Any]:
+    try:
+        return True, function(*args, **kwargs)
+    except Exception as error:  # reported in the main process, see BranchWorkers
+        return False, f"{type(error).__name__}: {error}"
+
+
+def _unwrap_reply(reply: tuple[bool, Any], index: int) -> Any:
+    ok, value = reply
+    if not ok:
+        raise SnapshotError(f"VineTRPO branch worker {index} failed: {value}")
+    return value
 
 
 class _VineWorkerWrapperAdapter:
@@ -174,7 +201,16 @@ class BranchWorkers:
         :return: the snapshot of that env's current state"""
         if self.pools:
             return capture(self.base.envs[index], live=False)  # type: ignore[attr-defined]
-        return self.base.env_method("vine_capture", indices=[index])[0]
+        return _unwrap_reply(self.base.env_method("vine_capture", indices=[index])[0], index)
+
+    def check(self) -> None:
+        """:raises SnapshotError: when an env cannot be snapshotted, with the env's name and the fix"""
+        if self.pools:
+            for pool in self.pools:
+                check_snapshottable(pool.env)
+        else:
+            for index, reply in enumerate(self.base.env_method("vine_check")):
+                _unwrap_reply(reply, index)
 
     def _call(self, method: str, payloads: list[Any]) -> list[Any]:
         """Call ``method`` on every worker with a non-empty payload, in parallel; ``[]`` for the others."""
@@ -189,7 +225,7 @@ class BranchWorkers:
         results: list[Any] = [[] for _ in payloads]
         for index in busy:
             results[index] = remotes[index].recv()
-        return results
+        return [_unwrap_reply(reply, index) if index in busy else reply for index, reply in enumerate(results)]
 
     def start(self, items: list[list[tuple[Snapshot, int | None]]]) -> None:
         """:param items: per worker, ``(snapshot, reseed)`` per branch (its slot is its position)"""

@@ -105,7 +105,7 @@ def sample_branch_actions(algorithm: "VineTRPO", observations: Observation) -> t
             actions = rng.integers(0, nvec, size=(n_states, n_actions, len(nvec)))
             return actions, np.full((n_states, n_actions), -np.log(nvec).sum())
         if isinstance(space, spaces.MultiBinary):
-            actions = rng.integers(0, 2, size=(n_states, n_actions, int(np.prod(space.shape))))
+            actions = rng.integers(0, 2, size=(n_states, n_actions, int(np.prod(space.shape)))).astype(np.float32)
             return actions, np.full((n_states, n_actions), -actions.shape[-1] * np.log(2.0))
         raise ValueError("action_sampling='uniform' needs a discrete action space")
     with th.no_grad():

@@ -110,15 +110,8 @@ class VineTRPO(TRPO):
 
     def _check_env(self, env: VecEnv) -> None:
         """Fail at construction, with the fix, when branches cannot be run on ``env``."""
-        from sb3_trpo_ext.common.snapshot import check_snapshottable
-
-        workers = BranchWorkers(env)
         BranchObservationTransform(env)
-        if hasattr(workers.base, "envs"):
-            for sub_env in workers.base.envs:
-                check_snapshottable(sub_env)
-        else:
-            workers.capture(0)
+        BranchWorkers(env).check()
 
     @property
     def uses_all_actions(self) -> bool:
