@@ -5,7 +5,7 @@ import torch as th
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 
-from sb3_trpo_ext import TRPO, NaturalPG, VineTRPO
+from sb3_trpo_ext import TRPO, NaturalPG
 
 pytestmark = pytest.mark.slow
 
