@@ -531,7 +531,7 @@ def test_apply_fixed_step_moves_parameters_by_step_when_finite() -> None:
     old_flat = get_flat_params(params)
     step = th.linspace(0.0, 1.0, 7, dtype=DTYPE)
     moved = []
-    kept, objective, kl = apply_fixed_step(params, step, lambda: (moved.append(get_flat_params(params)) or (0.3, 0.2)))
+    kept, objective, kl = apply_fixed_step(params, step, lambda: moved.append(get_flat_params(params)) or (0.3, 0.2))
     assert kept is True and (objective, kl) == (0.3, 0.2)
     assert th.equal(get_flat_params(params), old_flat + step)
     assert th.equal(moved[0], old_flat + step)  # evaluated at the moved parameters
