@@ -9,19 +9,38 @@ The indices are drawn before the trunk runs, so each chosen state is snapshotted
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch as th
 from gymnasium import spaces
+from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.utils import obs_as_tensor
 
 from sb3_trpo_ext.common.rollouts import ActionSampler
 from sb3_trpo_ext.common.snapshot import Snapshot
 from sb3_trpo_ext.vine.branches import BranchObservationTransform, BranchWorkers
 
-if TYPE_CHECKING:
-    from sb3_trpo_ext.vine.vine import VineTRPO
+
+class VineSettings(Protocol):
+    """What the rollout-set machinery reads from the algorithm (``VineTRPO`` provides it)."""
+
+    policy: ActorCriticPolicy
+    action_space: spaces.Space
+    device: th.device
+    gamma: float
+    n_actions_per_state: int
+    rollout_length: int
+    action_sampling: str
+    bootstrap_branches: bool
+    common_random_numbers: bool
+    branch_envs_per_worker: int
+
+    @property
+    def uses_all_actions(self) -> bool: ...
+
+    def _vine_rng(self) -> np.random.Generator: ...
+
 
 Observation = np.ndarray | dict[str, np.ndarray]
 
@@ -81,7 +100,7 @@ def _stack(observations: list[Observation]) -> Observation:
     return np.stack(observations)  # type: ignore[arg-type]
 
 
-def sample_branch_actions(algorithm: "VineTRPO", observations: Observation) -> tuple[np.ndarray, np.ndarray]:
+def sample_branch_actions(algorithm: VineSettings, observations: Observation) -> tuple[np.ndarray, np.ndarray]:
     """
     The K actions at each rollout-set state, drawn from ``q``, with ``log q``.
 
@@ -115,7 +134,7 @@ def sample_branch_actions(algorithm: "VineTRPO", observations: Observation) -> t
     return th.stack(samples, dim=1).cpu().numpy(), log_q.cpu().numpy()
 
 
-def _env_actions(algorithm: "VineTRPO", actions: np.ndarray) -> np.ndarray:
+def _env_actions(algorithm: VineSettings, actions: np.ndarray) -> np.ndarray:
     """Actions as the env takes them (clipped or unsquashed Box actions), as the trunk does."""
     space = algorithm.action_space
     if isinstance(space, spaces.Box):
@@ -126,7 +145,7 @@ def _env_actions(algorithm: "VineTRPO", actions: np.ndarray) -> np.ndarray:
 
 
 def run_branch_rollouts(
-    algorithm: "VineTRPO",
+    algorithm: VineSettings,
     workers: BranchWorkers,
     transform: BranchObservationTransform,
     rollout_set: RolloutSet,
@@ -174,7 +193,7 @@ def run_branch_rollouts(
 
 
 def _run_wave(
-    algorithm: "VineTRPO",
+    algorithm: VineSettings,
     workers: BranchWorkers,
     transform: BranchObservationTransform,
     rollout_set: RolloutSet,
