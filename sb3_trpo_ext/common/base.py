@@ -76,7 +76,7 @@ class StepOutcome:
     extra: dict[str, float] = field(default_factory=dict)
 
 
-def index_observations(observations: PyTorchObs, index: th.Tensor | slice) -> PyTorchObs:
+def index_observations(observations: PyTorchObs, index: th.Tensor | np.ndarray | slice) -> PyTorchObs:
     """
     :param observations: a batch of observations (tensor or dict of tensors)
     :param index: indices or a slice along the batch dimension
@@ -310,7 +310,7 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
         """Parameters the action distribution depends on (found once through autograd)."""
         if self._actor_params is None:
             params = [p for p in self.policy.parameters() if p.requires_grad]
-            probe = sum(t.sum() for t in _distribution_tensors(distribution))
+            probe = th.stack([t.sum() for t in _distribution_tensors(distribution)]).sum()
             grads = th.autograd.grad(probe, params, retain_graph=True, allow_unused=True)
             self._actor_params = [p for p, g in zip(params, grads, strict=True) if g is not None]
         return self._actor_params
@@ -431,8 +431,8 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
             numpy_fit.write_back()
             return losses
         loss_tensors = []
-        for index in self._minibatches(n_samples):
-            index = th.as_tensor(index, device=self.device)
+        for batch_indices in self._minibatches(n_samples):
+            index = th.as_tensor(batch_indices, device=self.device)
             optimizer.zero_grad(set_to_none=True)
             if critic_layers is not None:  # plain MLP critic: the same gradient, computed by hand
                 loss_tensors.append(mse_gradients(critic_layers, observations[index], returns[index]))  # type: ignore[index]
@@ -525,8 +525,8 @@ def _distribution_tensors(distribution: Distribution) -> list[th.Tensor]:
     dists = distribution.distribution if isinstance(distribution.distribution, list) else [distribution.distribution]
     tensors = []
     for dist in dists:
-        if hasattr(dist, "loc"):
+        if isinstance(dist, th.distributions.Normal):
             tensors += [dist.loc, dist.scale]
         else:
-            tensors.append(dist.logits)
+            tensors.append(dist.logits)  # type: ignore[attr-defined]
     return tensors

@@ -75,9 +75,9 @@ def kl_per_state(old: Distribution, new: Distribution) -> th.Tensor:
     """
     if type(old) is not type(new):
         raise TypeError(f"KL between different distribution types: {type(old).__name__} and {type(new).__name__}")
-    if isinstance(old.distribution, list):
+    if isinstance(old.distribution, list) and isinstance(new.distribution, list):
         return th.stack([_kl(p, q) for p, q in zip(old.distribution, new.distribution, strict=True)], dim=1).sum(dim=1)
-    return _kl(old.distribution, new.distribution)
+    return _kl(old.distribution, new.distribution)  # type: ignore[arg-type]
 
 
 def mean_kl(old: Distribution, new: Distribution) -> th.Tensor:

@@ -200,7 +200,7 @@ class BranchWorkers:
         """:param index: env index
         :return: the snapshot of that env's current state"""
         if self.pools:
-            return capture(self.base.envs[index], live=False)  # type: ignore[attr-defined]
+            return capture(self.base.envs[index], live=False)  # type: ignore[union-attr]
         return _unwrap_reply(self.base.env_method("vine_capture", indices=[index])[0], index)
 
     def check(self) -> None:
@@ -219,7 +219,7 @@ class BranchWorkers:
                 getattr(pool, method)(payload) if payload else [] for pool, payload in zip(self.pools, payloads, strict=True)
             ]
         busy = [index for index, payload in enumerate(payloads) if payload]
-        remotes = self.base.remotes  # type: ignore[attr-defined]
+        remotes = self.base.remotes  # type: ignore[union-attr]
         for index in busy:
             remotes[index].send(("env_method", (f"vine_{method}_branches", (payloads[index],), {})))
         results: list[Any] = [[] for _ in payloads]
@@ -264,16 +264,14 @@ class BranchObservationTransform:
         :return: the current frame-stack buffers of that env (one per VecFrameStack)"""
         return [w.stacked_obs.stacked_obs[index].copy() for w in self.inner_to_outer if isinstance(w, VecFrameStack)]
 
-    def __call__(
-        self, obs: np.ndarray, rewards: np.ndarray, stacks: list[np.ndarray]
-    ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    def __call__(self, obs: Any, rewards: np.ndarray, stacks: list[np.ndarray]) -> tuple[Any, np.ndarray, list[np.ndarray]]:
         """
         :param obs: raw observations of a batch of branches
         :param rewards: raw rewards
         :param stacks: the branches' frame-stack buffers (updated copies are returned)
         :return: the observations and rewards as the policy and critic see them, and the new stacks
         """
-        new_stacks = []
+        new_stacks: list[np.ndarray] = []
         for wrapper in self.inner_to_outer:
             if isinstance(wrapper, VecFrameStack):
                 stacked = stacks[len(new_stacks)]

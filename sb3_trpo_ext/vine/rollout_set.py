@@ -9,7 +9,7 @@ The indices are drawn before the trunk runs, so each chosen state is snapshotted
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch as th
@@ -31,7 +31,7 @@ class VineSettings(Protocol):
     gamma: float
     n_actions_per_state: int
     rollout_length: int
-    action_sampling: str
+    action_sampling: Literal["policy", "uniform"]
     bootstrap_branches: bool
     common_random_numbers: bool
     branch_envs_per_worker: int

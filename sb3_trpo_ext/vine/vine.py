@@ -141,6 +141,7 @@ class VineTRPO(TRPO):
         rollout_set = RolloutSet.choose(n_rollout_steps, env.num_envs, self.n_rollout_states, self._vine_rng())
 
         def snapshot_chosen_states(step: int) -> None:
+            assert self._last_obs is not None
             for index in rollout_set.envs_at_step(step):
                 rollout_set.add(step, index, workers.capture(index), self._last_obs, transform.frame_stacks(index))
 
