@@ -31,7 +31,10 @@ benchmark: $(STAMP)
 	$(PY) benchmarks/learning.py
 
 lint: $(STAMP)
+	$(PIP) install ruff mypy
 	$(PY) -m ruff check sb3_trpo_ext tests benchmarks examples
+	$(PY) -m ruff format --check sb3_trpo_ext tests benchmarks examples
+	$(PY) -m mypy sb3_trpo_ext
 
 clean:
 	rm -rf $(VENV) demo_output benchmarks/output
