@@ -73,6 +73,8 @@ class StepOutcome:
     kl: float
     step_size: float
     line_search_iterations: int = 0
+    non_finite: bool = False
+    """The step gave a non-finite result and was undone (counted as a skipped update)."""
     extra: dict[str, float] = field(default_factory=dict)
 
 
@@ -359,6 +361,8 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
             return float(new_objective.item()), float(kl.item())
 
         outcome = self._apply_step(params, direction, beta, evaluate, old_objective)
+        if outcome.non_finite:
+            self.skipped_updates += 1
         stats.update(
             kl_divergence_loss=outcome.kl,
             is_line_search_success=float(outcome.accepted),

@@ -59,6 +59,5 @@ class NaturalPG(NaturalGradientAlgorithm):
         scale = full_step_scale if self.step_mode == "kl" else self.step_size
         kept, objective, kl = apply_fixed_step(params, scale * direction, evaluate)
         if not kept:
-            self.skipped_updates += 1
-            return StepOutcome(accepted=False, objective=old_objective, kl=0.0, step_size=0.0)
+            return StepOutcome(accepted=False, objective=old_objective, kl=0.0, step_size=0.0, non_finite=True)
         return StepOutcome(accepted=True, objective=objective, kl=kl, step_size=scale)
