@@ -1,6 +1,6 @@
 """
 The vine method on CartPole-v1: every action rolled out from each rollout-set state (Eq. 15), branches in parallel
-worker processes (SubprocVecEnv + VineWorkerWrapper). The budget counts trunk and branch simulator steps.
+worker processes (a plain SubprocVecEnv). The budget counts trunk and branch simulator steps.
 
     python examples/vine_cartpole.py --timesteps 300000 --n-envs 2
 """
@@ -11,7 +11,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import SubprocVecEnv
 
-from sb3_trpo_ext import VineTRPO, VineWorkerWrapper
+from sb3_trpo_ext import VineTRPO
 
 if __name__ == "__main__":  # SubprocVecEnv re-imports this module in its workers
     parser = argparse.ArgumentParser()
@@ -19,7 +19,7 @@ if __name__ == "__main__":  # SubprocVecEnv re-imports this module in its worker
     parser.add_argument("--n-envs", type=int, default=2)
     args = parser.parse_args()
 
-    env = make_vec_env("CartPole-v1", n_envs=args.n_envs, seed=0, vec_env_cls=SubprocVecEnv, wrapper_class=VineWorkerWrapper)
+    env = make_vec_env("CartPole-v1", n_envs=args.n_envs, seed=0, vec_env_cls=SubprocVecEnv)
     model = VineTRPO(
         "MlpPolicy", env, n_steps=512, n_rollout_states=64, n_actions_per_state=2, rollout_length=50,
         gae_lambda=0.98, cg_damping=1e-3, n_critic_updates=20, seed=0, verbose=1,

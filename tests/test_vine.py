@@ -7,7 +7,7 @@ VineTRPO (sb3_trpo_ext.vine): the vine method of Schulman et al. (2015), Section
 - ``learn(total_timesteps)`` counts simulator steps (trunk plus branches) and logs both;
 - Q-values equal their closed form on a deterministic env, with and without bootstrapping at the cut;
 - common random numbers reduce the variance of ``Q(s, a_1) - Q(s, a_2)``;
-- construction errors (bad keywords, non-snapshottable envs, SubprocVecEnv without VineWorkerWrapper);
+- construction errors (bad keywords, non-snapshottable envs); any SubprocVecEnv runs branches, errors name the cause;
 - short runs on every action space, Dict observations, images with frame stacking, VecNormalize, SubprocVecEnv,
   save/load;
 - slow (``-m slow``): CartPole-v1 and Pendulum-v1 learning thresholds within a simulator-step budget, and Pong.
@@ -36,6 +36,7 @@ import sb3_trpo_ext.vine.vine as vine_module
 from sb3_trpo_ext import VineTRPO
 from sb3_trpo_ext.common.snapshot import SnapshotError
 from sb3_trpo_ext.vine import VineWorkerWrapper
+from sb3_trpo_ext.vine.branches import call_subproc_workers
 from sb3_trpo_ext.vine.estimators import (
     all_actions_surrogate,
     discounted_branch_returns,
@@ -495,14 +496,57 @@ def test_non_snapshottable_env_raises_snapshot_error_naming_the_env_at_construct
     assert isinstance(error.value, ValueError)
 
 
-def test_non_snapshottable_env_in_subproc_workers_raises_snapshot_error_naming_the_env() -> None:
+@pytest.mark.parametrize("wrapper_class", [None, VineWorkerWrapper], ids=["plain", "VineWorkerWrapper"])
+def test_non_snapshottable_env_in_subproc_workers_raises_snapshot_error_naming_the_env(wrapper_class: Any) -> None:
     venv = make_vec_env(
         LockedEnv, n_envs=2, vec_env_cls=SubprocVecEnv, vec_env_kwargs=dict(start_method="fork"),
-        wrapper_class=VineWorkerWrapper,
+        wrapper_class=wrapper_class,
     )  # fmt: skip
     try:
         with pytest.raises(SnapshotError, match="LockedEnv"):
             VineTRPO("MlpPolicy", venv, **SMALL)
+    finally:
+        close_subproc(venv)
+
+
+class RaisingInBranchEnv(gym.Env):
+    """Steps fine in the trunk; raises ``RuntimeError("boom in branch")`` when stepped as a copy (a branch clone)."""
+
+    observation_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def __init__(self) -> None:
+        self.created_as = id(self)  # copied (and restored) as a plain number, so a copy knows it is one
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+        if self.created_as != id(self):
+            raise RuntimeError("boom in branch")
+        return np.zeros(2, np.float32), 1.0, False, False, {}
+
+
+def test_env_raising_in_a_plain_subproc_worker_gives_an_error_naming_the_original_exception() -> None:
+    venv = make_vec_env(RaisingInBranchEnv, n_envs=2, vec_env_cls=SubprocVecEnv, vec_env_kwargs=dict(start_method="fork"))
+    try:
+        model = VineTRPO("MlpPolicy", venv, **SMALL)
+        with pytest.raises(SnapshotError, match="RuntimeError: boom in branch"):
+            model.learn(64)
+        assert venv.get_attr("total_steps") == [64, 64]  # the workers are alive and answer after the error
+    finally:
+        close_subproc(venv)
+
+
+def test_call_subproc_workers_sends_each_worker_its_own_arguments() -> None:
+    """The one use of SB3's private SubprocVecEnv worker protocol (remotes, the env_method message) still works."""
+    venv = make_vec_env("CartPole-v1", n_envs=3, vec_env_cls=SubprocVecEnv, vec_env_kwargs=dict(start_method="fork"))
+    try:
+        replies = call_subproc_workers(venv, "set_wrapper_attr", [("marker", 10), None, ("marker", 12)])
+        assert replies == [True, None, True]
+        assert venv.get_attr("marker", indices=[0, 2]) == [10, 12]
+        assert venv.env_method("has_wrapper_attr", "marker") == [True, False, True]
     finally:
         close_subproc(venv)
 
@@ -527,15 +571,6 @@ def test_bad_keyword_raises_value_error_naming_it(keyword: str, value: Any) -> N
 def test_uniform_sampling_with_box_actions_raises_value_error_naming_action_sampling() -> None:
     with pytest.raises(ValueError, match="action_sampling"):
         VineTRPO("MlpPolicy", make_vec_env("Pendulum-v1"), action_sampling="uniform", **SMALL)
-
-
-def test_subproc_vec_env_without_vine_worker_wrapper_raises_value_error_naming_it() -> None:
-    venv = make_vec_env("CartPole-v1", n_envs=2, vec_env_cls=SubprocVecEnv, vec_env_kwargs=dict(start_method="fork"))
-    try:
-        with pytest.raises(ValueError, match="VineWorkerWrapper"):
-            VineTRPO("MlpPolicy", venv, **SMALL)
-    finally:
-        close_subproc(venv)
 
 
 # ---------------------------------------------------------------------------------------------------- runs
@@ -668,14 +703,19 @@ def test_vec_normalize_statistics_grow_only_by_trunk_steps() -> None:
     assert venv.training
 
 
-def test_subproc_vec_env_with_vine_worker_wrapper_matches_dummy_vec_env() -> None:
-    """Branches spread over SubprocVecEnv workers give the same Q-values as in-process ones, and Monitors stay clean."""
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Hopper-v5"])
+@pytest.mark.parametrize("wrapper_class", [None, VineWorkerWrapper], ids=["plain", "VineWorkerWrapper"])
+def test_subproc_vec_env_matches_dummy_vec_env(env_id: str, wrapper_class: Any) -> None:
+    """
+    Branches spread over the workers of any SubprocVecEnv (a plain one, or one built for 0.1.0 with
+    VineWorkerWrapper) give the same Q-values as in-process ones, and Monitors stay clean.
+    """
     settings = dict(seed=0, **{**SMALL, "rollout_length": 20, "n_rollout_states": 16})
-    dummy = VineTRPO("MlpPolicy", make_vec_env("CartPole-v1", n_envs=2, seed=0), **settings)
+    dummy = VineTRPO("MlpPolicy", make_vec_env(env_id, n_envs=2, seed=0), **settings)
     collect_once(dummy)
     venv = make_vec_env(
-        "CartPole-v1", n_envs=2, seed=0, vec_env_cls=SubprocVecEnv,
-        vec_env_kwargs=dict(start_method="fork"), wrapper_class=VineWorkerWrapper,
+        env_id, n_envs=2, seed=0, vec_env_cls=SubprocVecEnv,
+        vec_env_kwargs=dict(start_method="fork"), wrapper_class=wrapper_class,
     )  # fmt: skip
     try:
         model = VineTRPO("MlpPolicy", venv, **settings)

@@ -323,6 +323,16 @@ def test_cli_trained_agent_continues_training(key, zoo_workdir):
     assert after._n_updates > before._n_updates  # the update counter carried over and kept counting
 
 
+def test_cli_vine_trpo_trains_on_a_plain_subproc_vec_env(tmp_path):
+    """``--vec-env subproc`` builds a plain SubprocVecEnv (no wrapper, no YAML change): the vine's branches run on it."""
+    algorithm_class("vine_trpo")
+    args = train_args("vine_trpo", "CartPole-v1", 512, "--vec-env", "subproc", "--eval-freq", "-1")
+    run_module("sb3_trpo_ext.train", [*args, "-params", "n_envs:2", *TINY["vine_trpo"]], tmp_path)
+    model = VINE.load(tmp_path / "logs" / "vine_trpo" / "CartPole-v1_1" / "CartPole-v1.zip", device="cpu")
+    assert model._n_updates >= 1 and model.n_envs == 2
+    assert model.num_timesteps > 512  # trunk plus branch simulator steps
+
+
 def test_cli_trains_and_enjoys_a_continuous_task(tmp_path):
     """Pendulum-v1 (Box actions, gSDE as in the zoo entry) with trpo_ext."""
     run_module(

@@ -1,22 +1,24 @@
 """
 Fast on-policy rollout collection that keeps every SB3 behaviour.
 
-SB3's ``collect_rollouts`` runs the full actor-critic forward (actions, values and log-probabilities, building a
-``torch.distributions`` object) once per environment step. Since the policy is fixed during a rollout, only the
-*actions* are needed step by step. Here:
+SB3's ``collect_rollouts`` runs the full actor-critic forward (building a ``torch.distributions`` object) once per
+environment step. Here the policy is frozen for the rollout in a :class:`RolloutPolicy`, which per step:
 
-- each step runs only the actor (features -> actor MLP -> action head) and draws the action from noise generated
-  for the whole rollout at once (one RNG call instead of one per step);
-- values and log-probabilities of every stored observation are computed afterwards in one batched forward;
-- truncated episodes are bootstrapped with the critic's value of the terminal observation (as SB3 does), also
-  in one batch at the end.
+- runs the actor and the critic (in NumPy for plain MLP policies, see :mod:`sb3_trpo_ext.common.fast_mlp`; one
+  torch forward otherwise) and draws the action from noise generated for the whole rollout at once (one RNG call
+  instead of one per step, so ``seed`` still makes runs reproducible);
+- computes the log-probability of the drawn action in closed form from that noise (no distribution object).
 
-Callbacks still see every step (``update_locals`` then ``on_step``, which can stop training), Monitor infos go to
-the info buffer, ``dones`` mark episode starts, and ``VecNormalize`` is untouched (it lives in the env).
+Callbacks see SB3's rollout locals at every step (``self``, ``obs_tensor``, ``actions``, ``values``, ``log_probs``,
+``clipped_actions``, ``new_obs``, ``rewards``, ``dones``, ``infos``, ...; ``values`` and ``log_probs`` are tensors
+as SB3's), then ``on_step`` (which can stop training). Actions have the action space's shape, Monitor infos go to the
+info buffer, ``dones`` mark episode starts, ``VecNormalize`` is untouched (it lives in the env), and truncated
+episodes are bootstrapped with the critic's value of the terminal observation (as SB3 does), in one batch at the end.
+
+A non-finite observation stops collection with an error that names it (see :func:`check_finite_observations`).
 """
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch as th
@@ -28,10 +30,9 @@ from stable_baselines3.common.distributions import (
     CategoricalDistribution,
     DiagGaussianDistribution,
     MultiCategoricalDistribution,
-    SquashedDiagGaussianDistribution,
+    StateDependentNoiseDistribution,
 )
 from stable_baselines3.common.policies import ActorCriticPolicy
-from stable_baselines3.common.preprocessing import preprocess_obs
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 
@@ -40,83 +41,185 @@ from sb3_trpo_ext.common.fast_mlp import NumpyMlp, mlp_layers
 if TYPE_CHECKING:
     from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
+Observation = np.ndarray | dict[str, np.ndarray]
 
-class ActionSampler:
+_HALF_LOG_2PI = 0.5 * float(np.log(2.0 * np.pi))
+
+
+class RolloutPolicy:
     """
-    Draws actions from the current policy one step at a time, with the noise of a whole rollout drawn up front.
+    The policy, frozen for one rollout: actions, their log-probabilities and the critic's values, one batch of
+    observations at a time, with the sampling noise of the whole rollout drawn up front.
 
-    Diagonal Gaussian, Categorical, MultiCategorical and Bernoulli policies take a fast path: only the actor runs (in
-    NumPy for plain MLP policies, see :mod:`sb3_trpo_ext.common.fast_mlp`), no distribution object is built, and the
-    noise comes from one torch RNG call per rollout (so ``seed`` still makes runs reproducible). gSDE and squashed
-    Gaussians use the policy's own distribution.
+    Each call uses one *row* of noise per observation (by default row ``i`` for observation ``i``); a caller that
+    wants several observations to share noise (the vine method's common random numbers) passes ``rows``.
+    Diagonal Gaussian, gSDE, Categorical, MultiCategorical and Bernoulli policies draw their actions here;
+    anything else (a custom distribution) goes through the policy's own distribution object.
+
+    gSDE: each row has its own exploration matrix, drawn at the start and again every ``sde_sample_freq`` calls
+    (``-1``: never again), as SB3 draws one matrix per env.
 
     :param policy: the actor-critic policy (fixed for the rollout)
-    :param n_envs: number of environments
-    :param n_steps: length of the rollout (noise for this many steps is drawn at once)
+    :param n_rows: number of noise rows (environments, or branches)
+    :param n_steps: number of calls the noise is drawn for at once
+    :param sde_sample_freq: resample the gSDE exploration matrices every this many calls (-1: never)
     """
 
-    def __init__(self, policy: ActorCriticPolicy, n_envs: int, n_steps: int) -> None:
+    def __init__(self, policy: ActorCriticPolicy, n_rows: int, n_steps: int, sde_sample_freq: int = -1) -> None:
         self.policy = policy
         self.step = 0
+        self.n_rows = n_rows
+        self.sde_sample_freq = sde_sample_freq
+        self.action_shape: tuple[int, ...] = policy.action_space.shape or ()
         dist = policy.action_dist
-        self.kind = ""
         self.split: list[int] = []
-        shape: tuple[int, ...] = (n_steps, n_envs)
-        if policy.use_sde or isinstance(dist, SquashedDiagGaussianDistribution):
-            pass
-        elif isinstance(dist, DiagGaussianDistribution):
+        shape = (n_steps, n_rows)
+        noise: th.Tensor | None = None
+        if isinstance(dist, StateDependentNoiseDistribution):
+            self.kind = "sde"
+            self._draw_exploration_matrices()
+        elif isinstance(dist, DiagGaussianDistribution) and type(dist) is DiagGaussianDistribution:
             self.kind = "gaussian"
             noise = th.randn(*shape, dist.action_dim)
-            self.std = th.exp(policy.log_std.detach()).cpu().numpy()
+            self.std = th.exp(policy.log_std.detach()).cpu().numpy().astype(np.float32)
+            self.log_prob_constant = -float(np.log(self.std).sum()) - dist.action_dim * _HALF_LOG_2PI
         elif isinstance(dist, CategoricalDistribution):
             self.kind = "categorical"
             noise = _gumbel((*shape, dist.action_dim))
         elif isinstance(dist, MultiCategoricalDistribution):
             self.kind = "categorical"
-            self.split = list(np.cumsum(dist.action_dims)[:-1])
+            self.split = [int(i) for i in np.cumsum(dist.action_dims)[:-1]]
+            self.n_components = len(dist.action_dims)
             noise = _gumbel((*shape, int(sum(dist.action_dims))))
         elif isinstance(dist, BernoulliDistribution):
             self.kind = "bernoulli"
             noise = th.rand(*shape, dist.action_dims)
-        if self.kind:
-            self.noise = noise.numpy()
-            layers = mlp_layers(policy, "actor")
-            self.numpy_actor = NumpyMlp(layers) if layers is not None else None
+        else:
+            self.kind = "distribution"
+        self.noise = noise.numpy() if noise is not None else None
+        actor_layers = mlp_layers(policy, "actor") if self.kind != "sde" else None
+        critic_layers = mlp_layers(policy, "critic")
+        self.numpy_actor = NumpyMlp(actor_layers) if actor_layers is not None else None
+        self.numpy_critic = NumpyMlp(critic_layers) if critic_layers is not None else None
 
-    def _actor(self, obs: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
-        if self.numpy_actor is not None:
-            return self.numpy_actor(obs)  # type: ignore[arg-type]
+    def _draw_exploration_matrices(self) -> None:
+        dist: StateDependentNoiseDistribution = self.policy.action_dist  # type: ignore[assignment]
+        with th.no_grad():
+            std = dist.get_std(self.policy.log_std)
+            self.exploration_matrices = th.randn(self.n_rows, *std.shape, device=std.device) * std
+
+    # ------------------------------------------------------------------ forwards
+
+    def _torch_forward(self, obs: Observation, need_values: bool) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
+        """:return: the actor's output (mean actions or logits), its latent features and, if asked, the values"""
         policy = self.policy
         with th.no_grad():
-            observations = preprocess_obs(
-                obs_as_tensor(obs, policy.device), policy.observation_space, normalize_images=policy.normalize_images
-            )
-            features = policy.pi_features_extractor(observations)
-            return policy.action_net(policy.mlp_extractor.forward_actor(features)).cpu().numpy()
+            observations = obs_as_tensor(obs, policy.device)  # type: ignore[arg-type]
+            features = policy.extract_features(observations)
+            if isinstance(features, tuple):
+                pi_features, vf_features = features
+            else:
+                pi_features = vf_features = features
+            latent_pi = policy.mlp_extractor.forward_actor(pi_features)
+            values = None
+            if need_values and self.numpy_critic is None:
+                values = policy.value_net(policy.mlp_extractor.forward_critic(vf_features)).flatten()
+            return policy.action_net(latent_pi), latent_pi, values
 
-    def __call__(self, obs: np.ndarray | dict[str, np.ndarray], noise_rows: np.ndarray | None = None) -> np.ndarray:
+    def values(self, obs: Observation) -> np.ndarray:
         """
-        :param obs: a batch of observations, one per environment
-        :param noise_rows: which row of this step's noise each observation uses (default: row i for observation i);
-            the vine method passes the rollout-set state of each branch, so branches from one state share noise
-        :return: the sampled actions
+        :param obs: a batch of observations
+        :return: the critic's values, shape ``(batch,)``
         """
-        if not self.kind:
-            with th.no_grad():
-                return self.policy.get_distribution(obs_as_tensor(obs, self.policy.device)).get_actions().cpu().numpy()
-        noise = self.noise[self.step]
-        if noise_rows is not None:
-            noise = noise[noise_rows]
+        if self.numpy_critic is not None:
+            return self.numpy_critic(obs)[:, 0]  # type: ignore[arg-type]
+        with th.no_grad():
+            return self.policy.predict_values(obs_as_tensor(obs, self.policy.device)).flatten().cpu().numpy()  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ sampling
+
+    def __call__(
+        self, obs: Observation, rows: np.ndarray | None = None, need_values: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """
+        Draw one action per observation with this call's noise.
+
+        :param obs: a batch of observations
+        :param rows: the noise row of each observation (default: row ``i`` for observation ``i``)
+        :param need_values: also return the critic's values
+        :return: actions of shape ``(batch, *action_space.shape)``, their log-probabilities ``(batch,)`` and the
+            values ``(batch,)`` (``None`` unless ``need_values``)
+        """
+        if self.kind == "sde" and self.step > 0 and self.sde_sample_freq > 0 and self.step % self.sde_sample_freq == 0:
+            self._draw_exploration_matrices()
+        noise = None
+        if self.noise is not None:
+            noise = self.noise[self.step] if rows is None else self.noise[self.step][rows]
         self.step += 1
-        out = self._actor(obs)
+        values = None
+        if self.kind == "distribution":
+            actions, log_probs, values = self._sample_from_distribution(obs, need_values)
+        elif self.kind == "sde":
+            actions, log_probs, values = self._sample_sde(obs, rows, need_values)
+        else:
+            if self.numpy_actor is not None:
+                out = self.numpy_actor(obs)  # type: ignore[arg-type]
+            else:
+                actor_out, _, values_t = self._torch_forward(obs, need_values)
+                out = actor_out.cpu().numpy()
+                values = None if values_t is None else values_t.cpu().numpy()
+            actions, log_probs = self._sample(out, noise)  # type: ignore[arg-type]
+        if need_values and values is None:
+            values = self.values(obs)
+        return actions.reshape(-1, *self.action_shape), log_probs, values
+
+    def _sample(self, out: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Actions and log-probabilities from the actor's output and this call's noise, in closed form."""
         if self.kind == "gaussian":
-            return out + self.std * noise
+            log_probs = self.log_prob_constant - 0.5 * np.square(noise).sum(axis=-1)
+            return out + self.std * noise, log_probs
         if self.kind == "bernoulli":
-            return (noise < 1.0 / (1.0 + np.exp(-out))).astype(np.float32)
+            actions = (noise < 1.0 / (1.0 + np.exp(-out))).astype(np.float32)
+            # log sigmoid(x) for a 1, log sigmoid(-x) for a 0
+            signed = np.where(actions > 0.5, out, -out)
+            return actions, -np.logaddexp(0.0, -signed).sum(axis=-1)
         perturbed = out + noise  # Gumbel-max trick: argmax(logits + Gumbel noise) ~ Categorical(logits)
-        if not self.split:
-            return perturbed.argmax(axis=-1)
-        return np.stack([chunk.argmax(axis=-1) for chunk in np.split(perturbed, self.split, axis=-1)], axis=-1)
+        chunks = np.split(perturbed, self.split, axis=-1) if self.split else [perturbed]
+        logits = np.split(out, self.split, axis=-1) if self.split else [out]
+        choices = [chunk.argmax(axis=-1) for chunk in chunks]
+        log_probs = np.zeros(len(out), dtype=np.float32)
+        for choice, logit in zip(choices, logits, strict=True):
+            top = logit.max(axis=-1, keepdims=True)
+            log_normalizer = top[:, 0] + np.log(np.exp(logit - top).sum(axis=-1))
+            log_probs += np.take_along_axis(logit, choice[:, None], axis=-1)[:, 0] - log_normalizer
+        actions = np.stack(choices, axis=-1) if self.split else choices[0]
+        return actions, log_probs
+
+    def _sample_sde(
+        self, obs: Observation, rows: np.ndarray | None, need_values: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """gSDE: ``mean + latent @ E_row`` with each row's own exploration matrix ``E_row``."""
+        mean, latent, values = self._torch_forward(obs, need_values)
+        dist: StateDependentNoiseDistribution = self.policy.action_dist  # type: ignore[assignment]
+        matrices = self.exploration_matrices if rows is None else self.exploration_matrices[th.as_tensor(rows)]
+        with th.no_grad():
+            latent_sde = latent if dist.learn_features else latent.detach()
+            actions = mean + th.bmm(latent_sde.unsqueeze(1), matrices).squeeze(1)
+            if dist.bijector is not None:
+                actions = dist.bijector.forward(actions)
+            log_probs = dist.proba_distribution(mean, self.policy.log_std, latent_sde).log_prob(actions)
+        return actions.cpu().numpy(), log_probs.cpu().numpy(), None if values is None else values.cpu().numpy()
+
+    def _sample_from_distribution(
+        self, obs: Observation, need_values: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        with th.no_grad():
+            observations = obs_as_tensor(obs, self.policy.device)  # type: ignore[arg-type]
+            distribution = self.policy.get_distribution(observations)
+            actions = distribution.get_actions()
+            log_probs = distribution.log_prob(actions)
+            values = self.policy.predict_values(observations).flatten().cpu().numpy() if need_values else None
+        return actions.cpu().numpy(), log_probs.cpu().numpy(), values
 
 
 def _gumbel(shape: tuple[int, ...]) -> th.Tensor:
@@ -124,43 +227,44 @@ def _gumbel(shape: tuple[int, ...]) -> th.Tensor:
     return -th.log(-th.log(uniform))
 
 
-def flatten_buffer_observations(rollout_buffer: RolloutBuffer, n_steps: int) -> np.ndarray | dict[str, np.ndarray]:
+def env_actions(policy: ActorCriticPolicy, action_space: spaces.Space, actions: np.ndarray) -> np.ndarray:
     """
-    The first ``n_steps`` stored observations of every env, as one flat batch.
+    Actions as the env takes them, as SB3 does: Box actions unsquashed (``squash_output``) or clipped to the bounds.
 
-    :param rollout_buffer: a ``RolloutBuffer`` or ``DictRolloutBuffer``
-    :param n_steps: number of filled steps
-    :return: an array (or dict of arrays) of shape ``(n_steps * n_envs, *obs_shape)``
+    :param policy: the policy
+    :param action_space: the action space
+    :param actions: actions of shape ``(batch, *action_space.shape)``
+    :return: the actions to pass to ``env.step``
     """
-    observations = rollout_buffer.observations
-    if isinstance(observations, dict):
-        return {k: v[:n_steps].reshape(-1, *v.shape[2:]) for k, v in observations.items()}
-    return observations[:n_steps].reshape(-1, *observations.shape[2:])
+    if isinstance(action_space, spaces.Box):
+        if policy.squash_output:
+            return policy.unscale_action(actions)
+        return np.clip(actions, action_space.low, action_space.high)
+    return actions
 
 
-def fill_values_and_log_probs(algorithm: "OnPolicyAlgorithm", rollout_buffer: RolloutBuffer, n_steps: int) -> None:
+def check_finite_observations(obs: Observation, where: str) -> None:
     """
-    Compute the critic's values and the policy's log-probabilities of the stored samples in one batched forward.
+    Stop with a clear error when an observation holds NaN or inf (the policy's distribution cannot be built on it,
+    and one such sample would poison the trust-region step).
 
-    :param algorithm: the algorithm whose policy collected the rollout
-    :param rollout_buffer: the filled buffer
-    :param n_steps: number of filled steps
+    :param obs: a batch of observations, one per env (or branch)
+    :param where: where they come from, for the message
+    :raises ValueError: naming the env index, the observation key and the fix
     """
-    n_envs = rollout_buffer.n_envs
-    obs = obs_as_tensor(flatten_buffer_observations(rollout_buffer, n_steps), algorithm.device)  # type: ignore[arg-type]
-    actions = th.as_tensor(rollout_buffer.actions[:n_steps].reshape(n_steps * n_envs, -1), device=algorithm.device)
-    policy = algorithm.policy
-    with th.no_grad():
-        values, log_probs, _ = policy.evaluate_actions(obs, _actions_for_policy(actions, policy))
-    rollout_buffer.values[:n_steps] = values.reshape(n_steps, n_envs).cpu().numpy()
-    rollout_buffer.log_probs[:n_steps] = log_probs.reshape(n_steps, n_envs).cpu().numpy()
-
-
-def _actions_for_policy(actions: th.Tensor, policy: ActorCriticPolicy) -> th.Tensor:
-    """Stored actions as the distribution's ``log_prob`` takes them (SB3 2.9 stores them in the space's dtype)."""
-    if isinstance(policy.action_space, spaces.Discrete):
-        return actions.flatten().long()
-    return actions.float()
+    arrays = obs.items() if isinstance(obs, dict) else [("", obs)]
+    for key, array in arrays:
+        if array.dtype.kind != "f" or np.isfinite(array).all():
+            continue
+        flat = array.reshape(len(array), -1)
+        index = int(np.flatnonzero(~np.isfinite(flat).all(axis=1))[0])
+        bad = flat[index][~np.isfinite(flat[index])]
+        name = f" key {key!r}" if key else ""
+        raise ValueError(
+            f"Non-finite observation{name} ({bad[:3].tolist()}...) from env {index} {where}: the policy cannot act on NaN "
+            f"or inf. Find where it comes from with SB3's VecCheckNan (env = VecCheckNan(env, raise_exception=True)), "
+            f"then fix the env, or clip its observations (VecNormalize(env, clip_obs=...) does not remove NaN)."
+        )
 
 
 def collect_rollouts_fast(
@@ -169,7 +273,7 @@ def collect_rollouts_fast(
     callback: BaseCallback,
     rollout_buffer: RolloutBuffer,
     n_rollout_steps: int,
-    before_step: Callable[[int], None] | None = None,
+    before_step: Any = None,
 ) -> bool:
     """
     Fill ``rollout_buffer`` with ``n_rollout_steps`` steps per env, as ``OnPolicyAlgorithm.collect_rollouts`` does.
@@ -189,32 +293,47 @@ def collect_rollouts_fast(
     device = algorithm.device
     n_steps = 0
     rollout_buffer.reset()
+    sde_sample_freq = algorithm.sde_sample_freq if algorithm.use_sde else -1
     if algorithm.use_sde:
-        policy.reset_noise(env.num_envs)
-    sampler = ActionSampler(policy, env.num_envs, n_rollout_steps)
-    placeholder = th.zeros(env.num_envs, device=device)
-    is_box = isinstance(algorithm.action_space, spaces.Box)
+        policy.reset_noise(env.num_envs)  # as SB3 does (the rollout itself draws its own matrices, one per env)
+    rollout_policy = RolloutPolicy(policy, env.num_envs, n_rollout_steps, sde_sample_freq)
     is_discrete = isinstance(algorithm.action_space, spaces.Discrete)
     plain_buffer = type(rollout_buffer) is RolloutBuffer and isinstance(algorithm.observation_space, spaces.Box)
-    truncated_terminals: list[tuple[int, int, np.ndarray | dict[str, np.ndarray]]] = []
+    truncated_terminals: list[tuple[int, int, Observation]] = []
+    check_finite_observations(algorithm._last_obs, "at the start of the rollout")  # type: ignore[arg-type]
     callback.on_rollout_start()
 
     while n_steps < n_rollout_steps:
-        if algorithm.use_sde and algorithm.sde_sample_freq > 0 and n_steps % algorithm.sde_sample_freq == 0:
-            policy.reset_noise(env.num_envs)
         if before_step is not None:
             before_step(n_steps)
-        actions = sampler(algorithm._last_obs)  # type: ignore[arg-type]
-        clipped_actions = actions
-        if is_box:
-            if policy.squash_output:
-                clipped_actions = policy.unscale_action(clipped_actions)
-            else:
-                clipped_actions = np.clip(actions, algorithm.action_space.low, algorithm.action_space.high)  # type: ignore[attr-defined]
+        obs_tensor = obs_as_tensor(algorithm._last_obs, device)  # type: ignore[arg-type]
+        actions, step_log_probs, step_values = rollout_policy(algorithm._last_obs, need_values=True)  # type: ignore[arg-type]
+        values = th.as_tensor(step_values, device=device).reshape(-1, 1)
+        log_probs = th.as_tensor(step_log_probs, device=device)
+        clipped_actions = env_actions(policy, algorithm.action_space, actions)
         new_obs, rewards, dones, infos = env.step(clipped_actions)
+        check_finite_observations(new_obs, f"after step {algorithm.num_timesteps // env.num_envs}")  # type: ignore[arg-type]
         algorithm.num_timesteps += env.num_envs
 
-        callback.update_locals(locals())
+        callback.update_locals(
+            {
+                "self": algorithm,
+                "env": env,
+                "callback": callback,
+                "rollout_buffer": rollout_buffer,
+                "n_rollout_steps": n_rollout_steps,
+                "n_steps": n_steps,
+                "obs_tensor": obs_tensor,
+                "actions": actions,
+                "values": values,
+                "log_probs": log_probs,
+                "clipped_actions": clipped_actions,
+                "new_obs": new_obs,
+                "rewards": rewards,
+                "dones": dones,
+                "infos": infos,
+            }
+        )
         if not callback.on_step():
             return False
         algorithm._update_info_buffer(infos, dones)
@@ -223,12 +342,14 @@ def collect_rollouts_fast(
         for idx, done in enumerate(dones):
             if done and infos[idx].get("terminal_observation") is not None and infos[idx].get("TimeLimit.truncated", False):
                 truncated_terminals.append((n_steps, idx, infos[idx]["terminal_observation"]))
-        if plain_buffer:  # what RolloutBuffer.add does, minus values and log-probs (filled in afterwards)
+        if plain_buffer:  # what RolloutBuffer.add does, without its per-step tensor round trips
             pos = rollout_buffer.pos
             rollout_buffer.observations[pos] = algorithm._last_obs
             rollout_buffer.actions[pos] = actions.reshape(rollout_buffer.actions.shape[1:])
             rollout_buffer.rewards[pos] = rewards
             rollout_buffer.episode_starts[pos] = algorithm._last_episode_starts
+            rollout_buffer.values[pos] = step_values
+            rollout_buffer.log_probs[pos] = step_log_probs
             rollout_buffer.pos += 1
             rollout_buffer.full = rollout_buffer.pos == rollout_buffer.buffer_size
         else:
@@ -237,20 +358,26 @@ def collect_rollouts_fast(
                 actions,
                 rewards,
                 algorithm._last_episode_starts,  # type: ignore[arg-type]
-                placeholder,
-                placeholder,
+                values,
+                log_probs,
             )
         algorithm._last_obs = new_obs  # type: ignore[assignment]
         algorithm._last_episode_starts = dones
         n_steps += 1
 
-    fill_values_and_log_probs(algorithm, rollout_buffer, n_steps)
-    with th.no_grad():
-        for step, idx, terminal_obs in truncated_terminals:
-            terminal_value = policy.predict_values(policy.obs_to_tensor(terminal_obs)[0])[0]
-            rollout_buffer.rewards[step, idx] += algorithm.gamma * float(terminal_value.item())
-        last_values = policy.predict_values(obs_as_tensor(new_obs, device))  # type: ignore[arg-type]
+    if truncated_terminals:
+        terminal_obs = _stack([terminal for _, _, terminal in truncated_terminals])
+        terminal_values = rollout_policy.values(terminal_obs)
+        for (step, idx, _), terminal_value in zip(truncated_terminals, terminal_values, strict=True):
+            rollout_buffer.rewards[step, idx] += algorithm.gamma * float(terminal_value)
+    last_values = th.as_tensor(rollout_policy.values(new_obs), device=device)  # type: ignore[arg-type]
     rollout_buffer.compute_returns_and_advantage(last_values=last_values, dones=dones)
-    callback.update_locals(locals())
+    callback.update_locals({"new_obs": new_obs, "dones": dones, "rollout_buffer": rollout_buffer})
     callback.on_rollout_end()
     return True
+
+
+def _stack(observations: list[Observation]) -> Observation:
+    if isinstance(observations[0], dict):
+        return {key: np.stack([obs[key] for obs in observations]) for key in observations[0]}  # type: ignore[index]
+    return np.stack(observations)  # type: ignore[arg-type]

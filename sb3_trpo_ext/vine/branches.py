@@ -14,6 +14,7 @@ The VecEnv wrappers' observation and reward transforms (``VecNormalize`` with fr
 """
 
 import copy
+import gc
 from typing import Any
 
 import gymnasium as gym
@@ -56,6 +57,8 @@ def _clone_without_bookkeeping(env: gym.Env) -> gym.Env:
         layer = layer.env
     memo: dict[int, Any] = {}
     for layer in layers:
+        if BRANCH_WORKER_ATTRIBUTE in vars(layer):
+            memo[id(vars(layer)[BRANCH_WORKER_ATTRIBUTE])] = None
         if isinstance(layer, Monitor) and layer.results_writer is not None:
             memo[id(layer.results_writer)] = None
     clone = copy.deepcopy(env, memo)
@@ -106,43 +109,76 @@ class BranchPool:
         return results
 
 
+BRANCH_WORKER_ATTRIBUTE = "_sb3_trpo_ext_branch_worker"
+"""Name of the attribute that holds a :class:`BranchWorker` on a ``SubprocVecEnv`` worker's env."""
+
+
+class BranchWorker:
+    """
+    The worker side of the branch machinery for one env: its snapshots and its pool of branch clones.
+
+    With a ``DummyVecEnv`` it is built next to each env. With a ``SubprocVecEnv`` it is installed in each worker
+    through the worker's own ``set_attr`` command (as the attribute :data:`BRANCH_WORKER_ATTRIBUTE` of the worker's
+    env) and called through its ``env_method`` command, so any ``SubprocVecEnv`` works without a wrapper. There it
+    finds its env on the first call: the object whose attribute it is. Every call returns ``(True, result)`` or
+    ``(False, message)``, so that an error in a worker reaches the main process as a ``SnapshotError`` naming the
+    original exception, instead of killing the worker.
+
+    :param env: the env (None when installed in a worker, which finds it on the first call)
+    """
+
+    is_simulator_state = False
+    """Snapshots of the env skip this attribute (see :mod:`sb3_trpo_ext.common.snapshot.fallback`)."""
+
+    def __init__(self, env: gym.Env | None = None) -> None:
+        self.env = env
+        self.pool: BranchPool | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"env": None, "pool": None}  # shipped to a worker empty; it binds to the env there
+
+    def __call__(self, command: str, payload: Any = None) -> tuple[bool, Any]:
+        """
+        :param command: ``"check"``, ``"capture"``, ``"start"`` (see :meth:`BranchPool.start`) or ``"step"`` (see
+            :meth:`BranchPool.step`)
+        :param payload: the command's argument
+        :return: ``(True, result)`` or ``(False, message)``
+        """
+        try:
+            if self.env is None:
+                self.env = _env_holding(self)
+            if command == "check":
+                check_snapshottable(self.env)
+                return True, None
+            if command == "capture":
+                return True, capture(self.env, live=False)
+            if self.pool is None:
+                self.pool = BranchPool(self.env)
+            if command == "start":
+                self.pool.start(payload)
+                return True, None
+            if command == "step":
+                return True, self.pool.step(payload)
+            raise ValueError(f"unknown branch worker command {command!r}")
+        except Exception as error:  # reported in the main process, see BranchWorkers
+            return False, f"{type(error).__name__}: {error}"
+
+
+def _env_holding(worker: BranchWorker) -> gym.Env:
+    """The env whose :data:`BRANCH_WORKER_ATTRIBUTE` is ``worker`` (found through the garbage collector's referrers)."""
+    for referrer in gc.get_referrers(worker):
+        owners = gc.get_referrers(referrer) if isinstance(referrer, dict) else [referrer]
+        for owner in owners:
+            if isinstance(owner, gym.Env) and vars(owner).get(BRANCH_WORKER_ATTRIBUTE) is worker:
+                return owner
+    raise SnapshotError("the branch worker is not installed on an env")
+
+
 class VineWorkerWrapper(gym.Wrapper):
     """
-    Gives a ``SubprocVecEnv`` worker the snapshot and branch methods. Use it as ``wrapper_class`` of ``make_vec_env``::
-
-        env = make_vec_env("Hopper-v5", n_envs=4, vec_env_cls=SubprocVecEnv, wrapper_class=VineWorkerWrapper)
-
-    ``DummyVecEnv`` needs no wrapper. Snapshots and branch clones are of the env inside this wrapper, which holds no
-    state of its own. Each method returns ``(True, result)`` or ``(False, message)``, so that an error in a worker
-    reaches the main process as a ``SnapshotError`` instead of killing the worker.
+    No longer needed: VineTRPO runs branches on any ``SubprocVecEnv``. Kept (a pass-through wrapper) so that code
+    written for 0.1.0, ``make_vec_env(..., vec_env_cls=SubprocVecEnv, wrapper_class=VineWorkerWrapper)``, still works.
     """
-
-    def vine_check(self) -> tuple[bool, Any]:
-        """:return: whether the env inside can be snapshotted (a capture, pickle and restore round trip)"""
-        return _guarded(check_snapshottable, self.env)
-
-    def vine_capture(self) -> tuple[bool, Any]:
-        """:return: the snapshot of the env inside this wrapper (what the branch pool's clones are copies of)"""
-        return _guarded(capture, self.env, live=False)
-
-    def vine_start_branches(self, items: list[tuple[Snapshot, int | None]]) -> tuple[bool, Any]:
-        """:param items: see :meth:`BranchPool.start`
-        :return: ``(True, None)`` or ``(False, message)``"""
-        if not hasattr(self, "_branch_pool"):
-            self._branch_pool = BranchPool(self.env)
-        return _guarded(self._branch_pool.start, items)
-
-    def vine_step_branches(self, actions: list[tuple[int, Any]]) -> tuple[bool, Any]:
-        """:param actions: see :meth:`BranchPool.step`
-        :return: ``(True, transitions)`` or ``(False, message)``"""
-        return _guarded(self._branch_pool.step, actions)
-
-
-def _guarded(function: Any, *args: Any, **kwargs: Any) -> tuple[bool, Any]:
-    try:
-        return True, function(*args, **kwargs)
-    except Exception as error:  # reported in the main process, see BranchWorkers
-        return False, f"{type(error).__name__}: {error}"
 
 
 def _unwrap_reply(reply: tuple[bool, Any], index: int) -> Any:
@@ -153,7 +189,7 @@ def _unwrap_reply(reply: tuple[bool, Any], index: int) -> Any:
 
 
 class _VineWorkerWrapperAdapter:
-    """VineWorkerWrapper holds no simulator state (its branch pool is not part of the env's state)."""
+    """VineWorkerWrapper holds no simulator state."""
 
     name = "VineWorkerWrapper"
 
@@ -170,9 +206,32 @@ class _VineWorkerWrapperAdapter:
 register_snapshot_adapter(_VineWorkerWrapperAdapter())
 
 
+def call_subproc_workers(venv: SubprocVecEnv, method: str, payloads: list[Any]) -> list[Any]:
+    """
+    Call ``env_method(method, *payload)`` in every worker with a payload (not None), in parallel, each with its own
+    arguments (SB3's ``env_method`` sends all workers the same ones).
+
+    This is the one place that uses SB3's private worker protocol: ``SubprocVecEnv.remotes`` and the
+    ``("env_method", (name, args, kwargs))`` message that its worker answers with ``env.get_wrapper_attr(name)(*args,
+    **kwargs)`` (tested in ``tests/test_vine.py``).
+
+    :param venv: the ``SubprocVecEnv``
+    :param method: the name of the env method (or callable attribute)
+    :param payloads: per worker, a tuple of positional arguments, or None to skip the worker
+    :return: per worker, the reply (None for skipped workers)
+    """
+    busy = [index for index, payload in enumerate(payloads) if payload is not None]
+    for index in busy:
+        venv.remotes[index].send(("env_method", (method, tuple(payloads[index]), {})))
+    replies: list[Any] = [None] * len(payloads)
+    for index in busy:
+        replies[index] = venv.remotes[index].recv()
+    return replies
+
+
 class BranchWorkers:
     """
-    The training VecEnv's workers, used for snapshots and branch steps.
+    The training VecEnv's workers, used for snapshots and branch steps (a :class:`BranchWorker` per env).
 
     :param venv: the training environment (possibly wrapped in VecEnv wrappers)
     :raises ValueError: for a VecEnv the branches cannot run on
@@ -182,59 +241,42 @@ class BranchWorkers:
         base = venv
         while isinstance(base, VecEnvWrapper):
             base = base.venv
+        self.local: list[BranchWorker] = []
         if isinstance(base, SubprocVecEnv):
-            if not all(base.env_method("has_wrapper_attr", "vine_step_branches")):
-                raise ValueError(
-                    "VineTRPO with a SubprocVecEnv needs each env wrapped in VineWorkerWrapper, e.g. "
-                    "make_vec_env(env_id, n_envs, vec_env_cls=SubprocVecEnv, wrapper_class=VineWorkerWrapper)."
-                )
-            self.pools: list[BranchPool] = []
+            base.set_attr(BRANCH_WORKER_ATTRIBUTE, BranchWorker())
         elif isinstance(base, DummyVecEnv):
-            self.pools = [BranchPool(env) for env in base.envs]
+            self.local = [BranchWorker(env) for env in base.envs]
         else:
             raise ValueError(f"VineTRPO supports DummyVecEnv and SubprocVecEnv, got {type(base).__name__}.")
         self.base = base
         self.n_workers = base.num_envs
 
+    def _call(self, command: str, payloads: list[Any]) -> list[Any]:
+        """Run ``command`` in every worker whose payload is not None (in parallel for a ``SubprocVecEnv``)."""
+        if self.local:
+            replies = [None if p is None else worker(command, p) for worker, p in zip(self.local, payloads, strict=True)]
+        else:
+            args = [None if p is None else (command, p) for p in payloads]
+            replies = call_subproc_workers(self.base, BRANCH_WORKER_ATTRIBUTE, args)  # type: ignore[arg-type]
+        return [None if reply is None else _unwrap_reply(reply, index) for index, reply in enumerate(replies)]
+
     def capture(self, index: int) -> Snapshot:
         """:param index: env index
         :return: the snapshot of that env's current state"""
-        if self.pools:
-            return capture(self.base.envs[index], live=False)  # type: ignore[union-attr]
-        return _unwrap_reply(self.base.env_method("vine_capture", indices=[index])[0], index)
+        return self._call("capture", [True if i == index else None for i in range(self.n_workers)])[index]
 
     def check(self) -> None:
         """:raises SnapshotError: when an env cannot be snapshotted, with the env's name and the fix"""
-        if self.pools:
-            for pool in self.pools:
-                check_snapshottable(pool.env)
-        else:
-            for index, reply in enumerate(self.base.env_method("vine_check")):
-                _unwrap_reply(reply, index)
-
-    def _call(self, method: str, payloads: list[Any]) -> list[Any]:
-        """Call ``method`` on every worker with a non-empty payload, in parallel; ``[]`` for the others."""
-        if self.pools:
-            return [
-                getattr(pool, method)(payload) if payload else [] for pool, payload in zip(self.pools, payloads, strict=True)
-            ]
-        busy = [index for index, payload in enumerate(payloads) if payload]
-        remotes = self.base.remotes  # type: ignore[union-attr]
-        for index in busy:
-            remotes[index].send(("env_method", (f"vine_{method}_branches", (payloads[index],), {})))
-        results: list[Any] = [[] for _ in payloads]
-        for index in busy:
-            results[index] = remotes[index].recv()
-        return [_unwrap_reply(reply, index) if index in busy else reply for index, reply in enumerate(results)]
+        self._call("check", [True] * self.n_workers)
 
     def start(self, items: list[list[tuple[Snapshot, int | None]]]) -> None:
         """:param items: per worker, ``(snapshot, reseed)`` per branch (its slot is its position)"""
-        self._call("start", items)
+        self._call("start", [payload or None for payload in items])
 
     def step(self, actions: list[list[tuple[int, Any]]]) -> list[list[Transition]]:
         """:param actions: per worker, ``(slot, action)`` per live branch
         :return: per worker, the transitions"""
-        return self._call("step", actions)
+        return [reply or [] for reply in self._call("step", [payload or None for payload in actions])]
 
 
 class BranchObservationTransform:

@@ -17,7 +17,7 @@ from gymnasium import spaces
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.utils import obs_as_tensor
 
-from sb3_trpo_ext.common.rollouts import ActionSampler
+from sb3_trpo_ext.common.rollouts import RolloutPolicy, check_finite_observations, env_actions
 from sb3_trpo_ext.common.snapshot import Snapshot
 from sb3_trpo_ext.vine.branches import BranchObservationTransform, BranchWorkers
 
@@ -29,6 +29,8 @@ class VineSettings(Protocol):
     action_space: spaces.Space
     device: th.device
     gamma: float
+    use_sde: bool
+    sde_sample_freq: int
     n_actions_per_state: int
     rollout_length: int
     action_sampling: Literal["policy", "uniform"]
@@ -121,27 +123,27 @@ def sample_branch_actions(algorithm: VineSettings, observations: Observation) ->
             return actions, np.full(actions.shape, -np.log(int(space.n)))
         if isinstance(space, spaces.MultiDiscrete):
             nvec = space.nvec.reshape(-1)
-            actions = rng.integers(0, nvec, size=(n_states, n_actions, len(nvec)))
+            actions = rng.integers(0, nvec, size=(n_states, n_actions, len(nvec))).reshape(n_states, n_actions, *space.shape)
             return actions, np.full((n_states, n_actions), -np.log(nvec).sum())
         if isinstance(space, spaces.MultiBinary):
-            actions = rng.integers(0, 2, size=(n_states, n_actions, int(np.prod(space.shape)))).astype(np.float32)
-            return actions, np.full((n_states, n_actions), -actions.shape[-1] * np.log(2.0))
+            n_bits = int(np.prod(space.shape))
+            actions = rng.integers(0, 2, size=(n_states, n_actions, *space.shape)).astype(space.dtype)
+            return actions, np.full((n_states, n_actions), -n_bits * np.log(2.0))
         raise ValueError("action_sampling='uniform' needs a discrete action space")
-    with th.no_grad():
-        distribution = algorithm.policy.get_distribution(obs_as_tensor(observations, algorithm.device))  # type: ignore[arg-type]
-        samples = [distribution.get_actions() for _ in range(n_actions)]
-        log_q = th.stack([distribution.log_prob(sample) for sample in samples], dim=1)
-    return th.stack(samples, dim=1).cpu().numpy(), log_q.cpu().numpy()
+    # one noise row per branch: independent actions (with gSDE, each its own exploration matrix), log q their density
+    sampler = RolloutPolicy(algorithm.policy, n_states * n_actions, 1)
+    actions, log_q, _ = sampler(_repeat(observations, n_actions))
+    return actions.reshape(n_states, n_actions, *actions.shape[1:]), log_q.reshape(n_states, n_actions)
+
+
+def _repeat(observations: Observation, times: int) -> Observation:
+    if isinstance(observations, dict):
+        return {key: np.repeat(value, times, axis=0) for key, value in observations.items()}
+    return np.repeat(observations, times, axis=0)
 
 
 def _env_actions(algorithm: VineSettings, actions: np.ndarray) -> np.ndarray:
-    """Actions as the env takes them (clipped or unsquashed Box actions), as the trunk does."""
-    space = algorithm.action_space
-    if isinstance(space, spaces.Box):
-        if algorithm.policy.squash_output:
-            return algorithm.policy.unscale_action(actions)
-        return np.clip(actions, space.low, space.high)
-    return actions
+    return env_actions(algorithm.policy, algorithm.action_space, actions)
 
 
 def run_branch_rollouts(
@@ -169,8 +171,14 @@ def run_branch_rollouts(
     crn = algorithm.common_random_numbers
     state_of = np.repeat(np.arange(n_states), n_actions)
     reseeds = None if crn else algorithm._vine_rng().integers(0, 2**31, size=n_branches)
-    # one noise sequence per state (common random numbers) or per branch, shared by all waves
-    sampler = ActionSampler(algorithm.policy, n_states if crn else n_branches, max(1, algorithm.rollout_length - 1))
+    # one noise sequence per state (common random numbers) or per branch, shared by all waves; with gSDE, one
+    # exploration matrix per state or per branch
+    sampler = RolloutPolicy(
+        algorithm.policy,
+        n_states if crn else n_branches,
+        max(1, algorithm.rollout_length - 1),
+        algorithm.sde_sample_freq if algorithm.use_sde else -1,
+    )
     noise_rows = state_of if crn else np.arange(n_branches)
     # a copy, since it is updated in place
     env_actions = np.array(_env_actions(algorithm, actions.reshape(n_branches, *actions.shape[2:])))
@@ -201,7 +209,7 @@ def _run_wave(
     state_of: np.ndarray,
     env_actions: np.ndarray,
     q_values: np.ndarray,
-    sampler: ActionSampler,
+    sampler: RolloutPolicy,
     noise_rows: np.ndarray,
 ) -> int:
     """Step the branches of one wave (already started in the workers' pools) in lockstep; accumulate their Q."""
@@ -230,6 +238,7 @@ def _run_wave(
         terminated = np.array([transition[2] for transition in flat])
         truncated = np.array([transition[3] for transition in flat])
         obs, rewards, new_stacks = transform(raw_obs, raw_rewards, [s[order] for s in stacks])
+        check_finite_observations(obs, "in a VineTRPO branch rollout")
         for stack, new_stack in zip(stacks, new_stacks, strict=True):
             stack[order] = new_stack
         q_values[branches] += gamma**t * rewards
@@ -243,7 +252,7 @@ def _run_wave(
         ended = terminated | truncated
         alive[order[ended]] = False
         if t < length - 1 and not ended.all():
-            next_actions = sampler(_select(obs, ~ended), noise_rows[branches[~ended]])
+            next_actions, _, _ = sampler(_select(obs, ~ended), noise_rows[branches[~ended]])
             env_actions[branches[~ended]] = _env_actions(algorithm, next_actions)
     return steps
 

@@ -158,7 +158,7 @@ class VineTRPO(TRPO):
         n_states, n_actions = q_values.shape
         self._vine_batch = PolicyBatch(
             observations=_repeat_observations(obs_as_tensor(observations, self.device), n_actions),  # type: ignore[arg-type]
-            actions=th.as_tensor(actions, device=self.device).reshape(n_states * n_actions, *actions.shape[2:]),
+            actions=_flat_actions(th.as_tensor(actions, device=self.device), n_states * n_actions, self.action_space),
             weights=th.as_tensor(q_values, device=self.device, dtype=th.float32).reshape(-1),
         )
         self._vine_log_q = th.as_tensor(log_q, device=self.device, dtype=th.float32)
@@ -203,3 +203,10 @@ def _repeat_observations(observations: PyTorchObs, times: int) -> PyTorchObs:
     if isinstance(observations, dict):
         return {key: value.repeat_interleave(times, dim=0) for key, value in observations.items()}
     return observations.repeat_interleave(times, dim=0)
+
+
+def _flat_actions(actions: th.Tensor, n_samples: int, action_space: spaces.Space) -> th.Tensor:
+    """Actions as the rollout buffer holds them (and the distributions' ``log_prob`` takes them): flat per sample."""
+    if isinstance(action_space, spaces.Discrete):
+        return actions.reshape(n_samples).long()
+    return actions.reshape(n_samples, -1).float()

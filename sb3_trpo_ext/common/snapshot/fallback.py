@@ -59,8 +59,11 @@ _NOT_STATE_TYPES = (
 
 
 def _is_state(value: Any) -> bool:
-    """Whether a ``__dict__`` entry is state (not configuration: functions, spaces, classes, pygame objects)."""
-    if isinstance(value, _NOT_STATE_TYPES):
+    """
+    Whether a ``__dict__`` entry is state (not configuration: functions, spaces, classes, pygame objects, nor an
+    object whose class sets ``is_simulator_state = False``, such as the vine's branch worker).
+    """
+    if isinstance(value, _NOT_STATE_TYPES) or getattr(type(value), "is_simulator_state", True) is False:
         return False
     return not type(value).__module__.startswith("pygame")
 
