@@ -10,8 +10,10 @@ rl-zoo3's own ``trpo`` (sb3-contrib), which is left alone:
 - ``natural_pg`` -> :class:`sb3_trpo_ext.NaturalPG`
 - ``vine_trpo`` -> ``sb3_trpo_ext.vine.VineTRPO``, only when that module imports
 
-Our default config folder is the repository's top-level ``hyperparams/`` (``SB3_TRPO_EXT_HYPERPARAMS`` overrides it),
-used by :class:`sb3_trpo_ext.zoo.exp_manager.ExperimentManager` for our keys unless ``-conf`` is given.
+Our default config folder (:func:`hyperparams_folder`) is the repository's top-level ``hyperparams/`` in a source
+checkout or editable install, and its copy ``sb3_trpo_ext/hyperparams/`` that the build puts into a wheel (setup.py);
+``SB3_TRPO_EXT_HYPERPARAMS`` overrides both. :class:`sb3_trpo_ext.zoo.exp_manager.ExperimentManager` reads it for our
+keys unless ``-conf`` is given.
 """
 
 import os
@@ -51,21 +53,30 @@ def zoo_algorithms() -> dict[str, type[BaseAlgorithm]]:
 
 def hyperparams_folder() -> Path:
     """
-    Our default config folder: ``$SB3_TRPO_EXT_HYPERPARAMS`` if set, else the top-level ``hyperparams/`` next to the
-    package (a source checkout or an editable install).
+    Our default config folder, the first of:
+
+    - ``$SB3_TRPO_EXT_HYPERPARAMS`` if set (it must exist);
+    - ``sb3_trpo_ext/hyperparams/`` inside the installed package (a wheel install: the build copies the top-level
+      folder there);
+    - the top-level ``hyperparams/`` next to the package (a source checkout or an editable install).
 
     :return: the folder
-    :raises FileNotFoundError: when neither exists (a plain wheel install: pass ``-conf`` instead)
+    :raises FileNotFoundError: when none exists (pass the YAML file with ``-conf`` instead)
     """
     override = os.environ.get(HYPERPARAMS_ENV_VAR)
-    candidates = [Path(override)] if override else []
-    candidates.append(Path(sb3_trpo_ext.__file__).resolve().parents[1] / "hyperparams")
+    if override:
+        if not Path(override).is_dir():
+            raise FileNotFoundError(f"{HYPERPARAMS_ENV_VAR}={override} is not a folder")
+        return Path(override)
+    package = Path(sb3_trpo_ext.__file__).resolve().parent
+    candidates = [package / "hyperparams", package.parent / "hyperparams"]
     for folder in candidates:
-        if folder.is_dir():
+        # a folder with our YAML, not any "hyperparams" folder that happens to lie next to the package
+        if (folder / "trpo_ext.yml").is_file():
             return folder
     raise FileNotFoundError(
-        f"sb3-trpo-ext's hyperparams/ folder was not found (looked in {', '.join(map(str, candidates))}). "
-        f"Use a source checkout or editable install, set {HYPERPARAMS_ENV_VAR}, or pass the YAML file with -conf."
+        f"sb3-trpo-ext's hyperparams folder was not found (looked in {', '.join(map(str, candidates))}). "
+        f"Reinstall the package, set {HYPERPARAMS_ENV_VAR}, or pass the YAML file with -conf."
     )
 
 
