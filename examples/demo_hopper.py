@@ -2,12 +2,15 @@
 Demo (the `make demo` job): train TRPO on the paper's Hopper task for a few minutes.
 
 Prints evaluation returns as it learns, saves the model, its VecNormalize statistics and a learning-curve PNG under
-demo_output/, then loads the model back in a fresh object and evaluates it again.
+demo_output/, then loads the model back in a fresh object, evaluates it again, and compares that return with the
+range measured over several seeds (benchmarks/results/demo_seeds/summary.json, from benchmarks/demo_seeds.py).
+A single seed's curve changes with floating-point details across machines, so judge a run by the range.
 
     python examples/demo_hopper.py --timesteps 300000
 """
 
 import argparse
+import json
 import os
 import time
 
@@ -31,6 +34,8 @@ parser.add_argument("--eval-freq", type=int, default=10_000)
 parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--output", default="demo_output")
 args = parser.parse_args()
+
+SUMMARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks", "results", "demo_seeds", "summary.json")
 
 th.set_num_threads(1)
 os.makedirs(args.output, exist_ok=True)
@@ -87,3 +92,38 @@ check_env.training, check_env.norm_reward = False, False
 mean_return, std_return = evaluate_policy(loaded, check_env, n_eval_episodes=10, deterministic=True)
 print(f"Saved {model_path}, {stats_path}, {plot_path}")
 print(f"Loaded model: mean return over 10 episodes {mean_return:.1f} +/- {std_return:.1f}")
+
+# The run's result, for benchmarks/demo_seeds.py (which repeats this demo over seeds).
+result = {
+    "env": args.env,
+    "seed": args.seed,
+    "timesteps": int(model.num_timesteps),
+    "requested_timesteps": args.timesteps,
+    "final_eval_timesteps": int(curve["timesteps"][-1]),
+    "final_eval_return": float(curve["results"][-1].mean()),
+    "loaded_return": float(mean_return),
+    "loaded_return_std": float(std_return),
+    "train_seconds": round(elapsed, 1),
+}
+with open(os.path.join(args.output, "result.json"), "w") as f:
+    json.dump(result, f, indent=2)
+
+# Compare with the return range measured over seeds (benchmarks/demo_seeds.py), when this run used its settings.
+if os.path.exists(SUMMARY):
+    with open(SUMMARY) as f:
+        ref = json.load(f)
+    r = ref["loaded_return"]
+    expected = (
+        f"Expected on {ref['machine']['description']} over {ref['n_seeds']} seeds: "
+        f"mean {r['mean']:,.0f}, range {r['min']:,.0f}-{r['max']:,.0f}"
+    )
+    if (args.env, args.timesteps) != (ref["env"], ref["timesteps"]):
+        print(f"{expected} at {ref['timesteps']:,} steps on {ref['env']}; this run used other settings, so no comparison")
+    elif mean_return < r["min"]:
+        print(f"{expected}; this run: {mean_return:,.0f} (BELOW the range)")
+        print("  Either a seed-to-seed outlier or something is broken: try another --seed; if that is low too, report it.")
+    else:
+        verdict = "within the range" if mean_return <= r["max"] else "above the range"
+        print(f"{expected}; this run: {mean_return:,.0f} ({verdict})")
+else:
+    print(f"No multi-seed reference at {os.path.normpath(SUMMARY)} (run benchmarks/demo_seeds.py to measure one)")
