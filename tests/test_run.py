@@ -481,3 +481,23 @@ def test_natural_pg_kl_step_moves_by_about_target_kl() -> None:
     assert len(measured) == 2
     for kl in measured:
         assert 0.001 < kl < 0.1, measured
+
+
+def test_add_to_plain_buffer_fills_the_buffer_as_rollout_buffer_add_does() -> None:
+    """The one direct write of SB3's RolloutBuffer fields gives what SB3's own ``add`` gives."""
+    from stable_baselines3.common.buffers import RolloutBuffer
+
+    from sb3_trpo_ext.common.rollouts import add_to_plain_buffer
+
+    obs_space, action_space = spaces.Box(-1, 1, (3,), np.float32), spaces.Box(-1, 1, (2, 2), np.float32)
+    ours, sb3 = (RolloutBuffer(4, obs_space, action_space, n_envs=2) for _ in range(2))
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        obs, actions = rng.normal(size=(2, 3)).astype(np.float32), rng.normal(size=(2, 2, 2)).astype(np.float32)
+        rewards, starts = rng.normal(size=2).astype(np.float32), rng.integers(0, 2, 2).astype(np.float32)
+        values, log_probs = rng.normal(size=2).astype(np.float32), rng.normal(size=2).astype(np.float32)
+        add_to_plain_buffer(ours, obs, actions, rewards, starts, values, log_probs)
+        sb3.add(obs, actions, rewards, starts, th.as_tensor(values).reshape(2, 1), th.as_tensor(log_probs))
+    assert ours.full and sb3.full and ours.pos == sb3.pos == 4
+    for name in ("observations", "actions", "rewards", "episode_starts", "values", "log_probs"):
+        np.testing.assert_array_equal(getattr(ours, name), getattr(sb3, name), err_msg=name)

@@ -1,5 +1,5 @@
 """
-Snapshots of simulator state (sb3_trpo_ext.common.snapshot): restoring a snapshot and replaying the same actions
+Snapshots of simulator state (sb3_trpo_ext.vine.snapshot): restoring a snapshot and replaying the same actions
 reproduces observations, rewards, terminations and truncations bit for bit.
 """
 
@@ -11,26 +11,17 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import pytest
-from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation, RecordEpisodeStatistics
+from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
 from stable_baselines3.common.atari_wrappers import AtariWrapper
-from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.monitor import Monitor
-from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecFrameStack, VecMonitor, VecNormalize
 
-from sb3_trpo_ext.common.snapshot import (
-    Snapshot,
+from sb3_trpo_ext.vine import VineWorkerWrapper
+from sb3_trpo_ext.vine.snapshot import (
     SnapshotError,
-    SnapshotWrapper,
     capture,
-    capture_vec,
-    capture_vec_frame_stack,
     check_snapshottable,
-    monitor_paused,
-    monitor_paused_vec,
     register_snapshot_adapter,
     restore,
-    restore_vec,
-    restore_vec_frame_stack,
     unregister_snapshot_adapter,
 )
 
@@ -197,6 +188,15 @@ def test_atari_wrapper_states_round_trip() -> None:
     assert after[0] == before[0] and np.array_equal(after[1], before[1]) and after[2:] == before[2:]
 
 
+def test_vine_worker_wrapper_is_a_builtin_stateless_layer() -> None:
+    # the 0.1.0 pass-through wrapper is in the built-in adapter list: no registration is needed
+    make = lambda: VineWorkerWrapper(Monitor(gym.make("CartPole-v1")))  # noqa: E731
+    _check_replay(make, 40, seed=0)
+    env = make()
+    env.reset(seed=0)
+    assert capture(env).layers[0].adapter == "stateless"
+
+
 def _layers_of(env: gym.Env) -> list[gym.Env]:
     layers = [env]
     while isinstance(layers[-1], gym.Wrapper):
@@ -205,54 +205,6 @@ def _layers_of(env: gym.Env) -> list[gym.Env]:
 
 
 # ------------------------------------------------------------------------------------------------------ Monitor
-
-
-def test_monitor_statistics_unchanged_by_paused_branches(tmp_path: Any) -> None:
-    def make(name: str) -> gym.Env:
-        env = Monitor(RecordEpisodeStatistics(gym.make("CartPole-v1")), filename=str(tmp_path / name))
-        env.reset(seed=0)
-        env.action_space.seed(0)
-        return env
-
-    trunk_alone, trunk_with_branches = make("alone"), make("branches")
-    actions = _fixed_actions(trunk_alone, 300, seed=0)
-    branch_actions = _fixed_actions(trunk_alone, 40, seed=1)
-    infos_alone = []
-    for action in actions:
-        _, _, terminated, truncated, info = trunk_alone.step(action)
-        infos_alone.append(info.get("episode"))
-        if terminated or truncated:
-            trunk_alone.reset()
-
-    infos_branches, branch_episodes = [], 0
-    for t, action in enumerate(actions):
-        if t in (0, 17, 50, 121, 200):
-            snapshot = capture(trunk_with_branches)
-            with monitor_paused(trunk_with_branches):
-                for _ in range(3):
-                    restore(trunk_with_branches, snapshot)
-                    branch_episodes += _n_episode_ends(_rollout(trunk_with_branches, branch_actions))
-            restore(trunk_with_branches, snapshot)
-        _, _, terminated, truncated, info = trunk_with_branches.step(action)
-        infos_branches.append(info.get("episode"))
-        if terminated or truncated:
-            trunk_with_branches.reset()
-
-    assert branch_episodes > 0, "branches should finish episodes (which must not be recorded)"
-    assert trunk_with_branches.get_episode_rewards() == trunk_alone.get_episode_rewards()
-    assert trunk_with_branches.get_episode_lengths() == trunk_alone.get_episode_lengths()
-    assert trunk_with_branches.get_total_steps() == trunk_alone.get_total_steps() == len(actions)
-    assert len(trunk_with_branches.get_episode_times()) == len(trunk_alone.get_episode_rewards())
-    assert [None if info is None else info["r"] for info in infos_branches] == [
-        None if info is None else info["r"] for info in infos_alone
-    ]
-    recorder_alone, recorder_branches = trunk_alone.env, trunk_with_branches.env
-    assert list(recorder_branches.return_queue) == list(recorder_alone.return_queue)
-    assert recorder_branches.episode_count == recorder_alone.episode_count
-    trunk_alone.close()
-    trunk_with_branches.close()
-    with open(tmp_path / "alone.monitor.csv") as alone, open(tmp_path / "branches.monitor.csv") as branches:
-        assert len(alone.readlines()) == len(branches.readlines())  # no branch episode written to the file
 
 
 def test_restore_never_rewinds_finished_episode_statistics() -> None:
@@ -271,125 +223,6 @@ def test_restore_never_rewinds_finished_episode_statistics() -> None:
     assert env.get_episode_rewards() == returns and env.get_episode_lengths() == lengths
     assert env.get_total_steps() == total
     assert env.rewards == [1.0] * 6 and not env.needs_reset  # the episode in progress is rewound
-
-
-def test_monitor_paused_passes_through_and_restores_accumulators() -> None:
-    env = Monitor(gym.make("CartPole-v1"))
-    env.reset(seed=0)
-    env.step(0)
-    with monitor_paused(env):
-        with monitor_paused(env):  # nested use is fine
-            _rollout(env, _fixed_actions(env, 60, seed=2))
-        assert "step" in vars(env)
-    assert "step" not in vars(env) and "reset" not in vars(env)
-    assert env.rewards == [1.0] and env.get_total_steps() == 1 and env.get_episode_rewards() == []
-
-
-# ------------------------------------------------------------------------------------------------------ VecEnvs
-
-
-def test_subproc_vec_env_capture_and_restore_in_workers() -> None:
-    venv = make_vec_env(
-        "Hopper-v5",
-        n_envs=2,
-        seed=0,
-        vec_env_cls=SubprocVecEnv,
-        vec_env_kwargs={"start_method": "fork"},
-        wrapper_class=SnapshotWrapper,
-    )
-    try:
-        venv.reset()
-        venv.action_space.seed(0)
-        for _ in range(17):
-            venv.step(np.stack([venv.action_space.sample() for _ in range(2)]))
-        snapshot = capture_vec(venv, 0)
-        assert isinstance(snapshot, Snapshot)
-        actions = [venv.action_space.sample() for _ in range(40)]
-
-        def replay() -> list[tuple[np.ndarray, float, bool]]:
-            out = []
-            for action in actions:
-                obs, rewards, dones, _ = venv.step(np.stack([action, action]))
-                out.append((obs.copy(), float(rewards[0]), bool(dones[0]), float(rewards[1]), bool(dones[1])))
-            return out
-
-        expected = replay()
-        assert any(done for *_, done, _, _ in expected), "the replay should cross an episode end (auto-reset)"
-        episodes = [len(returns) for returns in venv.get_attr("episode_returns")]
-        restore_vec(venv, 0, snapshot)
-        restore_vec(venv, 1, snapshot)  # into the other worker: both envs now follow the same trajectory
-        with monitor_paused_vec(venv):
-            actual = replay()
-        for (obs_e, rew_e, done_e, *_), (obs_a, rew_a, done_a, rew_b, done_b) in zip(expected, actual, strict=True):
-            assert np.array_equal(obs_e[0], obs_a[0]) and np.array_equal(obs_a[0], obs_a[1])
-            assert rew_e == rew_a == rew_b and done_e == done_a == done_b
-        # the paused replay's episodes were not recorded
-        assert [len(returns) for returns in venv.get_attr("episode_returns")] == episodes
-    finally:
-        venv.close()
-
-
-def test_subproc_vec_env_without_snapshot_wrapper_fails() -> None:
-    venv = make_vec_env("CartPole-v1", n_envs=1, vec_env_cls=SubprocVecEnv, vec_env_kwargs={"start_method": "fork"})
-    try:
-        venv.reset()
-        with pytest.raises(SnapshotError, match="SnapshotWrapper"):
-            capture_vec(venv, 0)
-    finally:
-        venv.close()
-
-
-def test_subproc_worker_error_is_raised_and_worker_survives() -> None:
-    venv = make_vec_env(
-        lambda: LockedEnv(),
-        n_envs=1,
-        vec_env_cls=SubprocVecEnv,
-        vec_env_kwargs={"start_method": "fork"},
-        wrapper_class=SnapshotWrapper,
-    )
-    try:
-        venv.reset()
-        with pytest.raises(SnapshotError, match="LockedEnv"):
-            capture_vec(venv, 0)
-        with pytest.raises(SnapshotError, match="LockedEnv"):
-            check_snapshottable(venv)
-        venv.step(np.array([1]))  # the worker is still alive
-    finally:
-        venv.close()
-
-
-def test_dummy_vec_env_with_vec_wrappers() -> None:
-    venv = VecMonitor(DummyVecEnv([lambda: Monitor(gym.make("Pendulum-v1", max_episode_steps=30))] * 2))
-    venv = VecFrameStack(VecNormalize(venv, gamma=0.9), n_stack=3)
-    venv.seed(0)
-    venv.reset()
-    rng = np.random.default_rng(0)
-    for _ in range(11):
-        venv.step(rng.uniform(-2, 2, size=(2, 1)))
-    snapshot = capture_vec(venv, 1)
-    stacks = capture_vec_frame_stack(venv, 1)
-    actions = rng.uniform(-2, 2, size=(25, 2, 1))
-    normalize = venv.venv
-    normalize.training = False  # frozen statistics during branch rollouts (documented requirement)
-    vec_monitor = normalize.venv
-    episodes_before = vec_monitor.episode_count
-
-    def replay() -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        return [tuple(np.copy(x[1]) for x in venv.step(action)[:3]) for action in actions]
-
-    expected = replay()
-    assert any(done for _, _, done in expected), "a truncation should happen in the replay"
-    restore_vec(venv, 1, snapshot)
-    with monitor_paused_vec(venv):
-        actual = replay()
-    for want, got in zip(expected, actual, strict=True):
-        for x, y in zip(want, got, strict=True):
-            assert np.array_equal(x, y)
-    assert vec_monitor.episode_count == episodes_before + 2  # only the first replay's episodes (one per env)
-    restore_vec_frame_stack(venv, 1, stacks)
-    assert np.array_equal(capture_vec_frame_stack(venv, 1)[0], stacks[0])
-    check_snapshottable(venv)
-    venv.close()
 
 
 # ----------------------------------------------------------------------------------------- errors and user adapters

@@ -6,14 +6,14 @@ solve ``F s = g`` with conjugate gradient on the analytic Fisher, take a step wi
 fit the critic, log. Subclasses differ only where the methods differ:
 
 - :meth:`NaturalGradientAlgorithm._apply_step`: the step rule (line search for TRPO, a fixed step for NPG);
-- :meth:`NaturalGradientAlgorithm._surrogate_objective` and :meth:`NaturalGradientAlgorithm._policy_batch`:
-  how the surrogate is estimated (importance-weighted advantages here; the vine's Q-value estimators);
+- ``train()``: which :class:`~sb3_trpo_ext.common.policy_batch.PolicyBatch` the step is taken on (the rollout's
+  advantages here; the vine's Q-values of K actions per state);
 - ``collect_rollouts``: how samples are gathered.
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, NamedTuple, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch as th
@@ -28,21 +28,20 @@ from stable_baselines3.common.policies import (
     BasePolicy,
     MultiInputActorCriticPolicy,
 )
-from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, Schedule
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, RolloutBufferSamples, Schedule
 from stable_baselines3.common.utils import explained_variance
 from stable_baselines3.common.vec_env import VecEnv
-from threadpoolctl import threadpool_limits
-from torch.nn import functional as F
 
+from sb3_trpo_ext.common.backends import choose_backends
+from sb3_trpo_ext.common.critic import fit_critic
 from sb3_trpo_ext.common.distributions import SUPPORTED_DISTRIBUTIONS, detach_distribution, kl_per_state
-from sb3_trpo_ext.common.fast_mlp import NumpyAdamFit, mlp_layers, mse_gradients
-from sb3_trpo_ext.common.gauss_newton import gauss_newton_fisher_vector_product_fn
+from sb3_trpo_ext.common.fisher import make_fisher_vector_product
 from sb3_trpo_ext.common.natural_gradient import (
     conjugate_gradient,
-    fisher_vector_product_fn,
     flat_grad,
     full_step_scale,
 )
+from sb3_trpo_ext.common.policy_batch import AdvantageBatch, PolicyBatch, index_observations
 from sb3_trpo_ext.common.rollouts import collect_rollouts_fast
 from sb3_trpo_ext.common.validation import (
     check_action_space,
@@ -53,15 +52,6 @@ from sb3_trpo_ext.common.validation import (
 )
 
 SelfNaturalGradientAlgorithm = TypeVar("SelfNaturalGradientAlgorithm", bound="NaturalGradientAlgorithm")
-
-
-class PolicyBatch(NamedTuple):
-    """The samples the surrogate objective and the trust region are computed on."""
-
-    observations: PyTorchObs
-    actions: th.Tensor
-    weights: th.Tensor
-    """Per-sample weights of the likelihood ratio: advantages for single path, Q-values for the vine."""
 
 
 @dataclass
@@ -76,17 +66,6 @@ class StepOutcome:
     non_finite: bool = False
     """The step gave a non-finite result and was undone (counted as a skipped update)."""
     extra: dict[str, float] = field(default_factory=dict)
-
-
-def index_observations(observations: PyTorchObs, index: th.Tensor | np.ndarray | slice) -> PyTorchObs:
-    """
-    :param observations: a batch of observations (tensor or dict of tensors)
-    :param index: indices or a slice along the batch dimension
-    :return: the selected observations
-    """
-    if isinstance(observations, dict):
-        return {key: value[index] for key, value in observations.items()}
-    return observations[index]
 
 
 class NaturalGradientAlgorithm(OnPolicyAlgorithm):
@@ -220,21 +199,10 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
         if not isinstance(self.policy.action_dist, SUPPORTED_DISTRIBUTIONS):
             raise ValueError(f"Unsupported action distribution {type(self.policy.action_dist).__name__}")
         self._actor_params: list[th.nn.Parameter] | None = None
-        self._use_fused_adam()
-
-    def _use_fused_adam(self) -> None:
-        """
-        Switch the critic's Adam to its fused kernel (same update, a fraction of the per-step overhead on small nets).
-
-        Only for a plain ``th.optim.Adam`` on CPU/CUDA that has not stepped yet; the flag travels in the optimizer's
-        state dict, which SB3 and sb3-contrib load unchanged.
-        """
-        optimizer = self.policy.optimizer
-        if type(optimizer) is not th.optim.Adam or optimizer.state or self.device.type not in ("cpu", "cuda"):
-            return
-        for group in optimizer.param_groups:
-            if not group.get("foreach") and not group.get("differentiable") and not group.get("capturable"):
-                group["fused"] = True
+        self.backends = choose_backends(self.policy)
+        """The implementation each part runs (:func:`~sb3_trpo_ext.common.backends.choose_backends`)."""
+        if self.verbose >= 1:
+            print(f"{type(self).__name__} backends: {self.backends}")
 
     # ------------------------------------------------------------------ rollouts
 
@@ -257,34 +225,6 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
         return collect_rollouts_fast(self, env, callback, rollout_buffer, n_rollout_steps)
 
     # ------------------------------------------------------------------ hooks for subclasses
-
-    def _policy_batch(self, observations: PyTorchObs, actions: th.Tensor, advantages: th.Tensor) -> PolicyBatch:
-        """
-        The samples of the policy step (single path: the rollout, thinned by ``sub_sampling_factor``).
-
-        :param observations: all observations of the rollout
-        :param actions: all actions of the rollout
-        :param advantages: all advantages of the rollout
-        :return: the batch
-        """
-        step = self.sub_sampling_factor
-        if step > 1:
-            observations = index_observations(observations, slice(None, None, step))
-            actions, advantages = actions[::step], advantages[::step]
-        if self.normalize_advantage and len(advantages) > 1:
-            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-        return PolicyBatch(observations, actions, advantages)
-
-    def _surrogate_objective(self, log_prob: th.Tensor, old_log_prob: th.Tensor, batch: PolicyBatch) -> th.Tensor:
-        """
-        The surrogate ``L(theta)``: the mean of the likelihood ratio times the advantage.
-
-        :param log_prob: log-probabilities of the batch's actions under the current parameters
-        :param old_log_prob: the same under the old parameters (detached)
-        :param batch: the batch
-        :return: a scalar to maximize
-        """
-        return (th.exp(log_prob - old_log_prob) * batch.weights).mean()
 
     def _apply_step(
         self,
@@ -334,11 +274,11 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
         old_log_prob = log_prob.detach()
         params = self._actor_parameters(distribution)
 
-        objective = self._surrogate_objective(log_prob, old_log_prob, batch)
+        objective = batch.surrogate(log_prob, old_log_prob)
         gradient = flat_grad(objective, params, retain_graph=True)
         old_objective = float(objective.item())
         stats: dict[str, float] = {"policy_objective": old_objective}
-        if not (th.isfinite(batch.weights).all() and th.isfinite(gradient).all()):
+        if not (batch.is_finite() and th.isfinite(gradient).all()):
             return self._skip_step(stats, "non-finite advantages or gradient")
 
         fisher_vector_product = self._fisher_vector_product(batch, distribution, old_distribution, params)
@@ -356,7 +296,7 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
             with th.no_grad():
                 new_distribution = policy.get_distribution(batch.observations)
                 new_log_prob = new_distribution.log_prob(batch.actions)
-                new_objective = self._surrogate_objective(new_log_prob, old_log_prob, batch)
+                new_objective = batch.surrogate(new_log_prob, old_log_prob)
                 kl = kl_per_state(old_distribution, new_distribution).mean()
             return float(new_objective.item()), float(kl.item())
 
@@ -381,24 +321,17 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
         params: list[th.nn.Parameter],
     ) -> Callable[[th.Tensor], th.Tensor]:
         """
-        ``v -> (F + cg_damping I) v`` on the batch (or a ``fisher_sample_fraction`` subsample of it).
-
-        Plain MLP policies use the Gauss-Newton form (no second-order graph); everything else double back-propagates
-        through the mean KL. Both are the analytic Fisher (the KL's Hessian at the old parameters).
+        ``v -> (F + cg_damping I) v`` on the batch (or a ``fisher_sample_fraction`` subsample of it), the analytic
+        Fisher on the path of ``self.backends.fisher`` (:func:`~sb3_trpo_ext.common.fisher.make_fisher_vector_product`).
         """
         observations, n_samples = batch.observations, len(batch.actions)
         n_fisher = max(1, round(self.fisher_sample_fraction * n_samples))
-        index = th.randperm(n_samples, device=self.device)[:n_fisher] if n_fisher < n_samples else None
-        if index is not None:
-            observations = index_observations(observations, index)
-        fast = gauss_newton_fisher_vector_product_fn(self.policy, observations, params, self.cg_damping)  # type: ignore[arg-type]
-        if fast is not None:
-            return fast
-        if index is not None:
-            distribution = self.policy.get_distribution(observations)
-            old_distribution = detach_distribution(distribution)
-        kl = kl_per_state(old_distribution, distribution).mean()
-        return fisher_vector_product_fn(kl, params, self.cg_damping)
+        if n_fisher < n_samples:
+            index = th.randperm(n_samples, device=self.device)[:n_fisher]
+            observations, distribution = index_observations(observations, index), None  # type: ignore[assignment]
+        return make_fisher_vector_product(
+            self.backends.fisher, self.policy, observations, params, self.cg_damping, distribution
+        )
 
     def _skip_step(self, stats: dict[str, float], reason: str) -> dict[str, float]:
         self.skipped_updates += 1
@@ -411,58 +344,14 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
 
     def _fit_critic(self, observations: PyTorchObs, returns: th.Tensor) -> list[float]:
         """
-        Fit the value function with Adam: ``n_critic_updates`` epochs of shuffled mini-batches of ``batch_size``.
-
-        Only the critic's gradients are computed (the actor's stay ``None``, so Adam leaves the actor alone); a features
-        extractor shared with the actor is not trained by the critic, or it would move the policy after the trust-region
-        step.
+        Fit the value function with Adam: ``n_critic_updates`` epochs of shuffled mini-batches of ``batch_size``
+        (:func:`~sb3_trpo_ext.common.critic.fit_critic`, on the path of ``self.backends.critic_fit``).
 
         :param observations: all observations of the rollout
         :param returns: the regression targets
         :return: the mini-batch losses
         """
-        if not th.isfinite(returns).all():
-            return []
-        optimizer = self.policy.optimizer
-        critic_layers = mlp_layers(self.policy, "critic") if isinstance(observations, th.Tensor) else None
-        n_samples = len(returns)
-        numpy_fit = NumpyAdamFit.create(critic_layers, optimizer)
-        if numpy_fit is not None:  # plain MLP critic with Adam on CPU: the same steps in NumPy, no framework overhead
-            inputs = observations.cpu().numpy().astype(np.float32).reshape(n_samples, -1)  # type: ignore[union-attr]
-            targets = returns.cpu().numpy().astype(np.float32)
-            with threadpool_limits(limits=1, user_api="blas"):  # multi-threaded BLAS only slows matrices this small
-                losses = [numpy_fit.step(inputs[index], targets[index]) for index in self._minibatches(n_samples)]
-            numpy_fit.write_back()
-            return losses
-        loss_tensors = []
-        for batch_indices in self._minibatches(n_samples):
-            index = th.as_tensor(batch_indices, device=self.device)
-            optimizer.zero_grad(set_to_none=True)
-            if critic_layers is not None:  # plain MLP critic: the same gradient, computed by hand
-                loss_tensors.append(mse_gradients(critic_layers, observations[index], returns[index]))  # type: ignore[index]
-            else:
-                values = self._critic_values(index_observations(observations, index)).flatten()
-                loss = F.mse_loss(values, returns[index])
-                loss.backward()
-                loss_tensors.append(loss.detach())
-            optimizer.step()
-        return th.stack(loss_tensors).tolist() if loss_tensors else []
-
-    def _minibatches(self, n_samples: int) -> Iterator[np.ndarray]:
-        """Indices of ``n_critic_updates`` epochs of shuffled mini-batches (drawn from torch's RNG, so ``seed`` holds)."""
-        for _ in range(self.n_critic_updates):
-            permutation = th.randperm(n_samples).numpy()
-            for start in range(0, n_samples, self.batch_size):
-                yield permutation[start : start + self.batch_size]
-
-    def _critic_values(self, observations: PyTorchObs) -> th.Tensor:
-        """The critic's values, with a features extractor shared with the actor held fixed."""
-        policy = self.policy
-        if not policy.share_features_extractor:
-            return policy.predict_values(observations)
-        with th.no_grad():
-            features = policy.extract_features(observations)
-        return policy.value_net(policy.mlp_extractor.forward_critic(features))  # type: ignore[arg-type]
+        return fit_critic(self.backends.critic_fit, self.policy, observations, returns, self.batch_size, self.n_critic_updates)
 
     def learn(
         self: SelfNaturalGradientAlgorithm,
@@ -495,23 +384,32 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
 
     # ------------------------------------------------------------------ train
 
-    def _rollout_tensors(self) -> tuple[PyTorchObs, th.Tensor, th.Tensor, th.Tensor]:
-        """All samples of the rollout buffer as tensors: observations, actions, advantages, returns."""
+    def _rollout_samples(self) -> RolloutBufferSamples:
+        """All samples of the rollout buffer as tensors, actions as the distributions' ``log_prob`` takes them."""
         data = next(self.rollout_buffer.get(batch_size=None))
-        actions = data.actions
         if isinstance(self.action_space, spaces.Discrete):
-            actions = actions.long().flatten()
-        return data.observations, actions, data.advantages, data.returns
+            data = data._replace(actions=data.actions.long().flatten())
+        return data
 
     def train(self) -> None:
-        """Update the policy with one natural-gradient step, then fit the critic."""
+        """Update the policy with one natural-gradient step on the rollout's advantages, then fit the critic."""
+        data = self._rollout_samples()
+        batch = AdvantageBatch.from_rollout(
+            data.observations, data.actions, data.advantages, self.sub_sampling_factor, self.normalize_advantage
+        )
+        self._update(batch, data)
+
+    def _update(self, batch: PolicyBatch, data: RolloutBufferSamples) -> None:
+        """
+        The shared update: one natural-gradient step on ``batch``, the critic fitted on the rollout, the logs.
+
+        :param batch: the samples of the policy step
+        :param data: the rollout buffer's samples (observations and returns for the critic)
+        """
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
-        observations, actions, advantages, returns = self._rollout_tensors()
-
-        batch = self._policy_batch(observations, actions, advantages)
         stats = self._natural_gradient_step(batch)
-        value_losses = self._fit_critic(observations, returns)
+        value_losses = self._fit_critic(data.observations, data.returns)
         self._n_updates += 1
 
         explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())

@@ -1,16 +1,23 @@
 """
-Fast paths for the common case of plain MLP policies (``MlpPolicy`` on a flat ``Box`` observation space).
+The one NumPy MLP, for plain MLP actors and critics where NumPy beats torch's per-call overhead.
 
-Small networks on the CPU spend most of their time in framework overhead, not arithmetic. When a policy's actor or
-critic is a chain of ``Linear`` layers with ``Tanh`` / ``ReLU`` / ``Identity`` activations behind a
-``FlattenExtractor``, we:
+A *plain MLP* is a chain of ``Linear`` layers with activations from :data:`ACTIVATIONS` behind a
+``FlattenExtractor`` on a flat ``Box`` observation space (:func:`mlp_layers` reads it off a policy). Its
+:class:`NumpyMlp` copy serves:
 
-- run the actor in NumPy during rollouts (:class:`NumpyMlp`, one call per env step);
-- compute the critic's regression gradient by hand (:func:`mse_gradients`) instead of through autograd.
+- rollouts: the actor and the critic, one forward per env step (:class:`~sb3_trpo_ext.common.rollouts.RolloutPolicy`);
+- the critic fit: forward, backward and Adam on the flat parameter vector (:mod:`sb3_trpo_ext.common.critic`);
+- the Fisher-vector product of an MLP actor: forward and reverse mode (:mod:`sb3_trpo_ext.common.fisher`).
 
-Anything else falls back to the policy's own modules. :func:`mlp_layers` decides.
+Which parts use it is decided in one place, :func:`sb3_trpo_ext.common.backends.choose_backends`.
+
+To support another activation, add it to :data:`ACTIVATIONS` (its forward, in place, and its derivative as a
+function of its output); ``tests/test_fast_paths.py`` checks every entry against torch.
 """
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -18,20 +25,37 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import FlattenExtractor
+from threadpoolctl import ThreadpoolController
 from torch import nn
 
-Activation = Literal["tanh", "relu", "identity"]
-_ACTIVATIONS: dict[type[nn.Module], Activation] = {nn.Tanh: "tanh", nn.ReLU: "relu", nn.Identity: "identity"}
+
+@dataclass(frozen=True)
+class Activation:
+    """An elementwise activation in NumPy."""
+
+    forward: Callable[[np.ndarray], object]
+    """Apply the activation in place."""
+    derivative: Callable[[np.ndarray], np.ndarray]
+    """``f'(x)`` as a function of ``y = f(x)`` (the layer's output, which the passes keep)."""
 
 
-def mlp_layers(policy: ActorCriticPolicy, head: Literal["actor", "critic"]) -> list[tuple[nn.Linear, Activation]] | None:
+ACTIVATIONS: dict[type[nn.Module], Activation] = {
+    nn.Tanh: Activation(lambda h: np.tanh(h, out=h), lambda y: 1.0 - y * y),
+    nn.ReLU: Activation(lambda h: np.maximum(h, 0.0, out=h), lambda y: y > 0),
+}
+"""The activations a plain MLP may use (``nn.Identity`` is no activation)."""
+
+Layer = tuple[nn.Linear, Activation | None]
+
+
+def mlp_layers(policy: ActorCriticPolicy, head: Literal["actor", "critic"]) -> list[Layer] | None:
     """
     The actor's or critic's layers as ``(linear, activation after it)`` pairs, or ``None`` when the network is not a
     plain MLP on flat observations.
 
     :param policy: the policy
     :param head: ``"actor"`` (up to the action head) or ``"critic"`` (up to the value head)
-    :return: the layers, the last one being the head with activation ``"identity"``
+    :return: the layers, the last one being the head (no activation)
     """
     obs_space = policy.observation_space
     if not (isinstance(obs_space, spaces.Box) and len(obs_space.shape) == 1):
@@ -44,268 +68,149 @@ def mlp_layers(policy: ActorCriticPolicy, head: Literal["actor", "critic"]) -> l
     shared = getattr(mlp, "shared_net", None)
     if not isinstance(body, nn.Sequential) or (shared is not None and len(shared) > 0):
         return None
-    layers: list[tuple[nn.Linear, Activation]] = []
+    layers: list[Layer] = []
     for module in body:
         if isinstance(module, nn.Linear):
-            layers.append((module, "identity"))
-        elif type(module) in _ACTIVATIONS and layers and layers[-1][1] == "identity":
-            layers[-1] = (layers[-1][0], _ACTIVATIONS[type(module)])
+            layers.append((module, None))
+        elif type(module) is nn.Identity:
+            continue
+        elif type(module) in ACTIVATIONS and layers and layers[-1][1] is None:
+            layers[-1] = (layers[-1][0], ACTIVATIONS[type(module)])
         else:
             return None
     output = policy.action_net if head == "actor" else policy.value_net
     if not isinstance(output, nn.Linear):
         return None
-    layers.append((output, "identity"))
+    layers.append((output, None))
     return layers
+
+
+_Views = list[tuple[np.ndarray, np.ndarray | None]]
 
 
 class NumpyMlp:
     """
-    A frozen NumPy copy of an MLP, for fast single-step forwards during a rollout.
+    A float32 NumPy copy of a plain MLP, its parameters in one flat vector (each layer's weight, shape
+    ``(out, in)`` as torch stores it, then its bias), with the forward pass and both derivatives.
+
+    Parameter-shaped vectors (gradients, tangents) use the same flat layout, in the order of :attr:`params`.
 
     :param layers: output of :func:`mlp_layers`
     """
 
-    def __init__(self, layers: list[tuple[nn.Linear, Activation]]) -> None:
-        self.layers = [
-            (
-                linear.weight.detach().cpu().numpy().T.copy(),
-                linear.bias.detach().cpu().numpy().copy() if linear.bias is not None else None,
-                activation,
-            )
-            for linear, activation in layers
+    def __init__(self, layers: list[Layer]) -> None:
+        self.params = [p for linear, _ in layers for p in (linear.weight, linear.bias) if p is not None]
+        """The torch parameters, in the order of the flat vector."""
+        self.flat = np.concatenate([p.detach().cpu().numpy().reshape(-1) for p in self.params]).astype(np.float32)
+        self._shapes = [(tuple(linear.weight.shape), linear.bias is not None) for linear, _ in layers]
+        self.activations = [activation for _, activation in layers]
+        self.layers = self.views(self.flat)
+        """``(weight, bias)`` of each layer, views into :attr:`flat`."""
+        self._forward_layers = [
+            (weight.T, bias, act) for (weight, bias), act in zip(self.layers, self.activations, strict=True)
         ]
+
+    def views(self, flat: np.ndarray) -> _Views:
+        """
+        :param flat: a vector in the flat parameter layout
+        :return: its ``(weight, bias)`` views per layer (bias ``None`` for a layer without one)
+        """
+        views: _Views = []
+        offset = 0
+        for (n_out, n_in), has_bias in self._shapes:
+            weight = flat[offset : offset + n_out * n_in].reshape(n_out, n_in)
+            offset += n_out * n_in
+            bias = flat[offset : offset + n_out] if has_bias else None
+            offset += n_out if has_bias else 0
+            views.append((weight, bias))
+        return views
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """
         :param x: a batch of flat observations
         :return: the network's output
         """
+        return self.forward(x, keep=False)[-1]
+
+    def forward(self, x: np.ndarray, keep: bool = True) -> list[np.ndarray]:
+        """
+        :param x: a batch of flat observations
+        :param keep: keep every layer's output (what :meth:`backward` and :meth:`jvp` need)
+        :return: the input (as float32, flattened) and every layer's output after its activation, the last entry being
+            the network's output (only that entry when not ``keep``)
+        """
         h = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
-        for weight, bias, activation in self.layers:
-            h = h @ weight
+        outputs = [h]
+        for weight_t, bias, activation in self._forward_layers:
+            h = h @ weight_t
             if bias is not None:
                 h += bias
-            _activate_in_place(h, activation)
-        return h
+            if activation is not None:
+                activation.forward(h)
+            if keep:
+                outputs.append(h)
+        return outputs if keep else [h]
 
-
-def _activate_in_place(h: np.ndarray, activation: Activation) -> None:
-    if activation == "tanh":
-        np.tanh(h, out=h)
-    elif activation == "relu":
-        np.maximum(h, 0.0, out=h)
-
-
-def forward_cache(layers: list[tuple[nn.Linear, Activation]], x: th.Tensor) -> list[th.Tensor]:
-    """
-    Run the MLP without autograd, keeping each layer's input and the final output.
-
-    :param layers: output of :func:`mlp_layers`
-    :param x: inputs, shape ``(batch, in_features)``
-    :return: ``[input of layer 0, input of layer 1, ..., network output]``
-    """
-    with th.no_grad():
-        h = x.float().reshape(len(x), -1)
-        cache = [h]
-        for linear, activation in layers:
-            h = th.addmm(linear.bias, h, linear.weight.t()) if linear.bias is not None else h @ linear.weight.t()
-            if activation == "tanh":
-                h = th.tanh(h)
-            elif activation == "relu":
-                h = th.relu(h)
-            cache.append(h)
-    return cache
-
-
-def _activation_derivative(delta: th.Tensor, output: th.Tensor, activation: Activation) -> th.Tensor:
-    """``delta`` times the activation's derivative, given the activation's output (tensors or arrays)."""
-    if activation == "tanh":
-        return delta * (1.0 - output * output)
-    if activation == "relu":
-        return delta * (output > 0)
-    return delta
-
-
-@th.no_grad()
-def mlp_jvp(
-    layers: list[tuple[nn.Linear, Activation]],
-    cache: list[th.Tensor],
-    tangents: list[tuple[th.Tensor, th.Tensor | None]],
-) -> th.Tensor:
-    """
-    Forward-mode derivative: the change of the MLP's output for a parameter change (``J v``).
-
-    :param layers: output of :func:`mlp_layers`
-    :param cache: output of :func:`forward_cache`
-    :param tangents: ``(d weight, d bias)`` of each layer
-    :return: ``J v``, shape ``(batch, out_features)``
-    """
-    d_hidden: th.Tensor | None = None
-    for index, ((linear, activation), (d_weight, d_bias)) in enumerate(zip(layers, tangents, strict=True)):
-        d_out = cache[index] @ d_weight.t()
-        if d_bias is not None:
-            d_out = d_out + d_bias
-        if d_hidden is not None:
-            d_out = d_out + d_hidden @ linear.weight.t()
-        d_hidden = _activation_derivative(d_out, cache[index + 1], activation)
-    assert d_hidden is not None
-    return d_hidden
-
-
-@th.no_grad()
-def mlp_vjp(
-    layers: list[tuple[nn.Linear, Activation]],
-    cache: list[th.Tensor],
-    grad_output: th.Tensor,
-) -> list[tuple[th.Tensor, th.Tensor | None]]:
-    """
-    Reverse-mode derivative: ``J^T u`` for a cotangent ``u`` of the output, per layer.
-
-    :param layers: output of :func:`mlp_layers`
-    :param cache: output of :func:`forward_cache`
-    :param grad_output: ``u``, shape ``(batch, out_features)``
-    :return: ``(grad weight, grad bias)`` of each layer
-    """
-    grads: list[tuple[th.Tensor, th.Tensor | None]] = []
-    delta = grad_output
-    for index in range(len(layers) - 1, -1, -1):
-        linear, activation = layers[index]
-        delta = _activation_derivative(delta, cache[index + 1], activation)
-        grads.append((delta.t() @ cache[index], delta.sum(dim=0) if linear.bias is not None else None))
-        if index > 0:
-            delta = delta @ linear.weight
-    grads.reverse()
-    return grads
-
-
-def mse_gradients(layers: list[tuple[nn.Linear, Activation]], x: th.Tensor, target: th.Tensor) -> th.Tensor:
-    """
-    Set ``.grad`` of the MLP's parameters to the gradient of ``mean((mlp(x) - target)^2)``, by hand.
-
-    The same numbers autograd would give, at a fraction of the overhead for small networks.
-
-    :param layers: output of :func:`mlp_layers` (a single output unit)
-    :param x: inputs, shape ``(batch, in_features)``
-    :param target: regression targets, shape ``(batch,)``
-    :return: the loss (a detached scalar tensor)
-    """
-    cache = forward_cache(layers, x)
-    error = cache[-1].squeeze(-1) - target
-    grads = mlp_vjp(layers, cache, (2.0 / len(target)) * error.unsqueeze(-1))
-    for (linear, _), (grad_weight, grad_bias) in zip(layers, grads, strict=True):
-        linear.weight.grad = grad_weight
-        if linear.bias is not None:
-            linear.bias.grad = grad_bias
-    return error.square().mean()
-
-
-class NumpyAdamFit:
-    """
-    Fit a plain MLP regressor (the critic) with Adam in NumPy, reading and writing the torch parameters and the torch
-    Adam state, so the result is what ``optimizer.step()`` on the same mini-batches would give (to float32 rounding)
-    and everything downstream (save/load, sb3-contrib, a later torch step) sees the usual state.
-
-    The parameters live in one flat vector while fitting, so one Adam update is a handful of NumPy operations.
-    Built by :meth:`create`, which returns ``None`` when the optimizer is not a plain Adam on CPU.
-
-    :param layers: output of :func:`mlp_layers`
-    :param optimizer: the torch Adam optimizer holding these parameters
-    """
-
-    def __init__(self, layers: list[tuple[nn.Linear, Activation]], optimizer: th.optim.Adam) -> None:
-        self.layers = layers
-        self.optimizer = optimizer
-        group = optimizer.param_groups[0]
-        self.lr, (self.beta1, self.beta2), self.eps = float(group["lr"]), group["betas"], float(group["eps"])
-        self.params = [
-            p for linear, _ in layers for p in ((linear.weight, linear.bias) if linear.bias is not None else (linear.weight,))
-        ]
-        sizes = [p.numel() for p in self.params]
-        self.flat = np.concatenate([p.detach().cpu().numpy().reshape(-1) for p in self.params]).astype(np.float32)
-        self.grad = np.zeros_like(self.flat)
-        self.exp_avg = np.zeros_like(self.flat)
-        self.exp_avg_sq = np.zeros_like(self.flat)
-        self.step_count = 0
-        offsets = np.cumsum([0, *sizes])
-        self.slices = [slice(int(a), int(b)) for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
-        for param, part in zip(self.params, self.slices, strict=True):
-            state = optimizer.state.get(param, {})
-            if state:
-                self.exp_avg[part] = state["exp_avg"].cpu().numpy().reshape(-1)
-                self.exp_avg_sq[part] = state["exp_avg_sq"].cpu().numpy().reshape(-1)
-                self.step_count = int(float(state["step"]))
-        self.views = []  # (weight, bias, grad weight, grad bias, activation) as views into the flat vectors
-        index = 0
-        for linear, activation in layers:
-            weight = self.flat[self.slices[index]].reshape(linear.weight.shape)
-            grad_weight = self.grad[self.slices[index]].reshape(linear.weight.shape)
-            index += 1
-            bias = grad_bias = None
-            if linear.bias is not None:
-                bias, grad_bias = self.flat[self.slices[index]], self.grad[self.slices[index]]
-                index += 1
-            self.views.append((weight, bias, grad_weight, grad_bias, activation))
-
-    @classmethod
-    def create(cls, layers: list[tuple[nn.Linear, Activation]] | None, optimizer: th.optim.Optimizer) -> "NumpyAdamFit | None":
+    def backward(self, outputs: list[np.ndarray], grad_output: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """
-        :param layers: output of :func:`mlp_layers`, or None
-        :param optimizer: the policy's optimizer
-        :return: the fitter, or ``None`` when this fast path does not apply
-        """
-        if layers is None or type(optimizer) is not th.optim.Adam or len(optimizer.param_groups) != 1:
-            return None
-        group = optimizer.param_groups[0]
-        if group.get("amsgrad") or group.get("weight_decay") or group.get("maximize") or group.get("decoupled_weight_decay"):
-            return None
-        if any(linear.weight.device.type != "cpu" for linear, _ in layers):
-            return None
-        return cls(layers, optimizer)
+        Reverse mode: ``J^T u``, the gradient of ``sum(u * output)`` with respect to the parameters.
 
-    def step(self, x: np.ndarray, target: np.ndarray) -> float:
+        :param outputs: output of :meth:`forward`
+        :param grad_output: ``u``, shape ``(batch, out_features)``
+        :param out: where to write the result (default: a new array)
+        :return: the gradient, in the flat parameter layout
         """
-        One Adam step on ``mean((mlp(x) - target)^2)``.
-
-        :param x: inputs, shape ``(batch, in_features)``
-        :param target: targets, shape ``(batch,)``
-        :return: the loss before the step
-        """
-        inputs = [x]
-        h = x
-        for weight, bias, _, _, activation in self.views:
-            h = h @ weight.T
-            if bias is not None:
-                h += bias
-            _activate_in_place(h, activation)
-            inputs.append(h)
-        error = h[:, 0] - target
-        delta = (2.0 / len(target)) * error[:, None]
-        for index in range(len(self.views) - 1, -1, -1):
-            weight, bias, grad_weight, grad_bias, activation = self.views[index]
-            delta = _activation_derivative(delta, inputs[index + 1], activation)  # type: ignore[arg-type]
-            np.matmul(delta.T, inputs[index], out=grad_weight)
+        grad = np.empty_like(self.flat) if out is None else out
+        delta = grad_output
+        for index, (grad_weight, grad_bias) in reversed(list(enumerate(self.views(grad)))):
+            activation = self.activations[index]
+            if activation is not None:
+                delta = delta * activation.derivative(outputs[index + 1])
+            np.matmul(delta.T, outputs[index], out=grad_weight)
             if grad_bias is not None:
                 np.sum(delta, axis=0, out=grad_bias)
             if index > 0:
-                delta = delta @ weight
-        self.step_count += 1
-        self.exp_avg += (1.0 - self.beta1) * (self.grad - self.exp_avg)
-        self.exp_avg_sq *= self.beta2
-        self.exp_avg_sq += (1.0 - self.beta2) * self.grad * self.grad
-        bias_correction1 = 1.0 - self.beta1**self.step_count
-        bias_correction2_sqrt = (1.0 - self.beta2**self.step_count) ** 0.5
-        denominator = np.sqrt(self.exp_avg_sq) / bias_correction2_sqrt + self.eps
-        self.flat -= (self.lr / bias_correction1) * self.exp_avg / denominator
-        return float(np.mean(error * error))
+                delta = delta @ self.layers[index][0]
+        return grad
+
+    def jvp(self, outputs: list[np.ndarray], tangent: np.ndarray) -> np.ndarray:
+        """
+        Forward mode: ``J t``, the change of the output for a parameter change ``t``.
+
+        :param outputs: output of :meth:`forward`
+        :param tangent: ``t``, in the flat parameter layout
+        :return: ``J t``, shape ``(batch, out_features)``
+        """
+        d_hidden: np.ndarray | None = None
+        for index, (d_weight, d_bias) in enumerate(self.views(tangent)):
+            d_out = outputs[index] @ d_weight.T
+            if d_bias is not None:
+                d_out += d_bias
+            if d_hidden is not None:
+                d_out += d_hidden @ self.layers[index][0].T
+            activation = self.activations[index]
+            d_hidden = d_out if activation is None else d_out * activation.derivative(outputs[index + 1])
+        assert d_hidden is not None
+        return d_hidden
 
     def write_back(self) -> None:
-        """Copy the fitted parameters and the Adam moments back into the torch parameters and optimizer state."""
+        """Copy :attr:`flat` into the torch parameters."""
         with th.no_grad():
-            for param, part in zip(self.params, self.slices, strict=True):
-                param.copy_(th.from_numpy(self.flat[part].reshape(param.shape)))
-                self.optimizer.state[param] = {
-                    "step": th.tensor(float(self.step_count), dtype=th.float32),
-                    "exp_avg": th.from_numpy(self.exp_avg[part].reshape(param.shape).copy()),
-                    "exp_avg_sq": th.from_numpy(self.exp_avg_sq[part].reshape(param.shape).copy()),
-                }
+            offset = 0
+            for param in self.params:
+                numel = param.numel()
+                param.copy_(th.from_numpy(self.flat[offset : offset + numel].reshape(param.shape)))
+                offset += numel
+
+
+_controller: ThreadpoolController | None = None
+
+
+@contextmanager
+def single_threaded_blas() -> Iterator[None]:
+    """Limit NumPy's BLAS to one thread (multi-threaded BLAS only slows matrices this small)."""
+    global _controller
+    if _controller is None:  # inspecting the loaded libraries is slow: once per process
+        _controller = ThreadpoolController()
+    with _controller.limit(limits=1, user_api="blas"):
+        yield

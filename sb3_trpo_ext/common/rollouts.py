@@ -18,7 +18,8 @@ episodes are bootstrapped with the critic's value of the terminal observation (a
 A non-finite observation stops collection with an error that names it (see :func:`check_finite_observations`).
 """
 
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch as th
@@ -36,6 +37,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 
+from sb3_trpo_ext.common.backends import choose_backends
 from sb3_trpo_ext.common.fast_mlp import NumpyMlp, mlp_layers
 
 if TYPE_CHECKING:
@@ -46,67 +48,98 @@ Observation = np.ndarray | dict[str, np.ndarray]
 _HALF_LOG_2PI = 0.5 * float(np.log(2.0 * np.pi))
 
 
+@dataclass
+class RolloutNoise:
+    """
+    The sampling noise of a whole rollout, drawn up front in one RNG call: one *row* per env (or branch), one slice
+    per policy call. Plain data, so that it can be shipped to the worker that runs a branch: with common random
+    numbers, branches given the same row act with the same noise wherever they run.
+
+    - ``"gaussian"``: standard normal ``(n_steps, n_rows, action_dim)``;
+    - ``"categorical"``: Gumbel noise on the logits (Gumbel-max trick), ``(n_steps, n_rows, sum of n)``;
+    - ``"bernoulli"``: uniform ``(n_steps, n_rows, n_bits)``;
+    - ``"sde"``: one gSDE exploration matrix per row, ``(n_periods, n_rows, latent_dim, action_dim)``, a new one
+      every ``sde_sample_freq`` calls (SB3 draws one matrix per env and resamples them at that frequency);
+    - ``"distribution"``: none (any other distribution samples through its own object).
+    """
+
+    kind: str
+    values: np.ndarray | None
+    sde_sample_freq: int = -1
+
+    @classmethod
+    def draw(cls, policy: ActorCriticPolicy, n_rows: int, n_steps: int, sde_sample_freq: int = -1) -> "RolloutNoise":
+        """
+        :param policy: the policy whose distribution the noise is for
+        :param n_rows: number of rows (envs or branches)
+        :param n_steps: number of policy calls
+        :param sde_sample_freq: gSDE resampling frequency in calls (-1: one matrix per row for the whole rollout)
+        :return: the noise
+        """
+        dist = policy.action_dist
+        shape = (n_steps, n_rows)
+        if isinstance(dist, StateDependentNoiseDistribution):
+            n_periods = -(-n_steps // sde_sample_freq) if sde_sample_freq > 0 else 1
+            with th.no_grad():
+                std = dist.get_std(policy.log_std).cpu()
+                matrices = th.randn(n_periods, n_rows, *std.shape) * std
+            return cls("sde", matrices.numpy(), sde_sample_freq)
+        if type(dist) is DiagGaussianDistribution:
+            return cls("gaussian", th.randn(*shape, dist.action_dim).numpy())
+        if isinstance(dist, CategoricalDistribution):
+            return cls("categorical", _gumbel((*shape, dist.action_dim)).numpy())
+        if isinstance(dist, MultiCategoricalDistribution):
+            return cls("categorical", _gumbel((*shape, int(sum(dist.action_dims)))).numpy())
+        if isinstance(dist, BernoulliDistribution):
+            return cls("bernoulli", th.rand(*shape, dist.action_dims).numpy())
+        return cls("distribution", None)
+
+    def select_rows(self, rows: np.ndarray) -> "RolloutNoise":
+        """:param rows: row indices (repeats allowed)
+        :return: the noise of those rows, row ``i`` of the result being row ``rows[i]`` of this one"""
+        return replace(self, values=None if self.values is None else self.values[:, rows])
+
+    def at(self, step: int, rows: np.ndarray | None) -> np.ndarray | None:
+        """:param step: the policy call
+        :param rows: the row of each observation (None: row ``i`` for observation ``i``)
+        :return: that call's noise (gSDE: the exploration matrices in force)"""
+        if self.values is None:
+            return None
+        period = step // self.sde_sample_freq if self.kind == "sde" and self.sde_sample_freq > 0 else 0
+        noise = self.values[period if self.kind == "sde" else step]
+        return noise if rows is None else noise[rows]
+
+
 class RolloutPolicy:
     """
     The policy, frozen for one rollout: actions, their log-probabilities and the critic's values, one batch of
-    observations at a time, with the sampling noise of the whole rollout drawn up front.
+    observations at a time, with the sampling noise drawn up front (:class:`RolloutNoise`).
 
-    Each call uses one *row* of noise per observation (by default row ``i`` for observation ``i``); a caller that
+    Each call uses one row of noise per observation (by default row ``i`` for observation ``i``); a caller that
     wants several observations to share noise (the vine method's common random numbers) passes ``rows``.
     Diagonal Gaussian, gSDE, Categorical, MultiCategorical and Bernoulli policies draw their actions here;
     anything else (a custom distribution) goes through the policy's own distribution object.
 
-    gSDE: each row has its own exploration matrix, drawn at the start and again every ``sde_sample_freq`` calls
-    (``-1``: never again), as SB3 draws one matrix per env.
-
     :param policy: the actor-critic policy (fixed for the rollout)
-    :param n_rows: number of noise rows (environments, or branches)
-    :param n_steps: number of calls the noise is drawn for at once
-    :param sde_sample_freq: resample the gSDE exploration matrices every this many calls (-1: never)
+    :param noise: the rollout's noise
     """
 
-    def __init__(self, policy: ActorCriticPolicy, n_rows: int, n_steps: int, sde_sample_freq: int = -1) -> None:
+    def __init__(self, policy: ActorCriticPolicy, noise: RolloutNoise) -> None:
         self.policy = policy
+        self.noise = noise
+        self.kind = noise.kind
         self.step = 0
-        self.n_rows = n_rows
-        self.sde_sample_freq = sde_sample_freq
         self.action_shape: tuple[int, ...] = policy.action_space.shape or ()
         dist = policy.action_dist
         self.split: list[int] = []
-        shape = (n_steps, n_rows)
-        noise: th.Tensor | None = None
-        if isinstance(dist, StateDependentNoiseDistribution):
-            self.kind = "sde"
-            self._draw_exploration_matrices()
-        elif isinstance(dist, DiagGaussianDistribution) and type(dist) is DiagGaussianDistribution:
-            self.kind = "gaussian"
-            noise = th.randn(*shape, dist.action_dim)
+        if self.kind == "gaussian":
             self.std = th.exp(policy.log_std.detach()).cpu().numpy().astype(np.float32)
-            self.log_prob_constant = -float(np.log(self.std).sum()) - dist.action_dim * _HALF_LOG_2PI
-        elif isinstance(dist, CategoricalDistribution):
-            self.kind = "categorical"
-            noise = _gumbel((*shape, dist.action_dim))
+            self.log_prob_constant = -float(np.log(self.std).sum()) - dist.action_dim * _HALF_LOG_2PI  # type: ignore[attr-defined]
         elif isinstance(dist, MultiCategoricalDistribution):
-            self.kind = "categorical"
             self.split = [int(i) for i in np.cumsum(dist.action_dims)[:-1]]
-            self.n_components = len(dist.action_dims)
-            noise = _gumbel((*shape, int(sum(dist.action_dims))))
-        elif isinstance(dist, BernoulliDistribution):
-            self.kind = "bernoulli"
-            noise = th.rand(*shape, dist.action_dims)
-        else:
-            self.kind = "distribution"
-        self.noise = noise.numpy() if noise is not None else None
-        actor_layers = mlp_layers(policy, "actor") if self.kind != "sde" else None
-        critic_layers = mlp_layers(policy, "critic")
-        self.numpy_actor = NumpyMlp(actor_layers) if actor_layers is not None else None
-        self.numpy_critic = NumpyMlp(critic_layers) if critic_layers is not None else None
-
-    def _draw_exploration_matrices(self) -> None:
-        dist: StateDependentNoiseDistribution = self.policy.action_dist  # type: ignore[assignment]
-        with th.no_grad():
-            std = dist.get_std(self.policy.log_std)
-            self.exploration_matrices = th.randn(self.n_rows, *std.shape, device=std.device) * std
+        backends = choose_backends(policy)
+        self.numpy_actor = NumpyMlp(mlp_layers(policy, "actor")) if backends.rollout_actor == "numpy-mlp" else None  # type: ignore[arg-type]
+        self.numpy_critic = NumpyMlp(mlp_layers(policy, "critic")) if backends.rollout_critic == "numpy-mlp" else None  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ forwards
 
@@ -150,17 +183,13 @@ class RolloutPolicy:
         :return: actions of shape ``(batch, *action_space.shape)``, their log-probabilities ``(batch,)`` and the
             values ``(batch,)`` (``None`` unless ``need_values``)
         """
-        if self.kind == "sde" and self.step > 0 and self.sde_sample_freq > 0 and self.step % self.sde_sample_freq == 0:
-            self._draw_exploration_matrices()
-        noise = None
-        if self.noise is not None:
-            noise = self.noise[self.step] if rows is None else self.noise[self.step][rows]
+        noise = self.noise.at(self.step, rows)
         self.step += 1
         values = None
         if self.kind == "distribution":
             actions, log_probs, values = self._sample_from_distribution(obs, need_values)
         elif self.kind == "sde":
-            actions, log_probs, values = self._sample_sde(obs, rows, need_values)
+            actions, log_probs, values = self._sample_sde(obs, noise, need_values)  # type: ignore[arg-type]
         else:
             if self.numpy_actor is not None:
                 out = self.numpy_actor(obs)  # type: ignore[arg-type]
@@ -196,12 +225,12 @@ class RolloutPolicy:
         return actions, log_probs
 
     def _sample_sde(
-        self, obs: Observation, rows: np.ndarray | None, need_values: bool
+        self, obs: Observation, exploration_matrices: np.ndarray, need_values: bool
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """gSDE: ``mean + latent @ E_row`` with each row's own exploration matrix ``E_row``."""
         mean, latent, values = self._torch_forward(obs, need_values)
         dist: StateDependentNoiseDistribution = self.policy.action_dist  # type: ignore[assignment]
-        matrices = self.exploration_matrices if rows is None else self.exploration_matrices[th.as_tensor(rows)]
+        matrices = th.as_tensor(exploration_matrices, device=mean.device)
         with th.no_grad():
             latent_sde = latent if dist.learn_features else latent.detach()
             actions = mean + th.bmm(latent_sde.unsqueeze(1), matrices).squeeze(1)
@@ -273,7 +302,6 @@ def collect_rollouts_fast(
     callback: BaseCallback,
     rollout_buffer: RolloutBuffer,
     n_rollout_steps: int,
-    before_step: Any = None,
 ) -> bool:
     """
     Fill ``rollout_buffer`` with ``n_rollout_steps`` steps per env, as ``OnPolicyAlgorithm.collect_rollouts`` does.
@@ -283,8 +311,6 @@ def collect_rollouts_fast(
     :param callback: called after each step; returning False stops collection
     :param rollout_buffer: the buffer to fill
     :param n_rollout_steps: steps per environment
-    :param before_step: called with the step index before each step, while the envs are in the state of
-        ``algorithm._last_obs`` (the vine method snapshots its rollout-set states there)
     :return: False if a callback asked to stop, True otherwise
     """
     assert algorithm._last_obs is not None, "No previous observation was provided"
@@ -296,7 +322,7 @@ def collect_rollouts_fast(
     sde_sample_freq = algorithm.sde_sample_freq if algorithm.use_sde else -1
     if algorithm.use_sde:
         policy.reset_noise(env.num_envs)  # as SB3 does (the rollout itself draws its own matrices, one per env)
-    rollout_policy = RolloutPolicy(policy, env.num_envs, n_rollout_steps, sde_sample_freq)
+    rollout_policy = RolloutPolicy(policy, RolloutNoise.draw(policy, env.num_envs, n_rollout_steps, sde_sample_freq))
     is_discrete = isinstance(algorithm.action_space, spaces.Discrete)
     plain_buffer = type(rollout_buffer) is RolloutBuffer and isinstance(algorithm.observation_space, spaces.Box)
     truncated_terminals: list[tuple[int, int, Observation]] = []
@@ -304,8 +330,6 @@ def collect_rollouts_fast(
     callback.on_rollout_start()
 
     while n_steps < n_rollout_steps:
-        if before_step is not None:
-            before_step(n_steps)
         obs_tensor = obs_as_tensor(algorithm._last_obs, device)  # type: ignore[arg-type]
         actions, step_log_probs, step_values = rollout_policy(algorithm._last_obs, need_values=True)  # type: ignore[arg-type]
         values = th.as_tensor(step_values, device=device).reshape(-1, 1)
@@ -342,16 +366,9 @@ def collect_rollouts_fast(
         for idx, done in enumerate(dones):
             if done and infos[idx].get("terminal_observation") is not None and infos[idx].get("TimeLimit.truncated", False):
                 truncated_terminals.append((n_steps, idx, infos[idx]["terminal_observation"]))
-        if plain_buffer:  # what RolloutBuffer.add does, without its per-step tensor round trips
-            pos = rollout_buffer.pos
-            rollout_buffer.observations[pos] = algorithm._last_obs
-            rollout_buffer.actions[pos] = actions.reshape(rollout_buffer.actions.shape[1:])
-            rollout_buffer.rewards[pos] = rewards
-            rollout_buffer.episode_starts[pos] = algorithm._last_episode_starts
-            rollout_buffer.values[pos] = step_values
-            rollout_buffer.log_probs[pos] = step_log_probs
-            rollout_buffer.pos += 1
-            rollout_buffer.full = rollout_buffer.pos == rollout_buffer.buffer_size
+        if plain_buffer:
+            last_obs, starts = algorithm._last_obs, algorithm._last_episode_starts
+            add_to_plain_buffer(rollout_buffer, last_obs, actions, rewards, starts, step_values, step_log_probs)  # type: ignore[arg-type]
         else:
             rollout_buffer.add(
                 algorithm._last_obs,  # type: ignore[arg-type]
@@ -375,6 +392,40 @@ def collect_rollouts_fast(
     callback.update_locals({"new_obs": new_obs, "dones": dones, "rollout_buffer": rollout_buffer})
     callback.on_rollout_end()
     return True
+
+
+def add_to_plain_buffer(
+    buffer: RolloutBuffer,
+    obs: np.ndarray,
+    actions: np.ndarray,
+    rewards: np.ndarray,
+    episode_starts: np.ndarray,
+    values: np.ndarray,
+    log_probs: np.ndarray,
+) -> None:
+    """
+    What ``RolloutBuffer.add`` does, without its per-step tensor round trips, for a plain ``RolloutBuffer`` on a Box
+    observation space. The one place that writes SB3's buffer fields directly (``observations``, ``actions``,
+    ``rewards``, ``episode_starts``, ``values``, ``log_probs``, ``pos``, ``full``; tested against ``add`` in
+    ``tests/test_run.py``).
+
+    :param buffer: the buffer
+    :param obs: observations, one per env
+    :param actions: actions, one per env (any shape with ``action_dim`` values per env)
+    :param rewards: rewards
+    :param episode_starts: whether each observation starts an episode
+    :param values: the critic's values of the observations
+    :param log_probs: the log-probabilities of the actions
+    """
+    pos = buffer.pos
+    buffer.observations[pos] = obs
+    buffer.actions[pos] = actions.reshape(buffer.actions.shape[1:])
+    buffer.rewards[pos] = rewards
+    buffer.episode_starts[pos] = episode_starts
+    buffer.values[pos] = values
+    buffer.log_probs[pos] = log_probs
+    buffer.pos += 1
+    buffer.full = buffer.pos == buffer.buffer_size
 
 
 def _stack(observations: list[Observation]) -> Observation:

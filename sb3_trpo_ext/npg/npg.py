@@ -3,8 +3,9 @@
 from typing import Any, Literal
 
 import torch as th
+from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.policies import ActorCriticPolicy
-from stable_baselines3.common.type_aliases import GymEnv
+from stable_baselines3.common.type_aliases import GymEnv, Schedule
 
 from sb3_trpo_ext.common.base import NaturalGradientAlgorithm, StepOutcome
 from sb3_trpo_ext.common.natural_gradient import apply_fixed_step
@@ -29,8 +30,29 @@ class NaturalPG(NaturalGradientAlgorithm):
     :param env: the environment to learn from (if registered in Gym, can be str)
     :param step_mode: ``"kl"`` (KL-normalized step) or ``"constant"`` (fixed step size)
     :param step_size: the step size of ``step_mode="constant"``
-    :param kwargs: every other keyword of :class:`~sb3_trpo_ext.common.base.NaturalGradientAlgorithm`
-        (``learning_rate``, ``n_steps``, ``batch_size``, ``target_kl``, ``cg_max_steps``, ``cg_damping``, ...)
+    :param learning_rate: learning rate of the critic's Adam optimizer (constant or schedule)
+    :param n_steps: steps to run per environment per update
+    :param batch_size: mini-batch size of the critic's updates
+    :param gamma: discount factor
+    :param cg_max_steps: conjugate-gradient iterations ``k`` (the paper uses 10)
+    :param cg_damping: damping added to the Fisher-vector product
+    :param n_critic_updates: epochs of critic updates per rollout
+    :param gae_lambda: GAE trade-off of bias and variance
+    :param use_sde: use generalized State Dependent Exploration
+    :param sde_sample_freq: resample the gSDE noise every n steps (-1: only at the start of a rollout)
+    :param rollout_buffer_class: rollout buffer class (``None``: chosen from the observation space)
+    :param rollout_buffer_kwargs: keyword arguments of the rollout buffer
+    :param normalize_advantage: normalize the advantages
+    :param target_kl: the KL each ``step_mode="kl"`` update moves the policy by (whole-distribution mean KL)
+    :param sub_sampling_factor: use only every k-th sample of the rollout for the policy step (as in sb3-contrib)
+    :param fisher_sample_fraction: fraction of the policy batch used for the Fisher-vector products (paper: 0.1)
+    :param stats_window_size: window size of the rollout logging (episodes)
+    :param tensorboard_log: the log location for tensorboard (if None, no logging)
+    :param policy_kwargs: additional arguments passed to the policy on creation
+    :param verbose: 0 no output, 1 info, 2 debug
+    :param seed: seed of the pseudo random generators
+    :param device: device to run on (cpu, cuda, auto)
+    :param _init_setup_model: whether to build the network at the creation of the instance
     """
 
     def __init__(
@@ -39,14 +61,62 @@ class NaturalPG(NaturalGradientAlgorithm):
         env: GymEnv | str,
         step_mode: Literal["kl", "constant"] = "kl",
         step_size: float = 0.1,
-        **kwargs: Any,
+        learning_rate: float | Schedule = 1e-3,
+        n_steps: int = 2048,
+        batch_size: int = 128,
+        gamma: float = 0.99,
+        cg_max_steps: int = 10,
+        cg_damping: float = 0.1,
+        n_critic_updates: int = 10,
+        gae_lambda: float = 0.95,
+        use_sde: bool = False,
+        sde_sample_freq: int = -1,
+        rollout_buffer_class: type[RolloutBuffer] | None = None,
+        rollout_buffer_kwargs: dict[str, Any] | None = None,
+        normalize_advantage: bool = True,
+        target_kl: float = 0.01,
+        sub_sampling_factor: int = 1,
+        fisher_sample_fraction: float = 1.0,
+        stats_window_size: int = 100,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: th.device | str = "auto",
+        _init_setup_model: bool = True,
     ) -> None:
         if step_mode not in STEP_MODES:
             raise ValueError(f"step_mode must be one of {STEP_MODES}, got {step_mode!r}.")
         check_positive("step_size", step_size)
         self.step_mode = step_mode
         self.step_size = step_size
-        super().__init__(policy, env, **kwargs)
+        super().__init__(
+            policy,
+            env,
+            learning_rate=learning_rate,
+            n_steps=n_steps,
+            batch_size=batch_size,
+            gamma=gamma,
+            cg_max_steps=cg_max_steps,
+            cg_damping=cg_damping,
+            n_critic_updates=n_critic_updates,
+            gae_lambda=gae_lambda,
+            use_sde=use_sde,
+            sde_sample_freq=sde_sample_freq,
+            rollout_buffer_class=rollout_buffer_class,
+            rollout_buffer_kwargs=rollout_buffer_kwargs,
+            normalize_advantage=normalize_advantage,
+            target_kl=target_kl,
+            sub_sampling_factor=sub_sampling_factor,
+            fisher_sample_fraction=fisher_sample_fraction,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            policy_kwargs=policy_kwargs,
+            verbose=verbose,
+            seed=seed,
+            device=device,
+            _init_setup_model=_init_setup_model,
+        )
 
     def _apply_step(
         self,

@@ -1,27 +1,31 @@
 """
-Branch rollouts of the vine method: from saved simulator states, many branches stepped in lockstep.
+The worker side of the vine's branch rollouts: a pool of env clones that runs a whole wave of branches by itself.
 
-Each worker of the training VecEnv keeps a pool of clones of its env (made once, by deep copy, with their Monitor
-bookkeeping switched off). A branch is started by restoring a rollout-set snapshot into a clone; then every
-lockstep step sends each worker the actions of its live branches and gets the transitions back, and one batched
-policy forward gives the next actions of all branches. The training envs themselves are never touched, so the
-trunk continues exactly where it was and Monitor statistics only ever see the trunk. With a ``SubprocVecEnv``, the
-workers step their branches in parallel.
+A :class:`BranchWorker` lives next to each env of the training VecEnv (in the same process for a ``DummyVecEnv``, in
+the worker process for a ``SubprocVecEnv``). It keeps a :class:`BranchPool` of clones of its env (deep copies made
+once, with their Monitor bookkeeping switched off, so the training env and its statistics are never touched). For a
+wave it receives one :class:`Wave` message (the policy's weights, the VecEnv wrappers' transforms, and per branch
+the snapshot to start from, the first action and the policy noise to act with) and answers with the branches'
+Q-values: one round trip per wave. Inside, its clones step in lockstep with one batched policy forward per step.
+That message is also the seam for running branches on other machines.
 
-The VecEnv wrappers' observation and reward transforms (``VecNormalize`` with frozen statistics,
-``VecTransposeImage``, ``VecFrameStack``) are replayed on branch observations by
-:class:`BranchObservationTransform`; no statistics are updated by branch steps.
+Private SB3 internals used here, each in one small function tested in ``tests/test_vine.py``:
+``SubprocVecEnv.remotes`` and its ``env_method`` message (:func:`call_subproc_workers`), ``Monitor.results_writer``
+(:func:`clone_without_bookkeeping`) and ``VecFrameStack.stacked_obs`` (:func:`frame_stack_state`).
 """
 
 import copy
 import gc
+from dataclasses import dataclass, field
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch as th
 from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import (
-    DummyVecEnv,
     SubprocVecEnv,
     VecEnv,
     VecEnvWrapper,
@@ -31,50 +35,54 @@ from stable_baselines3.common.vec_env import (
     VecTransposeImage,
 )
 
-from sb3_trpo_ext.common.snapshot import (
-    Snapshot,
-    SnapshotError,
-    capture,
-    check_snapshottable,
-    register_snapshot_adapter,
-    restore,
-)
+from sb3_trpo_ext.common.rollouts import RolloutNoise, RolloutPolicy, check_finite_observations, env_actions
+from sb3_trpo_ext.vine.snapshot import Snapshot, SnapshotError, capture, check_snapshottable, restore
+from sb3_trpo_ext.vine.snapshot.wrappers import VineWorkerWrapper as VineWorkerWrapper  # re-exported (0.1.0 API)
 
-Transition = tuple[Any, float, bool, bool]
-"""What a branch step returns: (observation, reward, terminated, truncated)."""
+Observation = np.ndarray | dict[str, np.ndarray]
 
 SUPPORTED_VEC_WRAPPERS = (VecNormalize, VecTransposeImage, VecFrameStack, VecMonitor)
 
+BRANCH_WORKER_ATTRIBUTE = "_sb3_trpo_ext_branch_worker"
+"""Name of the attribute that holds a :class:`BranchWorker` on a ``SubprocVecEnv`` worker's env."""
 
-def _clone_without_bookkeeping(env: gym.Env) -> gym.Env:
-    """A deep copy of ``env`` whose Monitor layers step straight through (no statistics, no file)."""
-    layers = []
-    layer: Any = env
-    while True:
-        layers.append(layer)
-        if not isinstance(layer, gym.Wrapper):
-            break
-        layer = layer.env
+
+# ---------------------------------------------------------------------------------------------------- clones
+
+
+def clone_without_bookkeeping(env: gym.Env) -> gym.Env:
+    """
+    A deep copy of ``env`` whose Monitor / RecordEpisodeStatistics layers step straight through (no statistics, no
+    results file: the copy shares no file handle with ``env``) and that holds no branch worker.
+
+    :param env: the env to clone (not modified)
+    :return: the clone
+    """
+    layers = _layers(env)
     memo: dict[int, Any] = {}
     for layer in layers:
         if BRANCH_WORKER_ATTRIBUTE in vars(layer):
             memo[id(vars(layer)[BRANCH_WORKER_ATTRIBUTE])] = None
-        if isinstance(layer, Monitor) and layer.results_writer is not None:
+        if isinstance(layer, Monitor) and layer.results_writer is not None:  # SB3 internal: Monitor's file writer
             memo[id(layer.results_writer)] = None
     clone = copy.deepcopy(env, memo)
-    layer = clone
-    while isinstance(layer, gym.Wrapper):
+    for layer in _layers(clone):
         if isinstance(layer, (Monitor, gym.wrappers.RecordEpisodeStatistics)):
-            inner = layer.env
-            vars(layer)["step"] = inner.step
-            vars(layer)["reset"] = inner.reset
-        layer = layer.env
+            vars(layer)["step"] = layer.env.step
+            vars(layer)["reset"] = layer.env.reset
     return clone
+
+
+def _layers(env: gym.Env) -> list[Any]:
+    layers: list[Any] = [env]
+    while isinstance(layers[-1], gym.Wrapper):
+        layers.append(layers[-1].env)
+    return layers
 
 
 class BranchPool:
     """
-    Clones of one env that hold branch rollouts; lives next to the env (in the worker for ``SubprocVecEnv``).
+    Clones of one env that hold branch rollouts; lives next to the env.
 
     :param env: the env to clone (never modified)
     """
@@ -91,77 +99,267 @@ class BranchPool:
             after the restore, which breaks common random numbers in the simulator
         """
         while len(self.clones) < len(items):
-            self.clones.append(_clone_without_bookkeeping(self.env))
+            self.clones.append(clone_without_bookkeeping(self.env))
         for clone, (snapshot, reseed) in zip(self.clones, items, strict=False):
             restore(clone, snapshot)
             if reseed is not None:
                 clone.unwrapped._np_random = np.random.default_rng(reseed)  # type: ignore[attr-defined]
 
-    def step(self, actions: list[tuple[int, Any]]) -> list[Transition]:
-        """
-        :param actions: ``(slot, action)`` for each live branch
-        :return: the transitions, in the same order
-        """
-        results: list[Transition] = []
-        for slot, action in actions:
-            obs, reward, terminated, truncated, _ = self.clones[slot].step(action)
-            results.append((obs, float(reward), bool(terminated), bool(truncated)))
-        return results
+
+# ---------------------------------------------------------------------------------------------------- transforms
 
 
-BRANCH_WORKER_ATTRIBUTE = "_sb3_trpo_ext_branch_worker"
-"""Name of the attribute that holds a :class:`BranchWorker` on a ``SubprocVecEnv`` worker's env."""
+def frame_stack_state(wrapper: VecFrameStack, index: int) -> tuple[np.ndarray, int]:
+    """
+    One env's frame-stack buffer and the axis frames are stacked on (SB3 internal: ``VecFrameStack.stacked_obs``).
+
+    :param wrapper: the ``VecFrameStack``
+    :param index: the env index
+    :return: a copy of the buffer and the stacking axis of a batch of observations
+    """
+    stacked = wrapper.stacked_obs
+    return stacked.stacked_obs[index].copy(), 1 if stacked.channels_first else -1
+
+
+@dataclass
+class BranchTransform:
+    """
+    The VecEnv wrappers' observation and reward transforms, replayed on branch transitions with frozen statistics,
+    as plain data that can be shipped to a worker.
+
+    :param steps: from the innermost wrapper out: ``("frame_stack", axis)``, ``("transpose", image keys or None)``,
+        ``("normalize", VecNormalize)`` (pickled without its venv, so only its statistics travel)
+    """
+
+    steps: list[tuple[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, venv: VecEnv) -> "BranchTransform":
+        """
+        :param venv: the training environment
+        :return: its wrappers' transforms
+        :raises ValueError: for a VecEnv wrapper whose effect cannot be replayed
+        """
+        steps: list[tuple[str, Any]] = []
+        wrapper = venv
+        while isinstance(wrapper, VecEnvWrapper):
+            if isinstance(wrapper, VecFrameStack):
+                steps.append(("frame_stack", frame_stack_state(wrapper, 0)[1]))
+            elif isinstance(wrapper, VecTransposeImage):
+                steps.append(("transpose", getattr(wrapper, "image_space_keys", None)))
+            elif isinstance(wrapper, VecNormalize):
+                steps.append(("normalize", wrapper))
+            elif not isinstance(wrapper, VecMonitor):
+                names = ", ".join(w.__name__ for w in SUPPORTED_VEC_WRAPPERS)
+                raise ValueError(
+                    f"VineTRPO cannot replay the VecEnv wrapper {type(wrapper).__name__} in branch rollouts; "
+                    f"supported are {names}. Move its logic into a gymnasium wrapper of each env."
+                )
+            wrapper = wrapper.venv
+        return cls(list(reversed(steps)))
+
+    @staticmethod
+    def frame_stacks(venv: VecEnv, index: int) -> list[np.ndarray]:
+        """:param venv: the training environment
+        :param index: env index
+        :return: the current frame-stack buffers of that env, innermost first"""
+        stacks = []
+        wrapper = venv
+        while isinstance(wrapper, VecEnvWrapper):
+            if isinstance(wrapper, VecFrameStack):
+                stacks.append(frame_stack_state(wrapper, index)[0])
+            wrapper = wrapper.venv
+        return list(reversed(stacks))
+
+    def __call__(self, obs: Any, rewards: np.ndarray, stacks: list[np.ndarray]) -> tuple[Any, np.ndarray, list[np.ndarray]]:
+        """
+        :param obs: raw observations of a batch of branches
+        :param rewards: raw rewards
+        :param stacks: the branches' frame-stack buffers (updated copies are returned)
+        :return: the observations and rewards as the policy and critic see them, and the new stacks
+        """
+        new_stacks: list[np.ndarray] = []
+        for kind, setting in self.steps:
+            if kind == "frame_stack":
+                stacked = stacks[len(new_stacks)]
+                width = obs.shape[setting]
+                obs = np.concatenate([np.delete(stacked, np.s_[:width], axis=setting), obs], axis=setting)
+                new_stacks.append(obs)
+            elif kind == "transpose":
+                if setting is None:
+                    obs = VecTransposeImage.transpose_image(obs)
+                else:
+                    obs = {k: VecTransposeImage.transpose_image(v) if k in setting else v for k, v in obs.items()}
+            else:
+                obs = setting.normalize_obs(obs)
+                rewards = setting.normalize_reward(rewards)
+        return obs, rewards, new_stacks
+
+
+# ---------------------------------------------------------------------------------------------------- one wave
+
+
+@dataclass
+class Wave:
+    """
+    Everything a worker needs to run a wave of branches and estimate their Q-values, in one message.
+
+    :param policy: the policy's constructor (class and keyword arguments) and weights (a ``state_dict``)
+    :param transform: the VecEnv wrappers' transforms
+    :param snapshots: per branch, the rollout-set state to start from
+    :param reseeds: per branch, a seed for the clone's ``np_random`` (None: keep the snapshot's, common random
+        numbers)
+    :param first_actions: per branch, the first action as the env takes it
+    :param frame_stacks: per frame stack, the branches' buffers at their start
+    :param noise: per branch (row), the policy noise of the later steps
+    :param pool_of: per branch, which of the worker's pools runs it (several only in-process, for a ``DummyVecEnv``)
+    :param gamma: the discount factor
+    :param rollout_length: ``m``
+    :param bootstrap: add ``gamma^m V(s_m)`` at the cut of a branch that did not end
+    """
+
+    policy: tuple[type, dict[str, Any], dict[str, np.ndarray]] | ActorCriticPolicy
+    transform: BranchTransform
+    snapshots: list[Snapshot]
+    reseeds: list[int | None]
+    first_actions: np.ndarray
+    frame_stacks: list[np.ndarray]
+    noise: RolloutNoise
+    pool_of: np.ndarray
+    gamma: float
+    rollout_length: int
+    bootstrap: bool
+
+
+def run_wave(pools: list[BranchPool], wave: Wave, policy: ActorCriticPolicy) -> tuple[np.ndarray, int]:
+    """
+    Run a wave of branches in lockstep: restore, step ``m`` times (one batched policy forward per step) and sum the
+    discounted rewards. A branch ends at ``m`` steps (bootstrapped with ``gamma^m V(s_m)`` when ``wave.bootstrap``),
+    at a termination (no bootstrap) or at a time-limit truncation (bootstrapped, as the trunk does).
+
+    :param pools: the pools the wave's branches run in
+    :param wave: the wave
+    :param policy: the policy (with the wave's weights)
+    :return: the Q estimates and the number of simulator steps taken
+    """
+    n_branches = len(wave.snapshots)
+    slots = np.zeros(n_branches, dtype=int)
+    for index, pool in enumerate(pools):
+        members = np.flatnonzero(wave.pool_of == index)
+        slots[members] = np.arange(len(members))
+        pool.start([(wave.snapshots[b], wave.reseeds[b]) for b in members])
+    clones = [pools[wave.pool_of[b]].clones[slots[b]] for b in range(n_branches)]
+    sampler = RolloutPolicy(policy, wave.noise)
+    stacks = [stack.copy() for stack in wave.frame_stacks]
+    actions = np.array(wave.first_actions)
+    q_values = np.zeros(n_branches)
+    live = np.arange(n_branches)
+    steps = 0
+    for t in range(wave.rollout_length):
+        transitions = [clones[b].step(actions[b])[:4] for b in live]
+        steps += len(live)
+        raw_obs = _stack([transition[0] for transition in transitions])
+        raw_rewards = np.array([transition[1] for transition in transitions], dtype=np.float32)
+        terminated = np.array([transition[2] for transition in transitions], dtype=bool)
+        truncated = np.array([transition[3] for transition in transitions], dtype=bool)
+        obs, rewards, new_stacks = wave.transform(raw_obs, raw_rewards, [stack[live] for stack in stacks])
+        for stack, new_stack in zip(stacks, new_stacks, strict=True):
+            stack[live] = new_stack
+        check_finite_observations(obs, "in a VineTRPO branch rollout")
+        q_values[live] += wave.gamma**t * rewards
+        last = t == wave.rollout_length - 1
+        cut = ~terminated & (truncated | (last & wave.bootstrap))
+        if cut.any():
+            with th.no_grad():
+                values = policy.predict_values(obs_as_tensor(_select(obs, cut), policy.device))  # type: ignore[arg-type]
+            q_values[live[cut]] += wave.gamma ** (t + 1) * values.flatten().cpu().numpy()
+        going_on = ~(terminated | truncated)
+        if last or not going_on.any():
+            break
+        sampler.step = t
+        next_actions, _, _ = sampler(_select(obs, going_on), rows=live[going_on])
+        live = live[going_on]
+        actions[live] = env_actions(policy, policy.action_space, next_actions)
+    return q_values, steps
+
+
+def _stack(observations: list[Observation]) -> Observation:
+    if isinstance(observations[0], dict):
+        return {key: np.stack([obs[key] for obs in observations]) for key in observations[0]}  # type: ignore[index]
+    return np.stack(observations)  # type: ignore[arg-type]
+
+
+def _select(obs: Observation, mask: np.ndarray) -> Observation:
+    if isinstance(obs, dict):
+        return {key: value[mask] for key, value in obs.items()}
+    return obs[mask]
+
+
+# ---------------------------------------------------------------------------------------------------- the worker
 
 
 class BranchWorker:
     """
-    The worker side of the branch machinery for one env: its snapshots and its pool of branch clones.
+    The branch machinery of one env (or, in-process, of all the envs of a ``DummyVecEnv``): snapshots and waves.
 
-    With a ``DummyVecEnv`` it is built next to each env. With a ``SubprocVecEnv`` it is installed in each worker
-    through the worker's own ``set_attr`` command (as the attribute :data:`BRANCH_WORKER_ATTRIBUTE` of the worker's
-    env) and called through its ``env_method`` command, so any ``SubprocVecEnv`` works without a wrapper. There it
-    finds its env on the first call: the object whose attribute it is. Every call returns ``(True, result)`` or
-    ``(False, message)``, so that an error in a worker reaches the main process as a ``SnapshotError`` naming the
-    original exception, instead of killing the worker.
+    With a ``SubprocVecEnv`` it is installed in each worker through the worker's own ``set_attr`` command (as the
+    attribute :data:`BRANCH_WORKER_ATTRIBUTE` of the worker's env) and called through its ``env_method`` command, so
+    any ``SubprocVecEnv`` works without a wrapper; there it finds its env on the first call (the object whose
+    attribute it is). Every call returns ``(True, result)`` or ``(False, message)``, so that an error in a worker
+    reaches the main process as a ``SnapshotError`` naming the original exception, instead of killing the worker.
 
-    :param env: the env (None when installed in a worker, which finds it on the first call)
+    :param envs: the envs (None when installed in a worker, which finds its env on the first call)
     """
 
     is_simulator_state = False
-    """Snapshots of the env skip this attribute (see :mod:`sb3_trpo_ext.common.snapshot.fallback`)."""
+    """Snapshots of the env skip this attribute (see :mod:`sb3_trpo_ext.vine.snapshot.fallback`)."""
 
-    def __init__(self, env: gym.Env | None = None) -> None:
-        self.env = env
-        self.pool: BranchPool | None = None
+    def __init__(self, envs: list[gym.Env] | None = None) -> None:
+        self.envs = envs
+        self.pools: list[BranchPool] = []
+        self.policy: ActorCriticPolicy | None = None
+        self.policy_spec: tuple[type, dict[str, Any]] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"env": None, "pool": None}  # shipped to a worker empty; it binds to the env there
+        return {"envs": None, "pools": [], "policy": None, "policy_spec": None}  # shipped empty; binds in the worker
 
     def __call__(self, command: str, payload: Any = None) -> tuple[bool, Any]:
         """
-        :param command: ``"check"``, ``"capture"``, ``"start"`` (see :meth:`BranchPool.start`) or ``"step"`` (see
-            :meth:`BranchPool.step`)
+        :param command: ``"check"``, ``"capture"`` (payload: env index) or ``"run_wave"`` (payload: a :class:`Wave`)
         :param payload: the command's argument
         :return: ``(True, result)`` or ``(False, message)``
         """
         try:
-            if self.env is None:
-                self.env = _env_holding(self)
+            if self.envs is None:  # installed in a worker process
+                self.envs = [_env_holding(self)]
+                # one thread per worker: the workers run in parallel already, and a forked child that inherited the
+                # parent's OpenMP thread pool hangs in its first multi-threaded torch operation
+                th.set_num_threads(1)
             if command == "check":
-                check_snapshottable(self.env)
+                for env in self.envs:
+                    check_snapshottable(env)
                 return True, None
             if command == "capture":
-                return True, capture(self.env, live=False)
-            if self.pool is None:
-                self.pool = BranchPool(self.env)
-            if command == "start":
-                self.pool.start(payload)
-                return True, None
-            if command == "step":
-                return True, self.pool.step(payload)
+                return True, capture(self.envs[payload], live=False)
+            if command == "run_wave":
+                if not self.pools:
+                    self.pools = [BranchPool(env) for env in self.envs]
+                return True, run_wave(self.pools, payload, self._policy(payload.policy))
             raise ValueError(f"unknown branch worker command {command!r}")
-        except Exception as error:  # reported in the main process, see BranchWorkers
+        except Exception as error:  # reported in the main process, see BranchRunner
             return False, f"{type(error).__name__}: {error}"
+
+    def _policy(self, shipped: tuple[type, dict[str, Any], dict[str, np.ndarray]] | ActorCriticPolicy) -> ActorCriticPolicy:
+        """The policy of a wave: the main process's own (in-process), or a local copy given the shipped weights."""
+        if isinstance(shipped, ActorCriticPolicy):
+            return shipped
+        policy_class, kwargs, state_dict = shipped
+        if self.policy is None or self.policy_spec != (policy_class, kwargs):
+            self.policy = policy_class(**kwargs)
+            self.policy.set_training_mode(False)
+            self.policy_spec = (policy_class, kwargs)
+        self.policy.load_state_dict({key: th.as_tensor(value) for key, value in state_dict.items()})
+        return self.policy
 
 
 def _env_holding(worker: BranchWorker) -> gym.Env:
@@ -174,46 +372,14 @@ def _env_holding(worker: BranchWorker) -> gym.Env:
     raise SnapshotError("the branch worker is not installed on an env")
 
 
-class VineWorkerWrapper(gym.Wrapper):
-    """
-    No longer needed: VineTRPO runs branches on any ``SubprocVecEnv``. Kept (a pass-through wrapper) so that code
-    written for 0.1.0, ``make_vec_env(..., vec_env_cls=SubprocVecEnv, wrapper_class=VineWorkerWrapper)``, still works.
-    """
-
-
-def _unwrap_reply(reply: tuple[bool, Any], index: int) -> Any:
-    ok, value = reply
-    if not ok:
-        raise SnapshotError(f"VineTRPO branch worker {index} failed: {value}")
-    return value
-
-
-class _VineWorkerWrapperAdapter:
-    """VineWorkerWrapper holds no simulator state."""
-
-    name = "VineWorkerWrapper"
-
-    def matches(self, env_layer: Any) -> bool:
-        return type(env_layer) is VineWorkerWrapper
-
-    def capture(self, env_layer: Any) -> None:
-        return None
-
-    def restore(self, env_layer: Any, state: None) -> None:
-        return None
-
-
-register_snapshot_adapter(_VineWorkerWrapperAdapter())
-
-
 def call_subproc_workers(venv: SubprocVecEnv, method: str, payloads: list[Any]) -> list[Any]:
     """
     Call ``env_method(method, *payload)`` in every worker with a payload (not None), in parallel, each with its own
     arguments (SB3's ``env_method`` sends all workers the same ones).
 
-    This is the one place that uses SB3's private worker protocol: ``SubprocVecEnv.remotes`` and the
+    The one place that uses SB3's private worker protocol: ``SubprocVecEnv.remotes`` and the
     ``("env_method", (name, args, kwargs))`` message that its worker answers with ``env.get_wrapper_attr(name)(*args,
-    **kwargs)`` (tested in ``tests/test_vine.py``).
+    **kwargs)``.
 
     :param venv: the ``SubprocVecEnv``
     :param method: the name of the env method (or callable attribute)
@@ -227,104 +393,3 @@ def call_subproc_workers(venv: SubprocVecEnv, method: str, payloads: list[Any]) 
     for index in busy:
         replies[index] = venv.remotes[index].recv()
     return replies
-
-
-class BranchWorkers:
-    """
-    The training VecEnv's workers, used for snapshots and branch steps (a :class:`BranchWorker` per env).
-
-    :param venv: the training environment (possibly wrapped in VecEnv wrappers)
-    :raises ValueError: for a VecEnv the branches cannot run on
-    """
-
-    def __init__(self, venv: VecEnv) -> None:
-        base = venv
-        while isinstance(base, VecEnvWrapper):
-            base = base.venv
-        self.local: list[BranchWorker] = []
-        if isinstance(base, SubprocVecEnv):
-            base.set_attr(BRANCH_WORKER_ATTRIBUTE, BranchWorker())
-        elif isinstance(base, DummyVecEnv):
-            self.local = [BranchWorker(env) for env in base.envs]
-        else:
-            raise ValueError(f"VineTRPO supports DummyVecEnv and SubprocVecEnv, got {type(base).__name__}.")
-        self.base = base
-        self.n_workers = base.num_envs
-
-    def _call(self, command: str, payloads: list[Any]) -> list[Any]:
-        """Run ``command`` in every worker whose payload is not None (in parallel for a ``SubprocVecEnv``)."""
-        if self.local:
-            replies = [None if p is None else worker(command, p) for worker, p in zip(self.local, payloads, strict=True)]
-        else:
-            args = [None if p is None else (command, p) for p in payloads]
-            replies = call_subproc_workers(self.base, BRANCH_WORKER_ATTRIBUTE, args)  # type: ignore[arg-type]
-        return [None if reply is None else _unwrap_reply(reply, index) for index, reply in enumerate(replies)]
-
-    def capture(self, index: int) -> Snapshot:
-        """:param index: env index
-        :return: the snapshot of that env's current state"""
-        return self._call("capture", [True if i == index else None for i in range(self.n_workers)])[index]
-
-    def check(self) -> None:
-        """:raises SnapshotError: when an env cannot be snapshotted, with the env's name and the fix"""
-        self._call("check", [True] * self.n_workers)
-
-    def start(self, items: list[list[tuple[Snapshot, int | None]]]) -> None:
-        """:param items: per worker, ``(snapshot, reseed)`` per branch (its slot is its position)"""
-        self._call("start", [payload or None for payload in items])
-
-    def step(self, actions: list[list[tuple[int, Any]]]) -> list[list[Transition]]:
-        """:param actions: per worker, ``(slot, action)`` per live branch
-        :return: per worker, the transitions"""
-        return [reply or [] for reply in self._call("step", [payload or None for payload in actions])]
-
-
-class BranchObservationTransform:
-    """
-    Replays the VecEnv wrappers' observation and reward transforms on branch transitions, updating no statistics.
-
-    :param venv: the training environment
-    :raises ValueError: for a VecEnv wrapper whose effect cannot be replayed
-    """
-
-    def __init__(self, venv: VecEnv) -> None:
-        chain = []
-        wrapper = venv
-        while isinstance(wrapper, VecEnvWrapper):
-            if not isinstance(wrapper, SUPPORTED_VEC_WRAPPERS):
-                names = ", ".join(w.__name__ for w in SUPPORTED_VEC_WRAPPERS)
-                raise ValueError(
-                    f"VineTRPO cannot replay the VecEnv wrapper {type(wrapper).__name__} in branch rollouts; "
-                    f"supported are {names}. Move its logic into a gymnasium wrapper of each env."
-                )
-            chain.append(wrapper)
-            wrapper = wrapper.venv
-        self.inner_to_outer = list(reversed(chain))
-
-    def frame_stacks(self, index: int) -> list[np.ndarray]:
-        """:param index: env index
-        :return: the current frame-stack buffers of that env (one per VecFrameStack)"""
-        return [w.stacked_obs.stacked_obs[index].copy() for w in self.inner_to_outer if isinstance(w, VecFrameStack)]
-
-    def __call__(self, obs: Any, rewards: np.ndarray, stacks: list[np.ndarray]) -> tuple[Any, np.ndarray, list[np.ndarray]]:
-        """
-        :param obs: raw observations of a batch of branches
-        :param rewards: raw rewards
-        :param stacks: the branches' frame-stack buffers (updated copies are returned)
-        :return: the observations and rewards as the policy and critic see them, and the new stacks
-        """
-        new_stacks: list[np.ndarray] = []
-        for wrapper in self.inner_to_outer:
-            if isinstance(wrapper, VecFrameStack):
-                stacked = stacks[len(new_stacks)]
-                axis = 1 if wrapper.stacked_obs.channels_first else -1
-                width = obs.shape[axis]
-                stacked = np.concatenate([np.delete(stacked, np.s_[:width], axis=axis), obs], axis=axis)
-                new_stacks.append(stacked)
-                obs = stacked
-            elif isinstance(wrapper, VecTransposeImage):
-                obs = wrapper.transpose_observations(obs)
-            elif isinstance(wrapper, VecNormalize):
-                obs = wrapper.normalize_obs(obs)
-                rewards = wrapper.normalize_reward(rewards)
-        return obs, rewards, new_stacks

@@ -6,10 +6,16 @@ The vine method's surrogate estimators (paper, Section 5.2), as pure functions o
   ``L_n = sum_k w_k Q(s_n, a_{n,k}) / sum_k w_k`` with ``w_k = pi_theta(a_{n,k}|s_n) / q(a_{n,k}|s_n)``.
   No baseline is needed: adding a constant to every ``Q(s_n, .)`` adds the same constant to ``L_n``.
 
-The surrogate is the mean of ``L_n`` over the rollout set.
+The surrogate is the mean of ``L_n`` over the rollout set. :class:`VineBatch` is what a vine iteration hands to the
+trust-region step.
 """
 
+from dataclasses import dataclass
+
 import torch as th
+from stable_baselines3.common.type_aliases import PyTorchObs
+
+from sb3_trpo_ext.common.policy_batch import PolicyBatch
 
 
 def all_actions_surrogate(log_prob: th.Tensor, q_values: th.Tensor) -> th.Tensor:
@@ -55,3 +61,32 @@ def discounted_branch_returns(
     """
     discounts = gamma ** th.arange(rewards.shape[1], dtype=rewards.dtype, device=rewards.device)
     return (rewards * alive * discounts).sum(dim=1) + bootstrap_values
+
+
+@dataclass
+class VineBatch(PolicyBatch):
+    """
+    One vine iteration's samples: N rollout-set states, K actions at each, their Q estimates and ``log q``.
+
+    :param observations: the states, each repeated K times (state-major), ``(N * K, *obs_shape)``
+    :param actions: the actions, ``(N * K, ...)`` as the distributions' ``log_prob`` takes them
+    :param q_values: ``Q(s_n, a_{n,k})``, ``(N, K)``
+    :param log_q: ``log q(a_{n,k} | s_n)`` of the distribution the actions were drawn from, ``(N, K)``
+    :param all_actions: the K actions are all the actions of a Discrete space (Eq. 15), else Eq. (16)
+    """
+
+    observations: PyTorchObs
+    actions: th.Tensor
+    q_values: th.Tensor
+    log_q: th.Tensor
+    all_actions: bool
+
+    def surrogate(self, log_prob: th.Tensor, old_log_prob: th.Tensor) -> th.Tensor:
+        """Eq. (15) or Eq. (16) (the old log-probabilities are not needed: ``q`` is the sampling density)."""
+        log_prob = log_prob.reshape(self.q_values.shape)
+        if self.all_actions:
+            return all_actions_surrogate(log_prob, self.q_values)
+        return importance_sampling_surrogate(log_prob, self.log_q, self.q_values)
+
+    def is_finite(self) -> bool:
+        return bool(th.isfinite(self.q_values).all())

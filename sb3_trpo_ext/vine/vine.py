@@ -1,5 +1,6 @@
 """TRPO, vine method: Schulman et al. (2015), https://arxiv.org/abs/1502.05477, Section 5.2."""
 
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -8,17 +9,16 @@ from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.policies import ActorCriticPolicy
-from stable_baselines3.common.type_aliases import GymEnv, PyTorchObs
+from stable_baselines3.common.type_aliases import GymEnv, PyTorchObs, Schedule
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 
-from sb3_trpo_ext.common.base import PolicyBatch
 from sb3_trpo_ext.common.rollouts import collect_rollouts_fast
 from sb3_trpo_ext.common.validation import check_int_at_least
 from sb3_trpo_ext.trpo.trpo import TRPO
-from sb3_trpo_ext.vine.branches import BranchObservationTransform, BranchWorkers
-from sb3_trpo_ext.vine.estimators import all_actions_surrogate, importance_sampling_surrogate
-from sb3_trpo_ext.vine.rollout_set import RolloutSet, run_branch_rollouts, sample_branch_actions
+from sb3_trpo_ext.vine.branch_runner import BranchConfig, BranchRunner
+from sb3_trpo_ext.vine.estimators import VineBatch
+from sb3_trpo_ext.vine.rollout_set import Observation, RolloutSet, sample_branch_actions, uses_all_actions
 
 ACTION_SAMPLING = ("policy", "uniform")
 
@@ -50,7 +50,6 @@ class VineTRPO(TRPO):
     :param policy: the policy model (``MlpPolicy``, ``CnnPolicy``, ``MultiInputPolicy``) or a policy class
     :param env: the environment to learn from (if registered in Gym, can be str); its envs must be snapshottable
         (see :mod:`sb3_trpo_ext.common.snapshot`)
-    :param n_steps: trunk steps per environment per iteration
     :param n_rollout_states: number ``N`` of rollout-set states per iteration (at most ``n_steps * n_envs``)
     :param n_actions_per_state: number ``K`` of actions per state (for Discrete spaces, ``K >= n`` rolls out every
         action once and uses Eq. (15))
@@ -60,8 +59,31 @@ class VineTRPO(TRPO):
     :param common_random_numbers: share simulator randomness and policy noise across the K branches of a state
     :param branch_envs_per_worker: clones of its env each worker keeps for branches; more branches than
         ``n_envs * branch_envs_per_worker`` run in successive waves (memory vs batching)
-    :param kwargs: every other keyword of :class:`~sb3_trpo_ext.trpo.TRPO` (``learning_rate``, ``batch_size``,
-        ``gamma``, ``target_kl``, ``cg_max_steps``, ``cg_damping``, line search, critic, ...)
+    :param learning_rate: learning rate of the critic's Adam optimizer (constant or schedule)
+    :param n_steps: trunk steps per environment per iteration
+    :param batch_size: mini-batch size of the critic's updates
+    :param gamma: discount factor
+    :param cg_max_steps: conjugate-gradient iterations ``k`` (the paper uses 10)
+    :param cg_damping: damping added to the Fisher-vector product
+    :param line_search_shrinking_factor: factor by which the step shrinks after a rejected try, in (0, 1)
+    :param line_search_max_iter: maximal number of line-search tries
+    :param n_critic_updates: epochs of critic updates per rollout (on the trunk's samples)
+    :param gae_lambda: GAE trade-off of bias and variance (for the critic's targets on the trunk)
+    :param use_sde: use generalized State Dependent Exploration
+    :param sde_sample_freq: resample the gSDE noise every n steps (-1: only at the start of a rollout or branch)
+    :param rollout_buffer_class: rollout buffer class of the trunk (``None``: chosen from the observation space)
+    :param rollout_buffer_kwargs: keyword arguments of the rollout buffer
+    :param normalize_advantage: normalize the trunk's advantages (unused by the vine's surrogate, kept for symmetry)
+    :param target_kl: the paper's ``delta``: bound on the mean whole-distribution KL over the rollout-set states
+    :param sub_sampling_factor: kept for symmetry with TRPO (the vine's policy batch is the rollout set)
+    :param fisher_sample_fraction: fraction of the policy batch used for the Fisher-vector products (paper: 0.1)
+    :param stats_window_size: window size of the rollout logging (episodes)
+    :param tensorboard_log: the log location for tensorboard (if None, no logging)
+    :param policy_kwargs: additional arguments passed to the policy on creation
+    :param verbose: 0 no output, 1 info, 2 debug
+    :param seed: seed of the pseudo random generators
+    :param device: device to run on (cpu, cuda, auto)
+    :param _init_setup_model: whether to build the network at the creation of the instance
     """
 
     policy_aliases: ClassVar = TRPO.policy_aliases
@@ -70,7 +92,6 @@ class VineTRPO(TRPO):
         self,
         policy: str | type[ActorCriticPolicy],
         env: GymEnv | str,
-        n_steps: int = 1024,
         n_rollout_states: int = 64,
         n_actions_per_state: int = 4,
         rollout_length: int = 50,
@@ -78,7 +99,31 @@ class VineTRPO(TRPO):
         bootstrap_branches: bool = True,
         common_random_numbers: bool = True,
         branch_envs_per_worker: int = 256,
-        **kwargs: Any,
+        learning_rate: float | Schedule = 1e-3,
+        n_steps: int = 1024,
+        batch_size: int = 128,
+        gamma: float = 0.99,
+        cg_max_steps: int = 10,
+        cg_damping: float = 0.1,
+        line_search_shrinking_factor: float = 0.8,
+        line_search_max_iter: int = 10,
+        n_critic_updates: int = 10,
+        gae_lambda: float = 0.95,
+        use_sde: bool = False,
+        sde_sample_freq: int = -1,
+        rollout_buffer_class: type[RolloutBuffer] | None = None,
+        rollout_buffer_kwargs: dict[str, Any] | None = None,
+        normalize_advantage: bool = True,
+        target_kl: float = 0.01,
+        sub_sampling_factor: int = 1,
+        fisher_sample_fraction: float = 1.0,
+        stats_window_size: int = 100,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: th.device | str = "auto",
+        _init_setup_model: bool = True,
     ) -> None:
         check_int_at_least("n_rollout_states", n_rollout_states, 1, " The paper uses 125-625 for MuJoCo.")
         check_int_at_least("n_actions_per_state", n_actions_per_state, 2, " The paper uses K = 4.")
@@ -93,7 +138,35 @@ class VineTRPO(TRPO):
         self.bootstrap_branches = bootstrap_branches
         self.common_random_numbers = common_random_numbers
         self.branch_envs_per_worker = branch_envs_per_worker
-        super().__init__(policy, env, n_steps=n_steps, **kwargs)
+        super().__init__(
+            policy,
+            env,
+            learning_rate=learning_rate,
+            n_steps=n_steps,
+            batch_size=batch_size,
+            gamma=gamma,
+            cg_max_steps=cg_max_steps,
+            cg_damping=cg_damping,
+            line_search_shrinking_factor=line_search_shrinking_factor,
+            line_search_max_iter=line_search_max_iter,
+            n_critic_updates=n_critic_updates,
+            gae_lambda=gae_lambda,
+            use_sde=use_sde,
+            sde_sample_freq=sde_sample_freq,
+            rollout_buffer_class=rollout_buffer_class,
+            rollout_buffer_kwargs=rollout_buffer_kwargs,
+            normalize_advantage=normalize_advantage,
+            target_kl=target_kl,
+            sub_sampling_factor=sub_sampling_factor,
+            fisher_sample_fraction=fisher_sample_fraction,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            policy_kwargs=policy_kwargs,
+            verbose=verbose,
+            seed=seed,
+            device=device,
+            _init_setup_model=_init_setup_model,
+        )
         if (
             getattr(self, "action_space", None) is not None
             and action_sampling == "uniform"
@@ -110,15 +183,30 @@ class VineTRPO(TRPO):
 
     def _check_env(self, env: VecEnv) -> None:
         """Fail at construction, with the fix, when branches cannot be run on ``env``."""
-        BranchObservationTransform(env)
-        BranchWorkers(env).check()
+        self._branch_runner(env).check()
 
     @property
     def uses_all_actions(self) -> bool:
         """Whether every action of a Discrete space is rolled out at each state (Eq. 15)."""
-        return isinstance(self.action_space, spaces.Discrete) and self.n_actions_per_state >= int(self.action_space.n)
+        return uses_all_actions(self.action_space, self.n_actions_per_state)
 
-    # ------------------------------------------------------------------ rollouts
+    def _branch_runner(self, env: VecEnv) -> BranchRunner:
+        """The runner of the branch phase on ``env`` (kept across iterations: its workers keep their clone pools)."""
+        runner: BranchRunner | None = getattr(self, "branch_runner", None)
+        config = BranchConfig(
+            gamma=self.gamma,
+            rollout_length=self.rollout_length,
+            bootstrap=self.bootstrap_branches,
+            common_random_numbers=self.common_random_numbers,
+            branch_envs_per_worker=self.branch_envs_per_worker,
+            sde_sample_freq=self.sde_sample_freq if self.use_sde else -1,
+        )
+        if runner is None or runner.venv is not env or runner.config != config:
+            rng = runner.rng if runner is not None else np.random.default_rng(self.seed)
+            runner = self.branch_runner = BranchRunner(env, config, rng)
+        return runner
+
+    # ------------------------------------------------------------------ one iteration: trunk -> rollout set -> branches
 
     def collect_rollouts(
         self,
@@ -128,8 +216,9 @@ class VineTRPO(TRPO):
         n_rollout_steps: int,
     ) -> bool:
         """
-        Trunk rollouts (filling ``rollout_buffer`` as TRPO does, for the critic), snapshots of the rollout set taken
-        on the way, then the branch rollouts from it.
+        Trunk rollouts (filling ``rollout_buffer`` as TRPO does, for the critic), with the rollout set's states
+        snapshotted as the trunk visits them; then the K actions at each state and the branch rollouts, which give
+        the :class:`~sb3_trpo_ext.vine.estimators.VineBatch` that ``train()`` takes its step on.
 
         :param env: the training environment
         :param callback: callback called at each trunk step
@@ -137,66 +226,77 @@ class VineTRPO(TRPO):
         :param n_rollout_steps: trunk steps per environment
         :return: True if collection finished, False if a callback stopped it
         """
-        workers, transform = self._branch_machinery(env)
-        rollout_set = RolloutSet.choose(n_rollout_steps, env.num_envs, self.n_rollout_states, self._vine_rng())
+        runner = self._branch_runner(env)
+        rollout_set = RolloutSet.choose(n_rollout_steps, env.num_envs, self.n_rollout_states, runner.rng)
 
-        def snapshot_chosen_states(step: int) -> None:
-            assert self._last_obs is not None
+        def take_snapshots(step: int, observations: Observation) -> None:
             for index in rollout_set.envs_at_step(step):
-                rollout_set.add(step, index, workers.capture(index), self._last_obs, transform.frame_stacks(index))
+                rollout_set.add(step, index, runner.capture(index), observations, runner.frame_stacks(index))
 
+        assert self._last_obs is not None
+        take_snapshots(0, self._last_obs)  # type: ignore[arg-type]
         steps_before = self.num_timesteps
-        if not collect_rollouts_fast(self, env, callback, rollout_buffer, n_rollout_steps, snapshot_chosen_states):
+        trunk_callback = _SnapshotsOnTheWay(callback, take_snapshots)
+        if not collect_rollouts_fast(self, env, trunk_callback, rollout_buffer, n_rollout_steps):
             return False
         trunk_steps = self.num_timesteps - steps_before
 
         observations = rollout_set.observations()
-        actions, log_q = sample_branch_actions(self, observations)
-        q_values, branch_steps = run_branch_rollouts(self, workers, transform, rollout_set, actions)
+        actions, log_q = sample_branch_actions(
+            self.policy, observations, self.n_actions_per_state, self.action_sampling, runner.rng
+        )
+        q_values, branch_steps = runner.run(self.policy, rollout_set, actions)
         self.num_timesteps += branch_steps
 
         n_states, n_actions = q_values.shape
-        self._vine_batch = PolicyBatch(
+        self.vine_batch = VineBatch(
             observations=_repeat_observations(obs_as_tensor(observations, self.device), n_actions),  # type: ignore[arg-type]
             actions=_flat_actions(th.as_tensor(actions, device=self.device), n_states * n_actions, self.action_space),
-            weights=th.as_tensor(q_values, device=self.device, dtype=th.float32).reshape(-1),
+            q_values=th.as_tensor(q_values, device=self.device, dtype=th.float32),
+            log_q=th.as_tensor(log_q, device=self.device, dtype=th.float32),
+            all_actions=self.uses_all_actions,
         )
-        self._vine_log_q = th.as_tensor(log_q, device=self.device, dtype=th.float32)
         self.logger.record("rollout/trunk_steps", trunk_steps)
         self.logger.record("rollout/branch_steps", branch_steps)
         self.logger.record("rollout/mean_q_value", float(q_values.mean()))
         return True
 
-    def _branch_machinery(self, env: VecEnv) -> tuple[BranchWorkers, BranchObservationTransform]:
-        """The workers (with their pools of branch envs, kept across iterations) and the VecEnv transforms."""
-        cached = getattr(self, "_branches", None)
-        if cached is None or cached[0] is not env:
-            cached = (env, BranchWorkers(env), BranchObservationTransform(env))
-            self._branches = cached
-        return cached[1], cached[2]
-
-    def _vine_rng(self) -> np.random.Generator:
-        if not hasattr(self, "_rng"):
-            self._rng = np.random.default_rng(self.seed)
-        return self._rng
-
-    # ------------------------------------------------------------------ surrogate
-
-    def _policy_batch(self, observations: PyTorchObs, actions: th.Tensor, advantages: th.Tensor) -> PolicyBatch:
-        """The rollout set's (state, action, Q) triples, not the trunk's samples."""
-        return self._vine_batch
-
-    def _surrogate_objective(self, log_prob: th.Tensor, old_log_prob: th.Tensor, batch: PolicyBatch) -> th.Tensor:
-        """Eq. (15) when every action of a Discrete space was rolled out, Eq. (16) otherwise."""
-        n_states, n_actions = self._vine_log_q.shape
-        log_prob = log_prob.reshape(n_states, n_actions)
-        q_values = batch.weights.reshape(n_states, n_actions)
-        if self.uses_all_actions:
-            return all_actions_surrogate(log_prob, q_values)
-        return importance_sampling_surrogate(log_prob, self._vine_log_q, q_values)
+    def train(self) -> None:
+        """One natural-gradient step on the vine's batch (Eq. 15 / 16), then the critic fitted on the trunk."""
+        self._update(self.vine_batch, self._rollout_samples())
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_vine_batch", "_vine_log_q", "_rng", "_branches"]
+        return [*super()._excluded_save_params(), "vine_batch", "branch_runner"]
+
+
+class _SnapshotsOnTheWay(BaseCallback):
+    """
+    The user's callback for the trunk, plus the snapshots of the rollout-set states as the trunk reaches them (after
+    step ``n`` the envs are in the state of step ``n + 1``). Forwards everything, so the user's callback sees exactly
+    what it would see without it.
+    """
+
+    def __init__(self, callback: BaseCallback, take_snapshots: Callable[[int, Observation], None]) -> None:
+        super().__init__()
+        self.callback = callback
+        self.take_snapshots = take_snapshots
+
+    def update_locals(self, locals_: dict[str, Any]) -> None:
+        self.locals = locals_
+        self.callback.update_locals(locals_)
+
+    def on_rollout_start(self) -> None:
+        self.callback.on_rollout_start()
+
+    def on_step(self) -> bool:
+        self.take_snapshots(self.locals["n_steps"] + 1, self.locals["new_obs"])
+        return self.callback.on_step()
+
+    def on_rollout_end(self) -> None:
+        self.callback.on_rollout_end()
+
+    def _on_step(self) -> bool:  # unused: on_step above forwards to the user's callback
+        return True
 
 
 def _repeat_observations(observations: PyTorchObs, times: int) -> PyTorchObs:

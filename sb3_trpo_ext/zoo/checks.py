@@ -7,10 +7,10 @@ fails deep inside SB3 (or, when continuing training with ``--trained-agent``, is
 ``load()``). :func:`check_hyperparams` instead names the file, the entry (env id) and the key, and says what was
 expected.
 
-The accepted keywords are read from the constructor signatures along the class's MRO (``NaturalPG`` takes
-``**kwargs`` and forwards them to ``NaturalGradientAlgorithm``), and each value is checked against the keyword's type
-annotation, allowing for the strings that rl-zoo3 converts itself (``learning_rate: lin_1e-3``,
-``policy_kwargs: "dict(...)"``).
+The accepted keywords are read from the constructor's signature, and each value is checked against the keyword's type
+annotation (the constructors check values, not types), allowing for the strings that rl-zoo3 converts itself
+(``learning_rate: lin_1e-3``, ``policy_kwargs: "dict(...)"``). Values the constructor rejects are named with their
+file and entry by :class:`~sb3_trpo_ext.zoo.exp_manager.ExperimentManager`.
 
 Run ``python -m sb3_trpo_ext.zoo.checks hyperparams/*.yml`` to check whole files without building anything.
 """
@@ -69,36 +69,21 @@ _LINEAR_SCHEDULE = re.compile(r"^lin_[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 def constructor_parameters(algorithm_class: type) -> dict[str, inspect.Parameter]:
     """
-    The keyword arguments an algorithm's constructor accepts, following ``**kwargs`` up the MRO.
+    The keyword arguments an algorithm's constructor accepts (our algorithms, like SB3's, list every keyword).
 
     :param algorithm_class: the algorithm's class
     :return: parameter name -> ``inspect.Parameter`` (with resolved annotations where possible)
     """
-    parameters: dict[str, inspect.Parameter] = {}
-    for klass in algorithm_class.__mro__:
-        if "__init__" not in vars(klass) or klass is object:
-            continue
-        init = vars(klass)["__init__"]
-        try:
-            hints = typing.get_type_hints(init)
-        except Exception:  # unresolvable forward references: fall back on the raw annotations
-            hints = {}
-        signature = inspect.signature(init)
-        forwards_kwargs = False
-        for name, parameter in signature.parameters.items():
-            if name == "self":
-                continue
-            if parameter.kind is inspect.Parameter.VAR_KEYWORD:
-                forwards_kwargs = True
-                continue
-            if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
-                continue
-            if name not in parameters:
-                annotation = hints.get(name, parameter.annotation)
-                parameters[name] = parameter.replace(annotation=annotation)
-        if not forwards_kwargs:
-            break
-    return parameters
+    init = algorithm_class.__init__  # type: ignore[misc]
+    try:
+        hints = typing.get_type_hints(init)
+    except Exception:  # unresolvable forward references: fall back on the raw annotations
+        hints = {}
+    return {
+        name: parameter.replace(annotation=hints.get(name, parameter.annotation))
+        for name, parameter in inspect.signature(init).parameters.items()
+        if name != "self" and parameter.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+    }
 
 
 def _describe(annotation: Any) -> str:

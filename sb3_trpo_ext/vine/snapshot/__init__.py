@@ -3,21 +3,14 @@ Snapshots of a simulator's full state, for the vine method (paper, Section 5.2),
 arbitrary saved states.
 
 A :class:`Snapshot` holds the state of every layer of a (wrapped) gymnasium env: ``env``, ``env.env``, ... down to
-``env.unwrapped``. Each layer's state is taken by the first *adapter* that matches it; adapters registered by the
-user come first, then the built-in ones, then a generic deep-copy fallback. Snapshots are plain picklable data, so
-they cross process boundaries (``SubprocVecEnv`` workers) and can be restored into another instance of the same env
-(same wrapper chain, same model).
+``env.unwrapped``. Each layer's state is taken by the first *adapter* that matches it: the adapters registered by the
+user, then the built-in ones (listed, in matching order, in :mod:`sb3_trpo_ext.vine.snapshot.core`). Snapshots are
+plain picklable data, so they cross process boundaries and can be restored into another instance of the same env
+(same wrapper chain, same model)::
 
-Public API::
-
-    snapshot = capture(env)                  # the whole wrapper chain (live=False: restored before any step)
-    restore(env, snapshot)                   # any number of times; the snapshot is never modified
-    with monitor_paused(env):                # branch rollouts that leave no trace in Monitor statistics
-        restore(env, snapshot)
-        env.step(action)
-    check_snapshottable(env)                 # raises SnapshotError (a ValueError) with the fix
-    snapshot = capture_vec(venv, index)      # one env of a DummyVecEnv / SubprocVecEnv, with VecEnv wrapper state
-    restore_vec(venv, index, snapshot)
+    snapshot = capture(env)         # live=False when the env will be restored before its next step
+    restore(env, snapshot)          # any number of times; the snapshot is never modified
+    check_snapshottable(env)        # raises SnapshotError (a ValueError) naming the layer, with the fix
 
 Built-in adapters (what is captured):
 
@@ -41,8 +34,9 @@ Built-in adapters (what is captured):
   (``lives``, ``was_real_done``), ``MaxAndSkipEnv`` (max-pooling buffer), ``StickyActionEnv`` (last action; its
   RNG and ``NoopResetEnv``'s are the unwrapped env's ``np_random``), gymnasium's ``FrameStackObservation`` (frame
   queue) and ``AtariPreprocessing`` (frame buffers, lives), and the stateless wrappers (``PassiveEnvChecker``,
-  ``AtariWrapper``, ``WarpFrame``, ``ClipRewardEnv``, ``FireResetEnv``, ``NoopResetEnv``, the ``Transform*``,
-  ``Clip*``, ``Rescale*`` and shape/dtype observation wrappers), which are matched by exact class.
+  ``AtariWrapper``, ``WarpFrame``, ``ClipRewardEnv``, ``FireResetEnv``, ``NoopResetEnv``, ``VineWorkerWrapper``,
+  the ``Transform*``, ``Clip*``, ``Rescale*`` and shape/dtype observation wrappers), which are matched by exact
+  class.
 - SB3 ``Monitor`` and gymnasium ``RecordEpisodeStatistics``: only the *current episode's accumulators*
   (Monitor: ``rewards``, ``needs_reset``, ``current_reset_info``; RecordEpisodeStatistics: ``episode_returns``,
   ``episode_lengths``, ``episode_start_time``). ``restore`` never touches the finished-episode statistics
@@ -50,34 +44,18 @@ Built-in adapters (what is captured):
   RecordEpisodeStatistics' queues and ``episode_count``): a restore rewinds the episode in progress, not the
   history of finished ones.
 - Fallbacks: any other wrapper, and an unwrapped env no adapter matches, are deep-copied (their ``__dict__`` minus
-  spaces, spec, functions and render objects such as pygame screens or MuJoCo renderers; a restore also drops state
-  attributes created after the capture). When that fails (a lock, a socket, a C handle in the state) a
-  :class:`SnapshotError` names the layer and says how to fix it.
+  spaces, spec, functions, render objects such as pygame screens or MuJoCo renderers, and objects whose class sets
+  ``is_simulator_state = False``; a restore also drops state attributes created after the capture). When that
+  fails (a lock, a socket, a C handle in the state) a :class:`SnapshotError` names the layer and says how to fix it.
 
 The stateful built-in adapters also match subclasses (``isinstance``): state that a subclass adds (e.g. a MuJoCo
 env keeping per-episode counters in attributes) is not captured; register an adapter for such a class. ``restore``
 does not return an observation (keep the one that came with the state) and does not redraw the render buffers.
 
-Branch rollouts and Monitor: stepping a restored env through ``Monitor`` would record the branch's episodes (and
-write them to the results file). Step branches inside :func:`monitor_paused`: while it is active, the ``step`` and
-``reset`` of every ``Monitor`` / ``RecordEpisodeStatistics`` layer go straight to the wrapped env (no bookkeeping,
-no ``info["episode"]``, no file write), and on exit their accumulators are put back as they were on entry. The
-usual pattern is capture the trunk's state, run the branches paused, restore the trunk's state and go on.
-
-VecEnvs: :func:`capture_vec` / :func:`restore_vec` snapshot one env of a ``DummyVecEnv`` (directly) or of a
-``SubprocVecEnv`` (through ``env_method``; the worker's env must be wrapped, outermost, in :class:`SnapshotWrapper`,
-e.g. ``make_vec_env(env_id, n_envs, vec_env_cls=SubprocVecEnv, wrapper_class=SnapshotWrapper)``). They also take
-the per-env state of the VecEnv wrappers: ``VecFrameStack``'s stacked frames (also available alone through
-:func:`capture_vec_frame_stack` / :func:`restore_vec_frame_stack`), ``VecNormalize``'s discounted-return
-accumulator and ``VecMonitor``'s episode accumulators (again, never its finished-episode statistics).
-``VecNormalize``'s running statistics are never captured nor restored: freeze them during branch rollouts
-(``venv.training = False``, then set it back) so branches do not update them. :func:`monitor_paused_vec` pauses the
-Monitors of the workers and any ``VecMonitor``.
-
 Registering an adapter for your own env (or wrapper)::
 
     import numpy as np
-    from sb3_trpo_ext.common.snapshot import register_snapshot_adapter
+    from sb3_trpo_ext.vine.snapshot import register_snapshot_adapter
 
     class MyRobotAdapter:
         name = "my_robot"  # optional; recorded in snapshots and checked on restore
@@ -106,86 +84,27 @@ the ``spawn`` / ``forkserver`` start methods, register the adapter at import tim
 
 from __future__ import annotations
 
-from sb3_trpo_ext.common.snapshot.core import (
-    _BUILTIN_ADAPTERS,
-    LayerState,
-    Snapshot,
-    SnapshotAdapter,
-    SnapshotError,
-    VecSnapshotAdapter,
+from sb3_trpo_ext.vine.snapshot.base import LayerState, Snapshot, SnapshotAdapter, SnapshotError, capture_is_live
+from sb3_trpo_ext.vine.snapshot.core import (
     capture,
-    capture_is_live,
+    check_snapshottable,
     register_snapshot_adapter,
     restore,
     unregister_snapshot_adapter,
 )
-from sb3_trpo_ext.common.snapshot.fallback import _GenericEnvAdapter, _GenericWrapperAdapter
-from sb3_trpo_ext.common.snapshot.monitor import monitor_paused
-from sb3_trpo_ext.common.snapshot.simulators import _CLASSIC_CONTROL_ADAPTERS, AtariSnapshotAdapter, MujocoSnapshotAdapter
-from sb3_trpo_ext.common.snapshot.vec import (
-    SnapshotWrapper,
-    capture_vec,
-    capture_vec_frame_stack,
-    check_snapshottable,
-    monitor_paused_vec,
-    register_vec_snapshot_adapter,
-    restore_vec,
-    restore_vec_frame_stack,
-    unregister_vec_snapshot_adapter,
-)
-from sb3_trpo_ext.common.snapshot.wrappers import (
-    _AtariPreprocessingAdapter,
-    _EpisodicLifeAdapter,
-    _FrameStackObservationAdapter,
-    _MaxAndSkipAdapter,
-    _MonitorAdapter,
-    _OrderEnforcingAdapter,
-    _RecordEpisodeStatisticsAdapter,
-    _StatelessWrapperAdapter,
-    _StickyActionAdapter,
-    _TimeLimitAdapter,
-)
+from sb3_trpo_ext.vine.snapshot.simulators import AtariSnapshotAdapter, MujocoSnapshotAdapter
 
 __all__ = [
     "AtariSnapshotAdapter",
-    "MujocoSnapshotAdapter",
     "LayerState",
+    "MujocoSnapshotAdapter",
     "Snapshot",
     "SnapshotAdapter",
     "SnapshotError",
-    "SnapshotWrapper",
-    "VecSnapshotAdapter",
     "capture",
     "capture_is_live",
-    "capture_vec",
-    "capture_vec_frame_stack",
     "check_snapshottable",
-    "monitor_paused",
-    "monitor_paused_vec",
     "register_snapshot_adapter",
-    "register_vec_snapshot_adapter",
     "restore",
-    "restore_vec",
-    "restore_vec_frame_stack",
     "unregister_snapshot_adapter",
-    "unregister_vec_snapshot_adapter",
-]
-
-# The built-in adapters, in matching order (tried after the user's; the first that matches a layer takes it).
-_BUILTIN_ADAPTERS[:] = [
-    _StatelessWrapperAdapter(),
-    _TimeLimitAdapter(),
-    _OrderEnforcingAdapter(),
-    _MonitorAdapter(),
-    _RecordEpisodeStatisticsAdapter(),
-    _EpisodicLifeAdapter(),
-    _MaxAndSkipAdapter(),
-    _StickyActionAdapter(),
-    _FrameStackObservationAdapter(),
-    _AtariPreprocessingAdapter(),
-    _GenericWrapperAdapter(),
-    MujocoSnapshotAdapter(),
-    AtariSnapshotAdapter(),
-    *_CLASSIC_CONTROL_ADAPTERS,
-    _GenericEnvAdapter(),
 ]

@@ -1,191 +1,54 @@
-"""The snapshot types, the adapter protocols, the adapter registry, and capture / restore of a gymnasium env."""
+"""The adapters in matching order (the user's, then the built-in ones), and capture / restore / check of an env."""
 
 from __future__ import annotations
 
-import contextvars
-import copy
-from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+import pickle
+from typing import Any
 
 import gymnasium as gym
-import numpy as np
-from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
+from stable_baselines3.common.vec_env import VecEnv
 
+from sb3_trpo_ext.vine.snapshot.base import _LIVE_CAPTURE, LayerState, Snapshot, SnapshotError, _layer_name
+from sb3_trpo_ext.vine.snapshot.fallback import _GenericEnvAdapter, _GenericWrapperAdapter
+from sb3_trpo_ext.vine.snapshot.simulators import _CLASSIC_CONTROL_ADAPTERS, AtariSnapshotAdapter, MujocoSnapshotAdapter
+from sb3_trpo_ext.vine.snapshot.wrappers import (
+    _AtariPreprocessingAdapter,
+    _EpisodicLifeAdapter,
+    _FrameStackObservationAdapter,
+    _MaxAndSkipAdapter,
+    _MonitorAdapter,
+    _OrderEnforcingAdapter,
+    _RecordEpisodeStatisticsAdapter,
+    _StatelessWrapperAdapter,
+    _StickyActionAdapter,
+    _TimeLimitAdapter,
+)
 
-def _register_hint(layer: str) -> str:
-    return (
-        f"To fix it, register an adapter for {layer} with sb3_trpo_ext.common.snapshot.register_snapshot_adapter("
-        "adapter), where adapter has matches(env_layer) -> bool, capture(env_layer) -> picklable state and "
-        "restore(env_layer, state) -> None (see the docstring of sb3_trpo_ext.common.snapshot for an example)."
-    )
+# ------------------------------------------------------------------------------------------------------- adapters
 
+_BUILTIN_ADAPTERS: tuple[Any, ...] = (
+    # wrappers: exact classes first, then the stateful ones (subclasses too), then the deep-copy fallback
+    _StatelessWrapperAdapter(),
+    _TimeLimitAdapter(),
+    _OrderEnforcingAdapter(),
+    _MonitorAdapter(),
+    _RecordEpisodeStatisticsAdapter(),
+    _EpisodicLifeAdapter(),
+    _MaxAndSkipAdapter(),
+    _StickyActionAdapter(),
+    _FrameStackObservationAdapter(),
+    _AtariPreprocessingAdapter(),
+    _GenericWrapperAdapter(),
+    # unwrapped envs: the simulators, then the deep-copy fallback
+    MujocoSnapshotAdapter(),
+    AtariSnapshotAdapter(),
+    *_CLASSIC_CONTROL_ADAPTERS,
+    _GenericEnvAdapter(),
+)
+"""The built-in adapters, in matching order: tried after the user's, the first that matches a layer takes it."""
 
-_LIVE_CAPTURE: contextvars.ContextVar[bool] = contextvars.ContextVar("sb3_trpo_ext_live_capture", default=True)
-
-
-class SnapshotError(ValueError):
-    """An env (or one layer of its wrapper chain) cannot be snapshotted or a snapshot cannot be restored into it."""
-
-
-class LayerState(NamedTuple):
-    """The saved state of one layer of the wrapper chain."""
-
-    layer: str
-    """Qualified class name of the layer (checked on restore)."""
-    adapter: str
-    """Name of the adapter that captured it (checked on restore)."""
-    state: Any
-    """What the adapter's ``capture`` returned."""
-
-
-@dataclass(frozen=True, eq=False)
-class Snapshot:
-    """
-    The state of a wrapped gymnasium env, outermost layer first; picklable.
-
-    :param env_name: the env's id (or class name), for messages
-    :param layers: one :class:`LayerState` per layer, from ``env`` down to ``env.unwrapped``
-    :param vec_layers: per-env state of the VecEnv wrappers (outermost first) when taken by :func:`capture_vec`,
-        ``None`` when taken by :func:`capture`
-    """
-
-    env_name: str
-    layers: tuple[LayerState, ...]
-    vec_layers: tuple[LayerState, ...] | None = None
-
-    def __repr__(self) -> str:
-        chain = " > ".join(f"{state.layer}[{state.adapter}]" for state in self.layers)
-        vec = "" if self.vec_layers is None else f", vec_layers={[state.layer for state in self.vec_layers]}"
-        return f"Snapshot({self.env_name}: {chain}{vec})"
-
-
-@runtime_checkable
-class SnapshotAdapter(Protocol):
-    """What :func:`register_snapshot_adapter` expects (duck typing; subclassing is not needed)."""
-
-    def matches(self, env_layer: gym.Env) -> bool:
-        """
-        :param env_layer: one layer of the wrapper chain (a wrapper or the unwrapped env)
-        :return: whether this adapter handles it
-        """
-        ...
-
-    def capture(self, env_layer: gym.Env) -> Any:
-        """
-        :param env_layer: a layer this adapter matches
-        :return: its state: picklable, and not aliasing the layer's mutable state
-        """
-        ...
-
-    def restore(self, env_layer: gym.Env, state: Any) -> None:
-        """
-        :param env_layer: a layer this adapter matches
-        :param state: what :meth:`capture` returned (must not be modified: a snapshot can be restored many times)
-        """
-        ...
-
-
-@runtime_checkable
-class VecSnapshotAdapter(Protocol):
-    """What :func:`register_vec_snapshot_adapter` expects: the per-env state of a ``VecEnvWrapper``."""
-
-    def matches(self, vec_wrapper: VecEnvWrapper) -> bool:
-        """
-        :param vec_wrapper: one VecEnv wrapper
-        :return: whether this adapter handles it
-        """
-        ...
-
-    def capture(self, vec_wrapper: VecEnvWrapper, index: int) -> Any:
-        """
-        :param vec_wrapper: a wrapper this adapter matches
-        :param index: env index
-        :return: that env's state in the wrapper (picklable, not aliasing the wrapper's arrays)
-        """
-        ...
-
-    def restore(self, vec_wrapper: VecEnvWrapper, index: int, state: Any) -> None:
-        """
-        :param vec_wrapper: a wrapper this adapter matches
-        :param index: env index
-        :param state: what :meth:`capture` returned (must not be modified)
-        """
-        ...
-
-
-# ----------------------------------------------------------------------------------------------------------- helpers
-
-
-def _adapter_name(adapter: Any) -> str:
-    name = getattr(adapter, "name", None)
-    return name if isinstance(name, str) and name else type(adapter).__qualname__
-
-
-def _layer_name(layer: Any) -> str:
-    return type(layer).__qualname__
-
-
-def _env_name(env: gym.Env) -> str:
-    unwrapped = getattr(env, "unwrapped", env)
-    spec = getattr(env, "spec", None)
-    cls = type(unwrapped).__name__
-    if spec is not None and getattr(spec, "id", None):
-        return f"{spec.id} ({cls})"
-    return cls
-
-
-def _layers(env: gym.Env) -> list[gym.Env]:
-    """``[env, env.env, ..., env.unwrapped]``."""
-    if not isinstance(env, gym.Env) and isinstance(env, VecEnv):
-        raise TypeError("capture / restore take a single gymnasium env; use capture_vec / restore_vec for a VecEnv.")
-    layers = [env]
-    while isinstance(env, gym.Wrapper):
-        env = env.env
-        layers.append(env)
-    return layers
-
-
-def _copy_value(value: Any) -> Any:
-    """A copy that does not alias mutable state (fast paths for the common types)."""
-    if value is None or isinstance(value, (bool, int, float, str, np.generic)):
-        return value
-    if isinstance(value, np.ndarray):
-        return value.copy()
-    return copy.deepcopy(value)
-
-
-def _set_array(target: np.ndarray, value: np.ndarray) -> None:
-    np.copyto(target, value, casting="no")
-
-
-class _ClassAdapter:
-    """Base of the built-in adapters: matches instances of ``classes`` (exact class when ``exact``)."""
-
-    name = "base"
-    classes: tuple[type, ...] = ()
-    exact = False
-
-    def matches(self, env_layer: Any) -> bool:
-        if self.exact:
-            return type(env_layer) in self.classes
-        return isinstance(env_layer, self.classes)
-
-
-# -------------------------------------------------------------------------------------------------------- registry
-
-
-_BUILTIN_ADAPTERS: list[Any] = []  # filled, in matching order, by sb3_trpo_ext.common.snapshot (__init__)
 _USER_ADAPTERS: list[Any] = []  # most recent first
 _BUILTIN_BY_TYPE: dict[type, Any] = {}  # built-in matches depend on the class only
-
-
-def _validate_adapter(adapter: Any, methods: tuple[str, ...]) -> Any:
-    if isinstance(adapter, type):
-        adapter = adapter()
-    missing = [method for method in methods if not callable(getattr(adapter, method, None))]
-    if missing:
-        raise TypeError(f"A snapshot adapter needs the methods {', '.join(methods)}; {adapter!r} lacks {', '.join(missing)}.")
-    return adapter
 
 
 def register_snapshot_adapter(adapter: Any) -> Any:
@@ -200,7 +63,12 @@ def register_snapshot_adapter(adapter: Any) -> Any:
     :return: the registered adapter instance (so that it can be unregistered)
     :raises TypeError: when a method is missing
     """
-    adapter = _validate_adapter(adapter, ("matches", "capture", "restore"))
+    if isinstance(adapter, type):
+        adapter = adapter()
+    methods = ("matches", "capture", "restore")
+    missing = [method for method in methods if not callable(getattr(adapter, method, None))]
+    if missing:
+        raise TypeError(f"A snapshot adapter needs the methods {', '.join(methods)}; {adapter!r} lacks {', '.join(missing)}.")
     unregister_snapshot_adapter(adapter)
     _USER_ADAPTERS.insert(0, adapter)
     return adapter
@@ -225,7 +93,43 @@ def _find_adapter(layer: Any) -> Any:
     return adapter
 
 
-# ------------------------------------------------------------------------------------------------ capture / restore
+# ------------------------------------------------------------------------------------------------------- helpers
+
+
+def _register_hint(layer: str) -> str:
+    return (
+        f"To fix it, register an adapter for {layer} with sb3_trpo_ext.vine.snapshot.register_snapshot_adapter("
+        "adapter), where adapter has matches(env_layer) -> bool, capture(env_layer) -> picklable state and "
+        "restore(env_layer, state) -> None (see the docstring of sb3_trpo_ext.vine.snapshot for an example)."
+    )
+
+
+def _adapter_name(adapter: Any) -> str:
+    name = getattr(adapter, "name", None)
+    return name if isinstance(name, str) and name else type(adapter).__qualname__
+
+
+def _env_name(env: gym.Env) -> str:
+    unwrapped = getattr(env, "unwrapped", env)
+    spec = getattr(env, "spec", None)
+    cls = type(unwrapped).__name__
+    if spec is not None and getattr(spec, "id", None):
+        return f"{spec.id} ({cls})"
+    return cls
+
+
+def _layers(env: gym.Env) -> list[gym.Env]:
+    """``[env, env.env, ..., env.unwrapped]``."""
+    if isinstance(env, VecEnv):
+        raise TypeError("capture / restore take a single gymnasium env, not a VecEnv.")
+    layers = [env]
+    while isinstance(env, gym.Wrapper):
+        env = env.env
+        layers.append(env)
+    return layers
+
+
+# ------------------------------------------------------------------------------------------ capture / restore / check
 
 
 def capture(env: gym.Env, live: bool = True) -> Snapshot:
@@ -258,23 +162,14 @@ def capture(env: gym.Env, live: bool = True) -> Snapshot:
     return Snapshot(_env_name(env), tuple(states))
 
 
-def capture_is_live() -> bool:
-    """
-    For adapters: the ``live`` argument of the :func:`capture` in progress (``True`` outside of one).
-
-    :return: whether the env may go on being stepped without a restore after this capture
-    """
-    return _LIVE_CAPTURE.get()
-
-
 def restore(env: gym.Env, snapshot: Snapshot) -> None:
     """
     Put ``env`` back in the state of ``snapshot`` (taken on this env or on another instance with the same wrapper
     chain). The snapshot is not modified and can be restored again. Monitor's finished-episode statistics are never
-    touched (see the module docstring). The env's observation is not returned: keep it with the snapshot.
+    touched (see the package docstring). The env's observation is not returned: keep it with the snapshot.
 
     :param env: a (wrapped) gymnasium env
-    :param snapshot: from :func:`capture` (or :func:`capture_vec`)
+    :param snapshot: from :func:`capture`
     :raises SnapshotError: when the wrapper chain or an adapter differs from the one the snapshot was taken with
     """
     layers = _layers(env)
@@ -299,3 +194,23 @@ def restore(env: gym.Env, snapshot: Snapshot) -> None:
             adapter.restore(layer, saved.state)
         except SnapshotError as exc:
             raise SnapshotError(f"Cannot restore a snapshot of {snapshot.env_name}: {saved.layer}: {exc}") from exc
+
+
+def check_snapshottable(env: gym.Env) -> None:
+    """
+    Check that ``env`` can be snapshotted: capture, pickle, unpickle and restore its current state.
+
+    :param env: a (wrapped) gymnasium env
+    :raises SnapshotError: naming the env and the layer, with how to fix it (register an adapter)
+    """
+    snapshot = capture(env)
+    for saved in snapshot.layers:
+        try:
+            pickle.dumps(saved.state)
+        except Exception as exc:
+            raise SnapshotError(
+                f"Cannot snapshot {_env_name(env)}: the state of {saved.layer} (adapter {saved.adapter!r}) does not "
+                f"pickle ({type(exc).__name__}: {exc}), so it cannot cross process boundaries. "
+                f"{_register_hint(saved.layer)}"
+            ) from exc
+    restore(env, pickle.loads(pickle.dumps(snapshot)))

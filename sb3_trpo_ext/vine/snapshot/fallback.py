@@ -9,7 +9,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from sb3_trpo_ext.common.snapshot.core import SnapshotError, _layer_name
+from sb3_trpo_ext.vine.snapshot.base import SnapshotError, _layer_name
 
 _WRAPPER_CONFIG_KEYS = frozenset(
     {

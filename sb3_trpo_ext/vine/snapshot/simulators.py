@@ -18,7 +18,7 @@ from gymnasium.envs.classic_control import (
     PendulumEnv,
 )
 
-from sb3_trpo_ext.common.snapshot.core import SnapshotError, _ClassAdapter, _copy_value, capture_is_live
+from sb3_trpo_ext.vine.snapshot.base import SnapshotError, _ClassAdapter, _copy_value, capture_is_live
 
 
 def _capture_rng(env: gym.Env) -> tuple[Mapping[str, Any], Any]:

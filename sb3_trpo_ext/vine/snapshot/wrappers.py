@@ -1,5 +1,6 @@
 """Adapters for gymnasium and SB3 wrappers: TimeLimit, OrderEnforcing, Monitor, RecordEpisodeStatistics, the SB3
-Atari wrappers, frame stacking, Atari preprocessing and the stateless wrappers."""
+Atari wrappers, frame stacking, Atari preprocessing and the stateless wrappers (:class:`VineWorkerWrapper` among
+them)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ from gymnasium import wrappers as gym_wrappers
 from stable_baselines3.common import atari_wrappers
 from stable_baselines3.common.monitor import Monitor
 
-from sb3_trpo_ext.common.snapshot.core import _ClassAdapter, _copy_value, _set_array
+from sb3_trpo_ext.vine.snapshot.base import _ClassAdapter, _copy_value, _set_array
+
+
+class VineWorkerWrapper(gym.Wrapper):
+    """
+    No longer needed: VineTRPO runs branches on any ``SubprocVecEnv``. Kept (a pass-through wrapper) so that code
+    written for 0.1.0, ``make_vec_env(..., vec_env_cls=SubprocVecEnv, wrapper_class=VineWorkerWrapper)``, still works.
+    """
 
 
 class _StatelessWrapperAdapter(_ClassAdapter):
@@ -40,6 +48,7 @@ class _StatelessWrapperAdapter(_ClassAdapter):
         atari_wrappers.ClipRewardEnv,
         atari_wrappers.FireResetEnv,
         atari_wrappers.NoopResetEnv,  # its RNG is the unwrapped env's np_random
+        VineWorkerWrapper,
     )
 
     def capture(self, env_layer: gym.Env) -> None:

@@ -1,0 +1,251 @@
+"""
+The Fisher-vector product ``v -> (F + cg_damping I) v`` of the trust-region step, where ``F`` is the analytic Fisher
+(the Hessian of the mean KL at the old parameters). Three paths, chosen by
+:func:`sb3_trpo_ext.common.backends.choose_backends`:
+
+- ``"gauss-newton"``: ``F v = J^T M J v`` (paper, Appendix C.1), ``J`` the Jacobian of the actor's output (Gaussian
+  mean, or logits) with respect to the actor's parameters, through ``torch.func`` (``linearize`` for ``J v``, ``vjp``
+  for ``J^T u``, over ``functional_call``), and ``M`` the Fisher of the action distribution with respect to that
+  output, in closed form (:func:`output_metric`). Works for any features extractor, with no second-order graph;
+  chosen where the extractor is learned (CNN, Dict with images), where it beats double back-propagation;
+- ``"numpy-gauss-newton"``: the same product for plain MLP actors on the CPU, with the forward and reverse passes of
+  :class:`~sb3_trpo_ext.common.fast_mlp.NumpyMlp` (see :func:`_numpy_gauss_newton` for the measurement that keeps it);
+- ``"double-backprop"``: the Hessian of the mean KL times ``v`` by double back-propagation
+  (:func:`~sb3_trpo_ext.common.natural_gradient.fisher_vector_product_fn`): gSDE and any policy not covered above.
+"""
+
+import warnings
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch as th
+from stable_baselines3.common.distributions import (
+    BernoulliDistribution,
+    CategoricalDistribution,
+    DiagGaussianDistribution,
+    Distribution,
+    MultiCategoricalDistribution,
+)
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.preprocessing import preprocess_obs
+from stable_baselines3.common.type_aliases import PyTorchObs
+from torch import nn
+from torch.func import functional_call, linearize, vjp
+
+from sb3_trpo_ext.common.distributions import detach_distribution, kl_per_state
+from sb3_trpo_ext.common.fast_mlp import NumpyMlp, mlp_layers, single_threaded_blas
+from sb3_trpo_ext.common.natural_gradient import fisher_vector_product_fn
+
+if TYPE_CHECKING:
+    from sb3_trpo_ext.common.backends import FisherBackend
+
+GAUSS_NEWTON_DISTRIBUTIONS = (
+    DiagGaussianDistribution,
+    CategoricalDistribution,
+    MultiCategoricalDistribution,
+    BernoulliDistribution,
+)
+"""The distributions whose Fisher with respect to the actor's output :func:`output_metric` knows."""
+
+FisherVectorProduct = Callable[[th.Tensor], th.Tensor]
+
+
+def make_fisher_vector_product(
+    backend: "FisherBackend",
+    policy: ActorCriticPolicy,
+    observations: PyTorchObs,
+    params: Sequence[th.Tensor],
+    damping: float,
+    distribution: Distribution | None = None,
+) -> FisherVectorProduct:
+    """
+    Build ``v -> (F + damping * I) v`` at the policy's current (old) parameters.
+
+    :param backend: the path, from :func:`~sb3_trpo_ext.common.backends.choose_backends`
+    :param policy: the policy
+    :param observations: the states the mean KL is averaged over
+    :param params: the actor's parameters (everything the action distribution depends on), in the order of ``v``
+    :param damping: Tikhonov damping (``cg_damping``)
+    :param distribution: the policy's distribution on ``observations`` with its autograd graph, if at hand
+        (double back-propagation reuses it)
+    :return: the Fisher-vector product function
+    """
+    if backend == "gauss-newton":
+        return _torch_func_gauss_newton(policy, observations, params, damping)
+    if backend == "numpy-gauss-newton":
+        return _numpy_gauss_newton(policy, observations, params, damping)  # type: ignore[arg-type]
+    if backend == "double-backprop":
+        if distribution is None:
+            distribution = policy.get_distribution(observations)
+        kl = kl_per_state(detach_distribution(distribution), distribution).mean()
+        return fisher_vector_product_fn(kl, params, damping)
+    raise ValueError(f"Unknown Fisher-vector-product backend {backend!r}")
+
+
+def output_metric(policy: ActorCriticPolicy, output: th.Tensor) -> Callable[[th.Tensor], th.Tensor]:
+    """
+    ``u -> M u / batch``: the Fisher of the action distribution with respect to the actor's output, per state,
+    averaged over the batch.
+
+    - diagonal Gaussian (state-independent ``log_std``): ``M = diag(1 / sigma^2)`` on the mean (the ``log_std`` block
+      of ``F``, ``2 I`` with no cross terms, is added by the caller);
+    - Categorical: ``M = diag(p) - p p^T`` on the logits, per sub-space for MultiCategorical;
+    - Bernoulli: ``M = diag(p (1 - p))`` on the logits.
+
+    :param policy: the policy (its action distribution, and ``log_std``)
+    :param output: the actor's output on the batch, shape ``(batch, n_outputs)``
+    :return: the metric
+    """
+    dist = policy.action_dist
+    batch = len(output)
+    if isinstance(dist, DiagGaussianDistribution):
+        inverse_variance = th.exp(-2.0 * policy.log_std.detach()).to(output.dtype) / batch
+        return lambda u: u * inverse_variance
+    if isinstance(dist, BernoulliDistribution):
+        p = th.sigmoid(output)
+        weight = p * (1.0 - p) / batch
+        return lambda u: u * weight
+    if isinstance(dist, CategoricalDistribution):
+        splits = [output.shape[-1]]
+    elif isinstance(dist, MultiCategoricalDistribution):
+        splits = list(dist.action_dims)
+    else:
+        raise TypeError(f"No closed-form output Fisher for {type(dist).__name__}")
+    probs = th.cat([th.softmax(chunk, dim=-1) for chunk in th.split(output, splits, dim=-1)], dim=-1)
+
+    def categorical_metric(u: th.Tensor) -> th.Tensor:
+        pu = probs * u
+        sums = [
+            chunk.sum(dim=-1, keepdim=True).expand(-1, n) for chunk, n in zip(th.split(pu, splits, -1), splits, strict=True)
+        ]
+        return (pu - probs * th.cat(sums, dim=-1)) / batch
+
+    return categorical_metric
+
+
+class ActorOutput(nn.Module):
+    """
+    The actor's output (Gaussian mean, or logits) as a function of preprocessed observations.
+
+    Holds only the policy's actor modules, each under one name: ``functional_call`` on a module reachable under two
+    names (SB3's ``features_extractor`` is ``pi_features_extractor``) restores the wrong tensors on exit and leaves
+    detached copies in place of the policy's parameters.
+
+    :param policy: the policy
+    """
+
+    def __init__(self, policy: ActorCriticPolicy) -> None:
+        super().__init__()
+        self.features_extractor = policy.pi_features_extractor
+        self.mlp_extractor = policy.mlp_extractor
+        self.action_net = policy.action_net
+
+    def forward(self, observations: PyTorchObs) -> th.Tensor:
+        return self.action_net(self.mlp_extractor.forward_actor(self.features_extractor(observations)))
+
+
+def _slots(params: Sequence[th.Tensor]) -> dict[int, slice]:
+    """Where each parameter lives in the flat vector, by ``id``."""
+    slots, offset = {}, 0
+    for param in params:
+        slots[id(param)] = slice(offset, offset + param.numel())
+        offset += param.numel()
+    return slots
+
+
+def _log_std(policy: ActorCriticPolicy) -> th.Tensor | None:
+    return policy.log_std if isinstance(policy.action_dist, DiagGaussianDistribution) else None
+
+
+def _torch_func_gauss_newton(
+    policy: ActorCriticPolicy, observations: PyTorchObs, params: Sequence[th.Tensor], damping: float
+) -> FisherVectorProduct:
+    """
+    ``J^T M J v`` through ``torch.func``.
+
+    ``J v`` comes from ``linearize`` (the forward-mode pass traced once at the old parameters) rather than ``jvp``,
+    which runs the primal forward again at every product; the trace costs ~50 ms of Python per build, which only
+    pays where the products are expensive. Measured (``benchmarks/fisher_paths.py`` and variants; one thread,
+    median of 3), NatureCNN actor, Breakout-sized batch of 1024 84x84x4 frames, per 25-step CG solve (setup + 25
+    products): ``linearize`` 26.4 s (1.05 s + 1.02 s per product), ``jvp`` 31.1 s (0.35 s + 1.23 s), double
+    back-propagation 42.3 s (0.87 s + 1.66 s). On small MLPs double back-propagation is faster (MultiInput,
+    11-dim vector + Discrete(3), 64x64, batch 2048, 25 products: ``linearize`` 83 ms, ``jvp`` 66 ms, double
+    back-propagation 55 ms), so :func:`~sb3_trpo_ext.common.backends.choose_backends` picks this path only for
+    actors with a learned features extractor.
+    """
+    actor = ActorOutput(policy)
+    names = {id(p): name for name, p in actor.named_parameters()}
+    log_std = _log_std(policy)
+    slots = _slots(params)
+    network = [p for p in params if p is not log_std]
+    missing = [p for p in network if id(p) not in names]
+    if missing:
+        raise RuntimeError(f"{len(missing)} actor parameter(s) outside the actor's modules: use double-backprop")
+    primals = {names[id(p)]: p.detach() for p in network}
+    inputs = preprocess_obs(observations, policy.observation_space, normalize_images=policy.normalize_images)
+
+    def actor_output(values: dict[str, th.Tensor]) -> th.Tensor:
+        return functional_call(actor, values, (inputs,))
+
+    with warnings.catch_warnings():  # torch.fx's constant folding warns about its own attributes
+        warnings.simplefilter("ignore", UserWarning)
+        output, output_jvp = linearize(actor_output, primals)
+    output_vjp = vjp(actor_output, primals)[1]
+    metric = output_metric(policy, output.detach())
+    log_std_slot = slots[id(log_std)] if log_std is not None and id(log_std) in slots else None
+
+    def fisher_vector_product(vector: th.Tensor) -> th.Tensor:
+        vector = vector.detach()
+        tangents = {names[id(p)]: vector[slots[id(p)]].view_as(p) for p in network}
+        (grads,) = output_vjp(metric(output_jvp(tangents)))
+        product = damping * vector
+        for p in network:
+            product[slots[id(p)]] += grads[names[id(p)]].reshape(-1)
+        if log_std_slot is not None:
+            product[log_std_slot] += 2.0 * vector[log_std_slot]
+        return product
+
+    return fisher_vector_product
+
+
+def _numpy_gauss_newton(
+    policy: ActorCriticPolicy, observations: th.Tensor, params: Sequence[th.Tensor], damping: float
+) -> FisherVectorProduct:
+    """
+    ``J^T M J v`` with :class:`~sb3_trpo_ext.common.fast_mlp.NumpyMlp`'s ``jvp`` and ``backward`` (a forward pass at
+    the old parameters, then one forward-mode and one reverse-mode pass per product).
+
+    Kept because it is clearly faster than ``torch.func`` on small MLPs, where per-call overhead dominates. Measured
+    (one thread, median of 11), Hopper-v5 sized actor (11 -> 64 -> 64 -> 3, tanh), batch 2048, setup + 25 products:
+    this path 30.2 ms; ``torch.func`` 94.4 ms with ``linearize``, 74.5 ms with ``jvp``; double back-propagation
+    63.0 ms (and the torch hand-written pass it replaced, 35.7 ms).
+    """
+    layers = mlp_layers(policy, "actor")
+    assert layers is not None, "the numpy-gauss-newton product needs a plain MLP actor"
+    mlp = NumpyMlp(layers)
+    log_std = _log_std(policy)
+    slots = _slots(params)
+    if {id(p) for p in params} != {id(p) for p in mlp.params} | ({id(log_std)} if log_std is not None else set()):
+        raise RuntimeError("The actor's parameters are not its MLP's (and log_std): the product needs another backend")
+    index = np.concatenate([np.arange(slots[id(p)].start, slots[id(p)].stop) for p in mlp.params])
+    mlp_part: slice | th.Tensor = th.from_numpy(index)
+    if np.array_equal(index, np.arange(index[0], index[0] + len(index))):
+        mlp_part = slice(int(index[0]), int(index[0]) + len(index))  # the usual layout: a view, no gather
+    with single_threaded_blas():
+        outputs = mlp.forward(observations.detach().cpu().numpy())
+    metric = output_metric(policy, th.from_numpy(outputs[-1]))
+    log_std_slot = slots[id(log_std)] if log_std is not None and id(log_std) in slots else None
+
+    def fisher_vector_product(vector: th.Tensor) -> th.Tensor:
+        vector = vector.detach()
+        with single_threaded_blas():
+            output_tangent = mlp.jvp(outputs, vector[mlp_part].numpy())
+            grad = mlp.backward(outputs, metric(th.from_numpy(output_tangent)).numpy())
+        product = damping * vector
+        product[mlp_part] += th.from_numpy(grad)
+        if log_std_slot is not None:
+            product[log_std_slot] += 2.0 * vector[log_std_slot]
+        return product
+
+    return fisher_vector_product

@@ -1,0 +1,88 @@
+"""
+The samples of one policy step and the surrogate objective estimated on them.
+
+:class:`AdvantageBatch` is single-path TRPO's (and NPG's): the importance-weighted advantages of the rollout. The
+vine method's batch (:class:`sb3_trpo_ext.vine.estimators.VineBatch`) holds Q-values of K actions per state instead.
+The trust-region step only needs what :class:`PolicyBatch` declares.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch as th
+from stable_baselines3.common.type_aliases import PyTorchObs
+
+
+class PolicyBatch:
+    """What the trust-region step needs: states, actions, and the surrogate ``L(theta)`` estimated on them."""
+
+    observations: PyTorchObs
+    actions: th.Tensor
+
+    def surrogate(self, log_prob: th.Tensor, old_log_prob: th.Tensor) -> th.Tensor:
+        """
+        :param log_prob: log-probabilities of the batch's actions under the current parameters
+        :param old_log_prob: the same under the old parameters (detached)
+        :return: the surrogate objective, a scalar to maximize
+        """
+        raise NotImplementedError
+
+    def is_finite(self) -> bool:
+        """:return: whether the estimates the surrogate weighs the actions with are all finite"""
+        raise NotImplementedError
+
+
+@dataclass
+class AdvantageBatch(PolicyBatch):
+    """
+    Single path: ``L(theta) = mean(pi_theta(a|s) / pi_old(a|s) * A(s, a))``.
+
+    :param observations: the states
+    :param actions: the actions taken there
+    :param advantages: their advantage estimates
+    """
+
+    observations: PyTorchObs
+    actions: th.Tensor
+    advantages: th.Tensor
+
+    @classmethod
+    def from_rollout(
+        cls,
+        observations: PyTorchObs,
+        actions: th.Tensor,
+        advantages: th.Tensor,
+        sub_sampling_factor: int = 1,
+        normalize_advantage: bool = True,
+    ) -> "AdvantageBatch":
+        """
+        :param observations: all observations of the rollout
+        :param actions: all actions of the rollout
+        :param advantages: all advantages of the rollout
+        :param sub_sampling_factor: keep every k-th sample (as sb3-contrib)
+        :param normalize_advantage: standardize the advantages of the kept samples
+        :return: the batch
+        """
+        if sub_sampling_factor > 1:
+            observations = index_observations(observations, slice(None, None, sub_sampling_factor))
+            actions, advantages = actions[::sub_sampling_factor], advantages[::sub_sampling_factor]
+        if normalize_advantage and len(advantages) > 1:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        return cls(observations, actions, advantages)
+
+    def surrogate(self, log_prob: th.Tensor, old_log_prob: th.Tensor) -> th.Tensor:
+        return (th.exp(log_prob - old_log_prob) * self.advantages).mean()
+
+    def is_finite(self) -> bool:
+        return bool(th.isfinite(self.advantages).all())
+
+
+def index_observations(observations: PyTorchObs, index: th.Tensor | np.ndarray | slice) -> PyTorchObs:
+    """
+    :param observations: a batch of observations (tensor or dict of tensors)
+    :param index: indices or a slice along the batch dimension
+    :return: the selected observations
+    """
+    if isinstance(observations, dict):
+        return {key: value[index] for key, value in observations.items()}
+    return observations[index]
