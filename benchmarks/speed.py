@@ -14,6 +14,11 @@ our 0.03 (the paper's whole-distribution KL).
 """
 
 import argparse
+import datetime
+import json
+import os
+import platform
+import sys
 import time
 from typing import Any
 
@@ -69,7 +74,21 @@ def main() -> None:
     parser.add_argument("--normalize", action="store_true", help="wrap the envs in VecNormalize (as rl-zoo3 does)")
     parser.add_argument("--skip-vine", action="store_true", help="skip the VineTRPO vs TRPO table")
     parser.add_argument("--only-vine", action="store_true", help="only the VineTRPO vs TRPO table")
+    parser.add_argument("--output", default=None, help="results JSON (default: benchmarks/results/speed[_normalize].json)")
+    parser.add_argument("--label", default="", help="a name for this code version, stored in the results")
     args = parser.parse_args()
+    results: dict[str, Any] = {
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores",
+        "torch": th.__version__,
+        "label": args.label,
+        "command": "python benchmarks/speed.py " + " ".join(sys.argv[1:]),
+        "normalize": args.normalize,
+        "steps": args.steps,
+        "rounds": args.rounds,
+        "rows": [],
+        "vine": [],
+    }
     th.set_num_threads(1)
     gym.logger.min_level = 40
     act_dim = 3  # Hopper-v5
@@ -93,18 +112,24 @@ def main() -> None:
             rates[name] = args.rounds * args.steps / seconds[name]
             trains[name] = 1000 * float(np.mean(model.train_seconds))
             print(f"{n_envs:>6} {name:>12} {rates[name]:>9.0f} {trains[name]:>11.1f}")
+            results["rows"].append({"n_envs": n_envs, "lib": name, "steps_per_s": rates[name], "train_ms": trains[name]})
         print(
             f"{n_envs:>6} {'ratio':>12} {rates['sb3-trpo-ext'] / rates['sb3-contrib']:>8.2f}x "
             f"{trains['sb3-trpo-ext'] / trains['sb3-contrib']:>10.2f}x   (steps/s: higher is better; train(): lower)"
         )
     if not args.skip_vine:
-        vine_vs_single_path(args, act_dim)
+        results["vine"] = vine_vs_single_path(args, act_dim)
+    default = os.path.join(os.path.dirname(__file__), "results", "speed_normalize.json" if args.normalize else "speed.json")
+    with open(args.output or default, "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"Wrote {args.output or default}")
 
 
-def vine_vs_single_path(args: argparse.Namespace, act_dim: int) -> None:
+def vine_vs_single_path(args: argparse.Namespace, act_dim: int) -> list[dict[str, Any]]:
     """Simulator steps/s (trunk + branches) of VineTRPO vs single-path TRPO, same env and n_envs."""
     print("\nVineTRPO (N=64 states, K=4, m=50) vs TRPO: simulator steps/s, Hopper-v5")
     print(f"{'n_envs':>6} {'TRPO':>9} {'VineTRPO':>9} {'ratio':>7}")
+    rows: list[dict[str, Any]] = []
     for n_envs in args.n_envs:
         rates = {}
         for name, cls, extra in (("TRPO", TRPO, {}), ("VineTRPO", VineTRPO, VINE_SETTINGS)):
@@ -115,6 +140,8 @@ def vine_vs_single_path(args: argparse.Namespace, act_dim: int) -> None:
             seconds = timed_learn(model, args.rounds * args.steps)
             rates[name] = (model.num_timesteps - before) / seconds
         print(f"{n_envs:>6} {rates['TRPO']:>9.0f} {rates['VineTRPO']:>9.0f} {rates['VineTRPO'] / rates['TRPO']:>6.2f}x")
+        rows.append({"n_envs": n_envs, "trpo_steps_per_s": rates["TRPO"], "vine_steps_per_s": rates["VineTRPO"]})
+    return rows
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from sb3_trpo_ext import TRPO, NaturalPG
 from sb3_trpo_ext.common.backends import Backends, choose_backends
 from sb3_trpo_ext.common.critic import NumpyAdam, critic_loss, fit_critic
 from sb3_trpo_ext.common.distributions import detach_distribution, kl_per_state
-from sb3_trpo_ext.common.fast_mlp import ACTIVATIONS, NumpyMlp, mlp_layers
+from sb3_trpo_ext.common.fast_mlp import ACTIVATIONS, NumpyMlp, mlp_layers, side_by_side
 from sb3_trpo_ext.common.fisher import make_fisher_vector_product
 from sb3_trpo_ext.common.rollouts import RolloutNoise, RolloutPolicy
 
@@ -121,6 +121,17 @@ def test_numpy_actor_and_critic_forward_equal_torch(mlp_policy: ActorCriticPolic
         actor, critic = _actor_output(mlp_policy, obs), mlp_policy.predict_values(obs)
     for head, expected in (("actor", actor), ("critic", critic)):
         assert np.allclose(NumpyMlp(mlp_layers(mlp_policy, head))(obs.double().numpy()), expected.numpy(), atol=1e-6)
+
+
+def test_side_by_side_mlp_gives_the_actor_and_critic_outputs_in_one_forward(mlp_policy: ActorCriticPolicy) -> None:
+    obs = 3 * th.randn(7, 3)
+    actor, critic = mlp_layers(mlp_policy, "actor"), mlp_layers(mlp_policy, "critic")
+    both = side_by_side(actor, critic)  # type: ignore[arg-type]
+    assert both is not None and len(both) == len(actor)  # type: ignore[arg-type]
+    combined = NumpyMlp(both)(obs.numpy())
+    np.testing.assert_allclose(combined[:, :-1], NumpyMlp(actor)(obs.numpy()), atol=1e-6)  # type: ignore[arg-type]
+    np.testing.assert_allclose(combined[:, -1:], NumpyMlp(critic)(obs.numpy()), atol=1e-6)  # type: ignore[arg-type]
+    assert side_by_side(actor, critic[:-1]) is None  # type: ignore[index,arg-type]
 
 
 def test_rollout_policy_runs_the_numpy_mlp_chosen_by_the_decision(mlp_policy: ActorCriticPolicy) -> None:

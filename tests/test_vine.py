@@ -853,3 +853,39 @@ def test_vine_pong_with_cnn_policy_and_uniform_q_runs_and_logs() -> None:
     assert moved(before, model, "action_net")
     assert model.vine_batch.observations.shape == (16, 4, 84, 84)
     venv.close()
+
+
+# ---------------------------------------------------------------------------------------------------- SB3 internals
+
+
+def test_frame_stack_state_reads_vec_frame_stack_buffers_and_axis() -> None:
+    """The one read of SB3's private ``VecFrameStack.stacked_obs`` (buffer per env, stacking axis)."""
+    from sb3_trpo_ext.vine.branches import frame_stack_state
+
+    venv = VecFrameStack(DummyVecEnv([lambda: TinyEnv(spaces.Discrete(2), observation="image")] * 2), n_stack=3)
+    obs = venv.reset()
+    venv.step(np.array([1, 0]))
+    obs, *_ = venv.step(np.array([0, 1]))
+    for index in range(2):
+        buffer, axis = frame_stack_state(venv, index)
+        np.testing.assert_array_equal(buffer, obs[index])  # the buffer is what the policy saw last
+        assert axis == -1 and buffer.shape == (36, 36, 9)
+        buffer[...] = 0  # a copy: the VecEnv is not touched
+    assert obs[0].any() and np.array_equal(frame_stack_state(venv, 0)[0], obs[0])
+
+
+def test_clone_without_bookkeeping_writes_no_monitor_file_and_records_no_episode(tmp_path: Path) -> None:
+    """The one use of SB3's private ``Monitor.results_writer``: a clone shares no file and keeps no statistics."""
+    from sb3_trpo_ext.vine.branches import clone_without_bookkeeping
+
+    env = Monitor(CountingEnv(3), filename=str(tmp_path / "run"))
+    env.reset(seed=0)
+    clone = clone_without_bookkeeping(env)
+    clone.reset(seed=0)
+    for _ in range(3):
+        *_, terminated, truncated, info = clone.step(1)
+    assert terminated and "episode" not in info
+    assert env.get_episode_rewards() == [] and env.total_steps == 0
+    assert clone.results_writer is None  # type: ignore[attr-defined]
+    env.close()
+    assert len((tmp_path / "run.monitor.csv").read_text().strip().splitlines()) == 2  # the two header lines only

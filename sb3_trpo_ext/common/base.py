@@ -12,7 +12,6 @@ fit the critic, log. Subclasses differ only where the methods differ:
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -28,44 +27,20 @@ from stable_baselines3.common.policies import (
     BasePolicy,
     MultiInputActorCriticPolicy,
 )
-from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, RolloutBufferSamples, Schedule
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, RolloutBufferSamples, Schedule
 from stable_baselines3.common.utils import explained_variance
 from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_trpo_ext.common.backends import choose_backends
 from sb3_trpo_ext.common.critic import fit_critic
-from sb3_trpo_ext.common.distributions import SUPPORTED_DISTRIBUTIONS, detach_distribution, kl_per_state
+from sb3_trpo_ext.common.distributions import SUPPORTED_DISTRIBUTIONS, actor_parameters, detach_distribution, kl_per_state
 from sb3_trpo_ext.common.fisher import make_fisher_vector_product
-from sb3_trpo_ext.common.natural_gradient import (
-    conjugate_gradient,
-    flat_grad,
-    full_step_scale,
-)
+from sb3_trpo_ext.common.natural_gradient import StepOutcome, conjugate_gradient, flat_grad, full_step_scale
 from sb3_trpo_ext.common.policy_batch import AdvantageBatch, PolicyBatch, index_observations
 from sb3_trpo_ext.common.rollouts import collect_rollouts_fast
-from sb3_trpo_ext.common.validation import (
-    check_action_space,
-    check_batch_size,
-    check_in_range,
-    check_int_at_least,
-    check_positive,
-)
+from sb3_trpo_ext.common.validation import check_action_space, check_batch_size, check_keywords
 
 SelfNaturalGradientAlgorithm = TypeVar("SelfNaturalGradientAlgorithm", bound="NaturalGradientAlgorithm")
-
-
-@dataclass
-class StepOutcome:
-    """What a step rule did."""
-
-    accepted: bool
-    objective: float
-    kl: float
-    step_size: float
-    line_search_iterations: int = 0
-    non_finite: bool = False
-    """The step gave a non-finite result and was undone (counted as a skipped update)."""
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 class NaturalGradientAlgorithm(OnPolicyAlgorithm):
@@ -136,18 +111,10 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
         _init_setup_model: bool = True,
     ) -> None:
         name = type(self).__name__
-        check_positive("target_kl", target_kl, " The paper's trust region is target_kl=0.01.")
-        check_int_at_least("cg_max_steps", cg_max_steps, 1, " The paper uses 10 conjugate-gradient steps.")
-        check_in_range("cg_damping", cg_damping, 0.0, float("inf"), True, False, " Typical values: 0.1 or 1e-3.")
-        check_int_at_least("n_steps", n_steps, 1)
-        check_int_at_least("batch_size", batch_size, 1)
-        check_int_at_least("n_critic_updates", n_critic_updates, 0)
-        check_int_at_least("sub_sampling_factor", sub_sampling_factor, 1, " 1 uses every sample.")
-        check_in_range("fisher_sample_fraction", fisher_sample_fraction, 0.0, 1.0, False, True, " The paper uses 0.1.")
-        check_in_range("gamma", gamma, 0.0, 1.0, True, True)
-        check_in_range("gae_lambda", gae_lambda, 0.0, 1.0, True, True)
-        if isinstance(learning_rate, (int, float)):
-            check_positive("learning_rate", learning_rate)
+        check_keywords(
+            learning_rate, n_steps, batch_size, gamma, gae_lambda, cg_max_steps, cg_damping, n_critic_updates, target_kl,
+            sub_sampling_factor, fisher_sample_fraction,
+        )  # fmt: skip
         if env is not None and not isinstance(env, str):
             check_action_space(env.action_space, name)
 
@@ -248,15 +215,6 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
 
     # ------------------------------------------------------------------ the shared step
 
-    def _actor_parameters(self, distribution: Distribution) -> list[th.nn.Parameter]:
-        """Parameters the action distribution depends on (found once through autograd)."""
-        if self._actor_params is None:
-            params = [p for p in self.policy.parameters() if p.requires_grad]
-            probe = th.stack([t.sum() for t in _distribution_tensors(distribution)]).sum()
-            grads = th.autograd.grad(probe, params, retain_graph=True, allow_unused=True)
-            self._actor_params = [p for p, g in zip(params, grads, strict=True) if g is not None]
-        return self._actor_params
-
     def _natural_gradient_step(self, batch: PolicyBatch) -> dict[str, float]:
         """
         One trust-region step on ``batch``; the step rule comes from :meth:`_apply_step`.
@@ -272,7 +230,9 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
         old_distribution = detach_distribution(distribution)
         log_prob = distribution.log_prob(batch.actions)
         old_log_prob = log_prob.detach()
-        params = self._actor_parameters(distribution)
+        if self._actor_params is None:
+            self._actor_params = actor_parameters(policy, distribution)
+        params = self._actor_params
 
         objective = batch.surrogate(log_prob, old_log_prob)
         gradient = flat_grad(objective, params, retain_graph=True)
@@ -340,19 +300,6 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
         stats.update(kl_divergence_loss=0.0, is_line_search_success=0.0, step_size=0.0, line_search_iterations=0.0)
         return stats
 
-    # ------------------------------------------------------------------ critic
-
-    def _fit_critic(self, observations: PyTorchObs, returns: th.Tensor) -> list[float]:
-        """
-        Fit the value function with Adam: ``n_critic_updates`` epochs of shuffled mini-batches of ``batch_size``
-        (:func:`~sb3_trpo_ext.common.critic.fit_critic`, on the path of ``self.backends.critic_fit``).
-
-        :param observations: all observations of the rollout
-        :param returns: the regression targets
-        :return: the mini-batch losses
-        """
-        return fit_critic(self.backends.critic_fit, self.policy, observations, returns, self.batch_size, self.n_critic_updates)
-
     def learn(
         self: SelfNaturalGradientAlgorithm,
         total_timesteps: int,
@@ -409,7 +356,10 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
         stats = self._natural_gradient_step(batch)
-        value_losses = self._fit_critic(data.observations, data.returns)
+        # the critic: n_critic_updates epochs of Adam on mini-batches of batch_size, on the path of backends.critic_fit
+        value_losses = fit_critic(
+            self.backends.critic_fit, self.policy, data.observations, data.returns, self.batch_size, self.n_critic_updates
+        )
         self._n_updates += 1
 
         explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
@@ -421,14 +371,3 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
         if isinstance(self.policy.action_dist, (DiagGaussianDistribution, StateDependentNoiseDistribution)):
             self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
-
-
-def _distribution_tensors(distribution: Distribution) -> list[th.Tensor]:
-    dists = distribution.distribution if isinstance(distribution.distribution, list) else [distribution.distribution]
-    tensors = []
-    for dist in dists:
-        if isinstance(dist, th.distributions.Normal):
-            tensors += [dist.loc, dist.scale]
-        else:
-            tensors.append(dist.logits)  # type: ignore[attr-defined]
-    return tensors

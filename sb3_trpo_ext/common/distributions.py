@@ -89,3 +89,21 @@ def mean_kl(old: Distribution, new: Distribution) -> th.Tensor:
     :return: a scalar tensor
     """
     return kl_per_state(old, new).mean()
+
+
+def actor_parameters(policy: th.nn.Module, distribution: Distribution) -> list[th.nn.Parameter]:
+    """
+    The parameters the action distribution depends on (the actor's), found through autograd.
+
+    :param policy: the policy
+    :param distribution: its distribution on some batch (built with gradients)
+    :return: the parameters with a gradient path to the distribution's tensors
+    """
+    params = [p for p in policy.parameters() if p.requires_grad]
+    dists = distribution.distribution if isinstance(distribution.distribution, list) else [distribution.distribution]
+    tensors: list[th.Tensor] = []
+    for dist in dists:
+        tensors += [dist.loc, dist.scale] if isinstance(dist, th.distributions.Normal) else [dist.logits]  # type: ignore[attr-defined]
+    probe = th.stack([t.sum() for t in tensors]).sum()
+    grads = th.autograd.grad(probe, params, retain_graph=True, allow_unused=True)
+    return [p for p, g in zip(params, grads, strict=True) if g is not None]

@@ -214,3 +214,37 @@ def single_threaded_blas() -> Iterator[None]:
         _controller = ThreadpoolController()
     with _controller.limit(limits=1, user_api="blas"):
         yield
+
+
+def side_by_side(first: list[Layer], second: list[Layer]) -> list[Layer] | None:
+    """
+    Two MLPs on the same input as one, with block-diagonal layers: its output is ``[first(x), second(x)]``, so a
+    rollout step evaluates the actor and the critic in one :class:`NumpyMlp` forward (3 matrix products instead of
+    6 on a 64x64 MLP policy; the per-call overhead, not arithmetic, is what costs at batch size 1).
+
+    :param first: output of :func:`mlp_layers`
+    :param second: output of :func:`mlp_layers`, on the same input
+    :return: the combined layers, or ``None`` when the two differ in depth or activations
+    """
+    if len(first) != len(second) or any(a[1] is not b[1] for a, b in zip(first, second, strict=True)):
+        return None
+    layers: list[Layer] = []
+    for index, ((linear_a, activation), (linear_b, _)) in enumerate(zip(first, second, strict=True)):
+        out_a, out_b = linear_a.out_features, linear_b.out_features
+        in_a, in_b = linear_a.in_features, linear_b.in_features
+        shared_input = index == 0
+        combined = nn.utils.skip_init(nn.Linear, in_a if shared_input else in_a + in_b, out_a + out_b)  # no RNG draw
+        with th.no_grad():
+            combined.weight.zero_()
+            combined.weight[:out_a, :in_a] = linear_a.weight
+            if shared_input:
+                combined.weight[out_a:, :] = linear_b.weight
+            else:
+                combined.weight[out_a:, in_a:] = linear_b.weight
+            combined.bias.copy_(th.cat([_bias(linear_a), _bias(linear_b)]))
+        layers.append((combined, activation))
+    return layers
+
+
+def _bias(linear: nn.Linear) -> th.Tensor:
+    return linear.bias.detach() if linear.bias is not None else th.zeros(linear.out_features)

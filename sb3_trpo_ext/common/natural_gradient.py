@@ -14,9 +14,23 @@ Pure functions on tensors (no ``self``), so each piece can be checked against an
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch as th
+
+
+@dataclass
+class StepOutcome:
+    """What a step rule did."""
+
+    accepted: bool
+    objective: float
+    kl: float
+    step_size: float
+    line_search_iterations: int = 0
+    non_finite: bool = False
+    """The step gave a non-finite result and was undone (counted as a skipped update)."""
+    extra: dict[str, float] = field(default_factory=dict)
 
 
 def get_flat_params(params: Sequence[th.Tensor]) -> th.Tensor:

@@ -19,7 +19,7 @@ A non-finite observation stops collection with an error that names it (see :func
 """
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch as th
@@ -38,7 +38,7 @@ from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_trpo_ext.common.backends import choose_backends
-from sb3_trpo_ext.common.fast_mlp import NumpyMlp, mlp_layers
+from sb3_trpo_ext.common.fast_mlp import NumpyMlp, mlp_layers, side_by_side
 
 if TYPE_CHECKING:
     from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
@@ -140,6 +140,14 @@ class RolloutPolicy:
         backends = choose_backends(policy)
         self.numpy_actor = NumpyMlp(mlp_layers(policy, "actor")) if backends.rollout_actor == "numpy-mlp" else None  # type: ignore[arg-type]
         self.numpy_critic = NumpyMlp(mlp_layers(policy, "critic")) if backends.rollout_critic == "numpy-mlp" else None  # type: ignore[arg-type]
+        # both on NumPy: one block-diagonal forward per step gives the actor's output and the value together
+        both = None
+        if self.numpy_actor is not None and self.numpy_critic is not None:
+            both = side_by_side(mlp_layers(policy, "actor"), mlp_layers(policy, "critic"))  # type: ignore[arg-type]
+        self.numpy_actor_critic = NumpyMlp(both) if both is not None else None
+        self.half_squared_noise = None
+        if self.kind == "gaussian":  # the Gaussian log-density of every draw, in one vectorized pass
+            self.half_squared_noise = 0.5 * np.square(noise.values).sum(axis=-1)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ forwards
 
@@ -191,21 +199,25 @@ class RolloutPolicy:
         elif self.kind == "sde":
             actions, log_probs, values = self._sample_sde(obs, noise, need_values)  # type: ignore[arg-type]
         else:
-            if self.numpy_actor is not None:
+            if need_values and self.numpy_actor_critic is not None:
+                both = self.numpy_actor_critic(obs)  # type: ignore[arg-type]
+                out, values = both[:, :-1], both[:, -1]
+            elif self.numpy_actor is not None:
                 out = self.numpy_actor(obs)  # type: ignore[arg-type]
             else:
                 actor_out, _, values_t = self._torch_forward(obs, need_values)
                 out = actor_out.cpu().numpy()
                 values = None if values_t is None else values_t.cpu().numpy()
-            actions, log_probs = self._sample(out, noise)  # type: ignore[arg-type]
+            actions, log_probs = self._sample(out, noise, rows)  # type: ignore[arg-type]
         if need_values and values is None:
             values = self.values(obs)
         return actions.reshape(-1, *self.action_shape), log_probs, values
 
-    def _sample(self, out: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _sample(self, out: np.ndarray, noise: np.ndarray, rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """Actions and log-probabilities from the actor's output and this call's noise, in closed form."""
         if self.kind == "gaussian":
-            log_probs = self.log_prob_constant - 0.5 * np.square(noise).sum(axis=-1)
+            half_squared = self.half_squared_noise[self.step - 1]  # type: ignore[index]
+            log_probs = self.log_prob_constant - (half_squared if rows is None else half_squared[rows])
             return out + self.std * noise, log_probs
         if self.kind == "bernoulli":
             actions = (noise < 1.0 / (1.0 + np.exp(-out))).astype(np.float32)
@@ -272,6 +284,14 @@ def env_actions(policy: ActorCriticPolicy, action_space: spaces.Space, actions: 
     return actions
 
 
+def _env_action_function(policy: ActorCriticPolicy, action_space: spaces.Space) -> Any:
+    """:func:`env_actions` for one rollout, with the Box bounds looked up once (``np.clip``'s dispatch is slow)."""
+    if isinstance(action_space, spaces.Box) and not policy.squash_output:
+        low, high = action_space.low, action_space.high
+        return lambda actions: np.minimum(np.maximum(actions, low), high)
+    return lambda actions: env_actions(policy, action_space, actions)
+
+
 def check_finite_observations(obs: Observation, where: str) -> None:
     """
     Stop with a clear error when an observation holds NaN or inf (the policy's distribution cannot be built on it,
@@ -283,7 +303,7 @@ def check_finite_observations(obs: Observation, where: str) -> None:
     """
     arrays = obs.items() if isinstance(obs, dict) else [("", obs)]
     for key, array in arrays:
-        if array.dtype.kind != "f" or np.isfinite(array).all():
+        if array.dtype.kind != "f" or np.isfinite(np.sum(array)) and np.isfinite(array).all():
             continue
         flat = array.reshape(len(array), -1)
         index = int(np.flatnonzero(~np.isfinite(flat).all(axis=1))[0])
@@ -324,17 +344,29 @@ def collect_rollouts_fast(
         policy.reset_noise(env.num_envs)  # as SB3 does (the rollout itself draws its own matrices, one per env)
     rollout_policy = RolloutPolicy(policy, RolloutNoise.draw(policy, env.num_envs, n_rollout_steps, sde_sample_freq))
     is_discrete = isinstance(algorithm.action_space, spaces.Discrete)
+    to_env = _env_action_function(policy, algorithm.action_space)
+    if device.type == "cpu":  # what obs_as_tensor / as_tensor give on the CPU, minus their dispatch overhead
+
+        def to_tensor(array: Any) -> Any:
+            if isinstance(array, dict):
+                return {key: th.from_numpy(np.asarray(value)) for key, value in array.items()}
+            return th.from_numpy(array)
+
+    else:
+
+        def to_tensor(array: Any) -> Any:
+            return obs_as_tensor(array, device)
+
     plain_buffer = type(rollout_buffer) is RolloutBuffer and isinstance(algorithm.observation_space, spaces.Box)
     truncated_terminals: list[tuple[int, int, Observation]] = []
     check_finite_observations(algorithm._last_obs, "at the start of the rollout")  # type: ignore[arg-type]
     callback.on_rollout_start()
 
     while n_steps < n_rollout_steps:
-        obs_tensor = obs_as_tensor(algorithm._last_obs, device)  # type: ignore[arg-type]
+        obs_tensor = to_tensor(algorithm._last_obs)
         actions, step_log_probs, step_values = rollout_policy(algorithm._last_obs, need_values=True)  # type: ignore[arg-type]
-        values = th.as_tensor(step_values, device=device).reshape(-1, 1)
-        log_probs = th.as_tensor(step_log_probs, device=device)
-        clipped_actions = env_actions(policy, algorithm.action_space, actions)
+        values, log_probs = to_tensor(step_values.reshape(-1, 1)), to_tensor(step_log_probs)  # type: ignore[union-attr]
+        clipped_actions = to_env(actions)
         new_obs, rewards, dones, infos = env.step(clipped_actions)
         check_finite_observations(new_obs, f"after step {algorithm.num_timesteps // env.num_envs}")  # type: ignore[arg-type]
         algorithm.num_timesteps += env.num_envs

@@ -83,3 +83,35 @@ def check_batch_size(batch_size: int, n_steps: int, n_envs: int) -> None:
             f"batch_size={batch_size} is larger than the rollout (n_steps * n_envs = {n_steps} * {n_envs} = "
             f"{rollout_size}). Use batch_size <= {rollout_size} or collect more steps per rollout."
         )
+
+
+def check_keywords(
+    learning_rate: object,
+    n_steps: int,
+    batch_size: int,
+    gamma: float,
+    gae_lambda: float,
+    cg_max_steps: int,
+    cg_damping: float,
+    n_critic_updates: int,
+    target_kl: float,
+    sub_sampling_factor: int,
+    fisher_sample_fraction: float,
+) -> None:
+    """
+    The construction-time checks of the keywords every natural-gradient algorithm shares (see its docstring).
+
+    :raises ValueError: naming the first bad keyword, its value and a typical value
+    """
+    check_positive("target_kl", target_kl, " The paper's trust region is target_kl=0.01.")
+    check_int_at_least("cg_max_steps", cg_max_steps, 1, " The paper uses 10 conjugate-gradient steps.")
+    check_in_range("cg_damping", cg_damping, 0.0, float("inf"), True, False, " Typical values: 0.1 or 1e-3.")
+    check_int_at_least("n_steps", n_steps, 1)
+    check_int_at_least("batch_size", batch_size, 1)
+    check_int_at_least("n_critic_updates", n_critic_updates, 0)
+    check_int_at_least("sub_sampling_factor", sub_sampling_factor, 1, " 1 uses every sample.")
+    check_in_range("fisher_sample_fraction", fisher_sample_fraction, 0.0, 1.0, False, True, " The paper uses 0.1.")
+    check_in_range("gamma", gamma, 0.0, 1.0, True, True)
+    check_in_range("gae_lambda", gae_lambda, 0.0, 1.0, True, True)
+    if isinstance(learning_rate, (int, float)):
+        check_positive("learning_rate", learning_rate)

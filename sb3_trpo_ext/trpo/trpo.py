@@ -7,8 +7,8 @@ from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 
-from sb3_trpo_ext.common.base import NaturalGradientAlgorithm, StepOutcome
-from sb3_trpo_ext.common.natural_gradient import backtracking_line_search
+from sb3_trpo_ext.common.base import NaturalGradientAlgorithm
+from sb3_trpo_ext.common.natural_gradient import StepOutcome, backtracking_line_search
 from sb3_trpo_ext.common.validation import check_in_range, check_int_at_least
 
 

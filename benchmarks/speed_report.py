@@ -1,0 +1,87 @@
+"""
+Turn the speed benchmark's result files into the README's Speed tables (between its ``speed`` markers).
+
+    python benchmarks/speed_report.py            # print the markdown
+    python benchmarks/speed_report.py --readme   # write it into README.md
+
+Reads ``benchmarks/results/speed.json`` (the current code, ``benchmarks/speed.py``) and, when present,
+``benchmarks/results/speed_0.1.0.json`` (the same script run on release 0.1.0's package in the same sitting).
+"""
+
+import argparse
+import json
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+START, END = "<!-- speed:start -->", "<!-- speed:end -->"
+
+
+def load(name: str) -> dict | None:
+    path = os.path.join(RESULTS, name)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def library_rows(results: dict) -> list[str]:
+    rows = []
+    by_envs: dict[int, dict[str, dict]] = {}
+    for row in results["rows"]:
+        by_envs.setdefault(row["n_envs"], {})[row["lib"]] = row
+    for n_envs, libs in sorted(by_envs.items()):
+        ours, peer = libs["sb3-trpo-ext"], libs["sb3-contrib"]
+        rows.append(
+            f"| {results['label']} | {n_envs} | {peer['steps_per_s']:,.0f} | {ours['steps_per_s']:,.0f} | "
+            f"**{ours['steps_per_s'] / peer['steps_per_s']:.2f}x** | {peer['train_ms']:.0f} ms | {ours['train_ms']:.0f} ms | "
+            f"**{ours['train_ms'] / peer['train_ms']:.2f}x** |"
+        )
+    return rows
+
+
+def report() -> str:
+    current = load("speed.json")
+    if current is None:
+        raise SystemExit("no benchmarks/results/speed.json: run benchmarks/speed.py first")
+    lines = [
+        f"Measured {current['date']} on {current['machine']}, torch {current['torch']}, one thread, "
+        f"{current['rounds']} x {current['steps']:,} timed steps per model (`{current['command']}`):",
+        "",
+        "| code | n_envs | sb3-contrib steps/s | ours steps/s | end-to-end ratio | sb3-contrib train() | ours train() "
+        "| train() ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for results in (load("speed_0.1.0.json"), current):
+        if results is not None:
+            lines += library_rows(results)
+    if current.get("vine"):
+        lines += ["", "VineTRPO vs single-path TRPO, simulator steps per second (trunk plus branches), N=64, K=4, m=50:", ""]
+        lines += ["| n_envs | TRPO | VineTRPO | ratio |", "|---|---|---|---|"]
+        for row in current["vine"]:
+            ratio = row["vine_steps_per_s"] / row["trpo_steps_per_s"]
+            lines.append(
+                f"| {row['n_envs']} | {row['trpo_steps_per_s']:,.0f} | {row['vine_steps_per_s']:,.0f} | **{ratio:.2f}x** |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--readme", action="store_true", help="write the tables into README.md between the markers")
+    args = parser.parse_args()
+    text = report()
+    if not args.readme:
+        print(text)
+        return
+    path = os.path.join(ROOT, "README.md")
+    with open(path) as f:
+        readme = f.read()
+    start, end = readme.index(START) + len(START), readme.index(END)
+    with open(path, "w") as f:
+        f.write(readme[:start] + "\n" + text + "\n" + readme[end:])
+    print(f"Updated {path}")
+
+
+if __name__ == "__main__":
+    main()
