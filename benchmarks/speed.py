@@ -131,14 +131,19 @@ def vine_vs_single_path(args: argparse.Namespace, act_dim: int) -> list[dict[str
     print(f"{'n_envs':>6} {'TRPO':>9} {'VineTRPO':>9} {'ratio':>7}")
     rows: list[dict[str, Any]] = []
     for n_envs in args.n_envs:
-        rates = {}
+        models = {}
         for name, cls, extra in (("TRPO", TRPO, {}), ("VineTRPO", VineTRPO, VINE_SETTINGS)):
             env = make_env(n_envs, 0, args.normalize)
-            model = cls("MlpPolicy", env, seed=0, target_kl=0.01 * act_dim, **ZOO_SETTINGS, **extra)
-            timed_learn(model, 2 * 1024 * n_envs)
-            before = model.num_timesteps
-            seconds = timed_learn(model, args.rounds * args.steps)
-            rates[name] = (model.num_timesteps - before) / seconds
+            models[name] = cls("MlpPolicy", env, seed=0, target_kl=0.01 * act_dim, **ZOO_SETTINGS, **extra)
+            timed_learn(models[name], 2 * 1024 * n_envs)  # warm-up
+        steps = {name: 0 for name in models}
+        seconds = {name: 0.0 for name in models}
+        for _ in range(args.rounds):  # alternate, so that machine noise hits both alike
+            for name, model in models.items():
+                before = model.num_timesteps
+                seconds[name] += timed_learn(model, args.steps)
+                steps[name] += model.num_timesteps - before
+        rates = {name: steps[name] / seconds[name] for name in models}
         print(f"{n_envs:>6} {rates['TRPO']:>9.0f} {rates['VineTRPO']:>9.0f} {rates['VineTRPO'] / rates['TRPO']:>6.2f}x")
         rows.append({"n_envs": n_envs, "trpo_steps_per_s": rates["TRPO"], "vine_steps_per_s": rates["VineTRPO"]})
     return rows

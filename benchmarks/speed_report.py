@@ -5,7 +5,8 @@ Turn the speed benchmark's result files into the README's Speed tables (between 
     python benchmarks/speed_report.py --readme   # write it into README.md
 
 Reads ``benchmarks/results/speed.json`` (the current code, ``benchmarks/speed.py``) and, when present,
-``benchmarks/results/speed_0.1.0.json`` (the same script run on release 0.1.0's package in the same sitting).
+``benchmarks/results/speed_0.1.0.json`` (the same script run on release 0.1.0's package in the same sitting) and
+``benchmarks/results/speed_vine.json`` (``speed.py --only-vine --output ...``) for the vine table.
 """
 
 import argparse
@@ -55,14 +56,54 @@ def report() -> str:
     for results in (load("speed_0.1.0.json"), current):
         if results is not None:
             lines += library_rows(results)
-    if current.get("vine"):
-        lines += ["", "VineTRPO vs single-path TRPO, simulator steps per second (trunk plus branches), N=64, K=4, m=50:", ""]
+    vine_run = load("speed_vine.json") or current  # a separate `--only-vine` run, when there is one
+    if vine_run.get("vine"):
+        lines += [
+            "",
+            "VineTRPO vs single-path TRPO, simulator steps per second (trunk plus branches), N=64, K=4, m=50 "
+            f"(`{vine_run['command']}`, {vine_run['date']}):",
+            "",
+        ]
         lines += ["| n_envs | TRPO | VineTRPO | ratio |", "|---|---|---|---|"]
-        for row in current["vine"]:
+        for row in vine_run["vine"]:
             ratio = row["vine_steps_per_s"] / row["trpo_steps_per_s"]
             lines.append(
                 f"| {row['n_envs']} | {row['trpo_steps_per_s']:,.0f} | {row['vine_steps_per_s']:,.0f} | **{ratio:.2f}x** |"
             )
+    atari = load("speed_atari.json")
+    if atari is not None:
+        lines += ["", atari_table(atari)]
+    return "\n".join(lines)
+
+
+def atari_table(results: dict) -> str:
+    """The Breakout row (``benchmarks/speed_atari.py``) and where each library's time goes per update."""
+    rows = {row["lib"]: row for row in results["rows"]}
+    ours, peer = rows["sb3-trpo-ext"], rows["sb3-contrib"]
+    parts = results["seconds_per_update"]
+    lines = [
+        f"Atari, BreakoutNoFrameskip-v4 (`{results['command'].strip()}`, {results['date']}, {results['rounds']} x "
+        f"{results['steps']:,} timed steps per model; settings in the script's docstring):",
+        "",
+        "| sb3-contrib steps/s | ours steps/s | end-to-end ratio | sb3-contrib train() | ours train() | train() ratio |",
+        "|---|---|---|---|---|---|",
+        f"| {peer['steps_per_s']:.1f} | {ours['steps_per_s']:.1f} | **{ours['steps_per_s'] / peer['steps_per_s']:.2f}x** | "
+        f"{peer['train_s']:.1f} s | {ours['train_s']:.1f} s | **{ours['train_s'] / peer['train_s']:.2f}x** |",
+        "",
+        "| seconds per update (1,024 steps) | sb3-contrib | ours |",
+        "|---|---|---|",
+    ]
+    names = [
+        ("rollout", "rollout"),
+        ("fisher_setup", "Fisher product setup"),
+        ("fisher_products", "Fisher-vector products"),
+        ("critic", "critic fit"),
+        ("train_rest", "rest of train()"),
+        ("total", "total"),
+    ]
+    for key, label in names:
+        cells = [f"{parts[lib][key]:.2f}" if key in parts[lib] else "-" for lib in ("sb3-contrib", "sb3-trpo-ext")]
+        lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
 
 

@@ -41,11 +41,10 @@ from stable_baselines3.common.distributions import (
 from stable_baselines3.common.policies import ActorCriticPolicy
 
 from sb3_trpo_ext.common.fast_mlp import mlp_layers
-from sb3_trpo_ext.common.fisher import GAUSS_NEWTON_DISTRIBUTIONS, ActorOutput
+from sb3_trpo_ext.common.fisher import GAUSS_NEWTON_DISTRIBUTIONS, ActorOutput, FisherBackend
 
 RolloutBackend = Literal["numpy-mlp", "torch"]
 CriticFitBackend = Literal["numpy-adam", "torch"]
-FisherBackend = Literal["numpy-gauss-newton", "gauss-newton", "double-backprop"]
 
 
 class Backends(NamedTuple):

@@ -16,7 +16,7 @@ The Fisher-vector product ``v -> (F + cg_damping I) v`` of the trust-region step
 
 import warnings
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import Literal
 
 import numpy as np
 import torch as th
@@ -37,8 +37,8 @@ from sb3_trpo_ext.common.distributions import detach_distribution, kl_per_state
 from sb3_trpo_ext.common.fast_mlp import NumpyMlp, mlp_layers, single_threaded_blas
 from sb3_trpo_ext.common.natural_gradient import fisher_vector_product_fn
 
-if TYPE_CHECKING:
-    from sb3_trpo_ext.common.backends import FisherBackend
+FisherBackend = Literal["numpy-gauss-newton", "gauss-newton", "double-backprop"]
+"""The Fisher-vector product's paths (chosen by :func:`~sb3_trpo_ext.common.backends.choose_backends`)."""
 
 GAUSS_NEWTON_DISTRIBUTIONS = (
     DiagGaussianDistribution,
@@ -52,7 +52,7 @@ FisherVectorProduct = Callable[[th.Tensor], th.Tensor]
 
 
 def make_fisher_vector_product(
-    backend: "FisherBackend",
+    backend: FisherBackend,
     policy: ActorCriticPolicy,
     observations: PyTorchObs,
     params: Sequence[th.Tensor],
