@@ -1,0 +1,246 @@
+"""The benchmark matrix: the report's statistics, the runner's cells, commands and skipping, and one real tiny cell."""
+
+import importlib.util
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_module(name: str):
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look the module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+matrix = load_module("matrix")
+report = load_module("report")
+
+
+def write_cell(results: Path, algo: str, env: str, seed: int, steps, means, budget: int = 100, **extra) -> Path:
+    path = results / algo / env / f"seed_{seed}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cell = {
+        "algo": algo,
+        "env": env,
+        "seed": seed,
+        "budget": budget,
+        "eval_freq": 25,
+        "eval_episodes": 10,
+        "steps": list(steps),
+        "mean": list(means),
+        "std": [0.0] * len(means),
+        "wall_s": 10.0 + seed,
+        "date": f"2025-01-0{seed + 1}T10:00:00+00:00",
+        "machine": "Test CPU, 2 cores, Linux x86_64",
+        "git": {"commit": "0123456789abcdef", "dirty": False},
+        "command": f"python -m sb3_trpo_ext.train --algo {algo} --env {env} --seed {seed} -n {budget} --eval-freq 25",
+        "runner_command": "python benchmarks/matrix.py --preset test",
+        **extra,
+    }
+    path.write_text(json.dumps(cell))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Report statistics on hand-made files
+
+
+@pytest.fixture
+def hand_made(tmp_path: Path) -> Path:
+    results = tmp_path / "results"
+    # three seeds of "a", evaluated at 25, 50, 75, 100 steps of a 100-step budget
+    write_cell(results, "trpo_ext", "Toy-v0", 0, [25, 50, 75, 100], [1.0, 2.0, 3.0, 4.0])
+    write_cell(results, "trpo_ext", "Toy-v0", 1, [25, 50, 75, 100], [3.0, 4.0, 5.0, 6.0])
+    write_cell(results, "trpo_ext", "Toy-v0", 2, [25, 50, 75, 100], [2.0, 6.0, 7.0, 11.0])
+    # one seed of sb3-contrib with evaluations off the fractions: the value at 25% is the one at step 20, at 50% at 40
+    write_cell(results, "sb3-contrib", "Toy-v0", 0, [20, 40, 60, 80, 100], [10.0, 20.0, 30.0, 40.0, 50.0])
+    return results
+
+
+def test_report_statistics(hand_made: Path) -> None:
+    found = report.load(str(hand_made))
+    ours = report.summarize(found["Toy-v0"]["trpo_ext"])
+    assert ours["seeds"] == [0, 1, 2] and ours["budget"] == 100
+    at25, at50, final = ours["at"]
+    assert (at25.mean, at25.n) == (2.0, 3)
+    assert at25.std == pytest.approx(1.0)  # values 1, 3, 2: sample std 1
+    assert at50.mean == pytest.approx(4.0) and at50.std == pytest.approx(2.0)  # 2, 4, 6
+    assert final.mean == pytest.approx(7.0) and final.std == pytest.approx(np.std([4, 6, 11], ddof=1))
+    # AUC per seed: 2.5, 4.5, 6.5 -> mean 4.5, sample std 2
+    assert ours["auc"].mean == pytest.approx(4.5) and ours["auc"].std == pytest.approx(2.0)
+    assert ours["wall_s"] == pytest.approx(11.0)
+
+    theirs = report.summarize(found["Toy-v0"]["sb3-contrib"])
+    assert [stat.mean for stat in theirs["at"]] == [10.0, 20.0, 50.0]
+    assert all(stat.n == 1 and math.isnan(stat.std) for stat in theirs["at"])  # one seed: no std
+    assert theirs["auc"].mean == pytest.approx(30.0)
+
+
+def test_value_at_and_curves() -> None:
+    cell = {"steps": [10, 20, 30], "mean": [1.0, 2.0, 3.0]}
+    assert report.value_at(cell, 5) is None
+    assert report.value_at(cell, 10) == 1.0
+    assert report.value_at(cell, 29.9) == 2.0
+    assert report.value_at(cell, 100) == 3.0
+    other = {"steps": [15, 30], "mean": [0.0, 6.0]}
+    steps, mean, std = report.curves([cell, other])
+    # grid: the steps of the seed with more evaluations, within the range both cover (15 to 30)
+    assert steps.tolist() == [20.0, 30.0]
+    assert mean.tolist() == pytest.approx([(2.0 + 2.0) / 2, (3.0 + 6.0) / 2])
+    assert std.tolist() == pytest.approx([0.0, np.std([3.0, 6.0], ddof=1)])
+
+
+def test_report_markdown_and_plots(hand_made: Path) -> None:
+    text = report.report(str(hand_made))
+    assert "#### Toy-v0 (100 steps)" in text
+    assert "python benchmarks/matrix.py --preset test" in text and "Test CPU, 2 cores" in text
+    assert "2025-01-01 to 2025-01-03" in text and "0123456" in text
+    ours = next(line for line in text.splitlines() if line.startswith("| `trpo_ext`"))
+    assert ours == "| `trpo_ext` | 3 | 2.00 ± 1.00 | 4.00 ± 2.00 | 7.00 ± 3.61 | 4.50 ± 2.00 | 11 |"
+    theirs = next(line for line in text.splitlines() if line.startswith("| `sb3-contrib`"))
+    assert theirs == "| `sb3-contrib` | 1 | **10.0** | **20.0** | **50.0** | **30.0** | 10 |"
+    assert "--seed S -n 100" in text  # commands with the seed as a placeholder
+    assert (hand_made / "Toy-v0.png").stat().st_size > 1000
+
+
+def test_readme_markers(hand_made: Path, tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n")
+    with pytest.raises(SystemExit, match="markers"):
+        report.write_readme("TABLE", str(readme))
+    assert readme.read_text() == "intro\n"
+    readme.write_text(f"intro\n{report.START}\nold\n{report.END}\nend\n")
+    report.main(["--results", str(hand_made), "--no-plots", "--readme", "--readme-path", str(readme)])
+    content = readme.read_text()
+    assert "old" not in content and "| `trpo_ext` | 3 |" in content and content.endswith(f"{report.END}\nend\n")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Runner: commands, budgets, skipping (no training)
+
+
+def test_commands_and_budgets(tmp_path: Path) -> None:
+    ours = matrix.make_cells(["trpo_ext"], ["CartPole-v1"], [3], results=str(tmp_path), logs=str(tmp_path / "logs"))[0]
+    assert ours.budget == 100_000 and ours.eval_freq == 5_000  # our YAML's n_timesteps, 20 evaluations
+    command = ours.command()
+    assert command[1:5] == ["-m", "sb3_trpo_ext.train", "--algo", "trpo_ext"]
+    text = " ".join(command[1:])
+    assert "--env CartPole-v1 --seed 3 -n 100000 --eval-freq 5000 --eval-episodes 10 --num-threads 1 -f" in text
+    assert "-conf" not in command
+
+    contrib_classic, contrib_mujoco = matrix.make_cells(["sb3-contrib"], ["Acrobot-v1", "Hopper-v5"], [0])
+    assert contrib_classic.command()[1:5] == ["-m", "rl_zoo3.train", "--algo", "trpo"]
+    assert "-conf" not in contrib_classic.command()  # rl-zoo3's own trpo.yml has Acrobot-v1
+    assert contrib_mujoco.command()[-2:] == ["-conf", "benchmarks/matrix_configs/trpo_contrib.yml"]
+    assert contrib_mujoco.budget == 1_000_000
+    hopper = matrix.config_entry("sb3-contrib", "Hopper-v5")
+    assert (hopper["n_envs"], hopper["n_steps"], hopper["batch_size"], hopper["cg_max_steps"]) == (2, 1024, 128, 25)
+    assert matrix.config_entry("sb3-contrib", "Swimmer-v5")["gamma"] == 0.9999
+    assert matrix.config_entry("sb3-contrib", "HalfCheetah-v5")["target_kl"] == 0.04
+
+    # presets fix the budgets (rl-zoo3's) for every algorithm; --budget and --eval-freq win
+    vine = matrix.make_cells(["vine_trpo"], ["CartPole-v1"], [0], budgets=matrix.PRESETS["classic"]["budgets"])[0]
+    assert vine.budget == 100_000
+    # vine: callbacks on trunk steps only (512 per 512 + 64 x 2 x 50 simulator steps), at most one evaluation per trunk
+    assert matrix.zoo_eval_freq("vine_trpo", "CartPole-v1", 5_000) == 512
+    assert matrix.zoo_eval_freq("vine_trpo", "CartPole-v1", 50_000) == round(50_000 * 512 / 6912)
+    small = matrix.make_cells(["natural_pg"], ["Pendulum-v1"], [1], budget=3000, eval_freq=700)[0]
+    assert (small.budget, small.eval_freq) == (3000, 700)
+    assert matrix.make_cells(["trpo_ext"], ["MountainCarContinuous-v0"], [0])[0].eval_freq == 2_500
+
+    cells = matrix.make_cells(["trpo_ext", "sb3-contrib"], ["CartPole-v1", "Acrobot-v1"], [0, 1])
+    assert [(c.seed, c.env, c.algo) for c in cells[:4]] == [
+        (0, "CartPole-v1", "trpo_ext"),
+        (0, "CartPole-v1", "sb3-contrib"),
+        (0, "Acrobot-v1", "trpo_ext"),
+        (0, "Acrobot-v1", "sb3-contrib"),
+    ]
+    assert ours.display_command().startswith("python -m sb3_trpo_ext.train --algo trpo_ext")
+    default = matrix.make_cells(["trpo_ext"], ["CartPole-v1"], [0])[0]
+    assert default.display_command().endswith("-f benchmarks/output/matrix/trpo_ext/CartPole-v1/seed_0")
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_skips_done_and_locked_cells(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cells = matrix.make_cells(["trpo_ext"], ["CartPole-v1"], [0, 1, 2, 3], results=str(tmp_path), logs=str(tmp_path / "l"))
+    done, locked, stale, todo = cells
+    write_cell(tmp_path, "trpo_ext", "CartPole-v1", 0, [1], [1.0])
+    Path(locked.lock_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(locked.lock_path).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    Path(stale.lock_path).write_text(json.dumps({"pid": dead_pid(), "host": socket.gethostname()}))
+    assert [matrix.cell_state(cell) for cell in cells] == ["done", "locked", "todo", "todo"]
+
+    trained = []
+    runner = matrix.Runner("test", quiet=True)
+    monkeypatch.setattr(runner, "train", lambda cell: trained.append(cell.seed) or "ok")
+    assert matrix.run_cells(cells, 1, runner) == {"done": 1, "locked": 1, "ok": 2}
+    assert trained == [2, 3]  # the dead runner's lock was taken over
+    assert Path(locked.lock_path).exists()  # another live runner's lock is left alone
+    assert not Path(stale.lock_path).exists() and not Path(todo.lock_path).exists()  # released after the run
+
+    # two workers given the same cells at the same time train each once
+    def slow_train(cell) -> str:
+        trained.append(cell.seed)
+        time.sleep(0.2)
+        matrix.write_json_atomic(cell.result_path, {"seed": cell.seed})
+        return "ok"
+
+    trained.clear()
+    for cell in (locked, stale, todo):
+        Path(cell.result_path).unlink(missing_ok=True)
+    Path(locked.lock_path).unlink()
+    monkeypatch.setattr(runner, "train", slow_train)
+    counts = matrix.run_cells([c for cell in cells for c in (cell, cell)], 2, runner)
+    assert sorted(trained) == [1, 2, 3] and counts["ok"] == 3 and counts["done"] + counts["locked"] == 5
+
+
+def test_atomic_write(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b.json"
+    matrix.write_json_atomic(str(path), {"x": 1})
+    assert json.loads(path.read_text()) == {"x": 1}
+    assert [p.name for p in path.parent.iterdir()] == ["b.json"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# One tiny real cell, end to end
+
+
+def test_tiny_cell_end_to_end(tmp_path: Path) -> None:
+    results, logs = tmp_path / "results", tmp_path / "logs"
+    argv = ["--algos", "trpo_ext", "--envs", "CartPole-v1", "--seeds", "0", "--budget", "2000", "--eval-freq", "1000"]
+    argv += ["--results", str(results), "--logs", str(logs)]
+    assert matrix.main(argv) == 0
+    cell = json.loads((results / "trpo_ext" / "CartPole-v1" / "seed_0.json").read_text())
+    assert (cell["algo"], cell["env"], cell["seed"], cell["budget"]) == ("trpo_ext", "CartPole-v1", 0, 2000)
+    assert cell["steps"] == [1000, 2000] and cell["eval_episodes"] == 10
+    assert all(9 <= value <= 500 for value in cell["mean"]) and all(value >= 0 for value in cell["std"])
+    assert cell["wall_s"] > 0 and cell["git"]["commit"] and cell["versions"]["stable-baselines3"]
+    assert "--seed 0 -n 2000 --eval-freq 1000 --eval-episodes 10 --num-threads 1" in cell["command"]
+    assert not (logs / "trpo_ext" / "CartPole-v1" / "seed_0").exists()  # the big logs are deleted
+    assert not list(results.rglob("*.lock")) and not list(results.rglob("*.tmp*"))
+
+    # a second run skips the finished cell
+    mtime = (results / "trpo_ext" / "CartPole-v1" / "seed_0.json").stat().st_mtime
+    assert matrix.main(argv) == 0
+    assert (results / "trpo_ext" / "CartPole-v1" / "seed_0.json").stat().st_mtime == mtime
+
+    text = report.report(str(results))
+    assert "#### CartPole-v1 (2K steps)" in text and "| `trpo_ext` | 1 |" in text
+    assert (results / "CartPole-v1.png").exists()
