@@ -18,6 +18,7 @@ episodes are bootstrapped with the critic's value of the terminal observation (a
 A non-finite observation stops collection with an error that names it (see :func:`check_finite_observations`).
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -268,28 +269,21 @@ def _gumbel(shape: tuple[int, ...]) -> th.Tensor:
     return -th.log(-th.log(uniform))
 
 
-def env_actions(policy: ActorCriticPolicy, action_space: spaces.Space, actions: np.ndarray) -> np.ndarray:
+def env_action_function(policy: ActorCriticPolicy, action_space: spaces.Space) -> Callable[[np.ndarray], np.ndarray]:
     """
-    Actions as the env takes them, as SB3 does: Box actions unsquashed (``squash_output``) or clipped to the bounds.
+    How actions become what the env takes, as SB3 does: Box actions unsquashed (``squash_output``) or clipped to the
+    bounds (looked up once: ``np.clip``'s dispatch costs more than the clipping), other spaces unchanged.
 
     :param policy: the policy
     :param action_space: the action space
-    :param actions: actions of shape ``(batch, *action_space.shape)``
-    :return: the actions to pass to ``env.step``
+    :return: a function of actions of shape ``(batch, *action_space.shape)``
     """
     if isinstance(action_space, spaces.Box):
         if policy.squash_output:
-            return policy.unscale_action(actions)
-        return np.clip(actions, action_space.low, action_space.high)
-    return actions
-
-
-def _env_action_function(policy: ActorCriticPolicy, action_space: spaces.Space) -> Any:
-    """:func:`env_actions` for one rollout, with the Box bounds looked up once (``np.clip``'s dispatch is slow)."""
-    if isinstance(action_space, spaces.Box) and not policy.squash_output:
+            return policy.unscale_action
         low, high = action_space.low, action_space.high
         return lambda actions: np.minimum(np.maximum(actions, low), high)
-    return lambda actions: env_actions(policy, action_space, actions)
+    return lambda actions: actions
 
 
 def check_finite_observations(obs: Observation, where: str) -> None:
@@ -344,7 +338,7 @@ def collect_rollouts_fast(
         policy.reset_noise(env.num_envs)  # as SB3 does (the rollout itself draws its own matrices, one per env)
     rollout_policy = RolloutPolicy(policy, RolloutNoise.draw(policy, env.num_envs, n_rollout_steps, sde_sample_freq))
     is_discrete = isinstance(algorithm.action_space, spaces.Discrete)
-    to_env = _env_action_function(policy, algorithm.action_space)
+    to_env = env_action_function(policy, algorithm.action_space)
     if device.type == "cpu":  # what obs_as_tensor / as_tensor give on the CPU, minus their dispatch overhead
 
         def to_tensor(array: Any) -> Any:
@@ -415,7 +409,7 @@ def collect_rollouts_fast(
         n_steps += 1
 
     if truncated_terminals:
-        terminal_obs = _stack([terminal for _, _, terminal in truncated_terminals])
+        terminal_obs = stack_observations([terminal for _, _, terminal in truncated_terminals])
         terminal_values = rollout_policy.values(terminal_obs)
         for (step, idx, _), terminal_value in zip(truncated_terminals, terminal_values, strict=True):
             rollout_buffer.rewards[step, idx] += algorithm.gamma * float(terminal_value)
@@ -460,7 +454,9 @@ def add_to_plain_buffer(
     buffer.full = buffer.pos == buffer.buffer_size
 
 
-def _stack(observations: list[Observation]) -> Observation:
+def stack_observations(observations: list[Observation]) -> Observation:
+    """:param observations: single observations (arrays or dicts of arrays)
+    :return: them as one batch"""
     if isinstance(observations[0], dict):
         return {key: np.stack([obs[key] for obs in observations]) for key in observations[0]}  # type: ignore[index]
     return np.stack(observations)  # type: ignore[arg-type]

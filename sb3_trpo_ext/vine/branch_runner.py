@@ -18,7 +18,7 @@ import numpy as np
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecEnvWrapper
 
-from sb3_trpo_ext.common.rollouts import RolloutNoise, env_actions
+from sb3_trpo_ext.common.rollouts import RolloutNoise, env_action_function
 from sb3_trpo_ext.vine.branches import (
     BRANCH_WORKER_ATTRIBUTE,
     BranchTransform,
@@ -137,7 +137,8 @@ class BranchRunner:
             policy, n_states if crn else n_branches, max(1, config.rollout_length - 1), config.sde_sample_freq
         )
         noise_row = state_of if crn else np.arange(n_branches)
-        first_actions = np.array(env_actions(policy, policy.action_space, actions.reshape(n_branches, *actions.shape[2:])))
+        to_env = env_action_function(policy, policy.action_space)
+        first_actions = np.array(to_env(actions.reshape(n_branches, *actions.shape[2:])))
         transform = BranchTransform.of(self.venv)
         shipped = policy if self.local is not None else _shippable(policy)
         wave_size = self.n_workers * config.branch_envs_per_worker

@@ -35,7 +35,14 @@ from stable_baselines3.common.vec_env import (
     VecTransposeImage,
 )
 
-from sb3_trpo_ext.common.rollouts import RolloutNoise, RolloutPolicy, check_finite_observations, env_actions
+from sb3_trpo_ext.common.policy_batch import index_observations
+from sb3_trpo_ext.common.rollouts import (
+    RolloutNoise,
+    RolloutPolicy,
+    check_finite_observations,
+    env_action_function,
+    stack_observations,
+)
 from sb3_trpo_ext.vine.snapshot import Snapshot, SnapshotError, capture, check_snapshottable, restore
 from sb3_trpo_ext.vine.snapshot.wrappers import VineWorkerWrapper as VineWorkerWrapper  # re-exported (0.1.0 API)
 
@@ -250,6 +257,7 @@ def run_wave(pools: list[BranchPool], wave: Wave, policy: ActorCriticPolicy) -> 
         pool.start([(wave.snapshots[b], wave.reseeds[b]) for b in members])
     clones = [pools[wave.pool_of[b]].clones[slots[b]] for b in range(n_branches)]
     sampler = RolloutPolicy(policy, wave.noise)
+    to_env = env_action_function(policy, policy.action_space)
     stacks = [stack.copy() for stack in wave.frame_stacks]
     actions = np.array(wave.first_actions)
     q_values = np.zeros(n_branches)
@@ -258,7 +266,7 @@ def run_wave(pools: list[BranchPool], wave: Wave, policy: ActorCriticPolicy) -> 
     for t in range(wave.rollout_length):
         transitions = [clones[b].step(actions[b])[:4] for b in live]
         steps += len(live)
-        raw_obs = _stack([transition[0] for transition in transitions])
+        raw_obs = stack_observations([transition[0] for transition in transitions])
         raw_rewards = np.array([transition[1] for transition in transitions], dtype=np.float32)
         terminated = np.array([transition[2] for transition in transitions], dtype=bool)
         truncated = np.array([transition[3] for transition in transitions], dtype=bool)
@@ -271,28 +279,16 @@ def run_wave(pools: list[BranchPool], wave: Wave, policy: ActorCriticPolicy) -> 
         cut = ~terminated & (truncated | (last & wave.bootstrap))
         if cut.any():
             with th.no_grad():
-                values = policy.predict_values(obs_as_tensor(_select(obs, cut), policy.device))  # type: ignore[arg-type]
+                values = policy.predict_values(obs_as_tensor(index_observations(obs, cut), policy.device))  # type: ignore[arg-type]
             q_values[live[cut]] += wave.gamma ** (t + 1) * values.flatten().cpu().numpy()
         going_on = ~(terminated | truncated)
         if last or not going_on.any():
             break
         sampler.step = t
-        next_actions, _, _ = sampler(_select(obs, going_on), rows=live[going_on])
+        next_actions, _, _ = sampler(index_observations(obs, going_on), rows=live[going_on])  # type: ignore[arg-type]
         live = live[going_on]
-        actions[live] = env_actions(policy, policy.action_space, next_actions)
+        actions[live] = to_env(next_actions)
     return q_values, steps
-
-
-def _stack(observations: list[Observation]) -> Observation:
-    if isinstance(observations[0], dict):
-        return {key: np.stack([obs[key] for obs in observations]) for key in observations[0]}  # type: ignore[index]
-    return np.stack(observations)  # type: ignore[arg-type]
-
-
-def _select(obs: Observation, mask: np.ndarray) -> Observation:
-    if isinstance(obs, dict):
-        return {key: value[mask] for key, value in obs.items()}
-    return obs[mask]
 
 
 # ---------------------------------------------------------------------------------------------------- the worker

@@ -15,7 +15,7 @@ import numpy as np
 from gymnasium import spaces
 from stable_baselines3.common.policies import ActorCriticPolicy
 
-from sb3_trpo_ext.common.rollouts import RolloutNoise, RolloutPolicy
+from sb3_trpo_ext.common.rollouts import RolloutNoise, RolloutPolicy, stack_observations
 from sb3_trpo_ext.vine.snapshot import Snapshot
 
 Observation = np.ndarray | dict[str, np.ndarray]
@@ -67,13 +67,7 @@ class RolloutSet:
 
     def observations(self) -> Observation:
         """:return: the rollout-set observations as one batch, shape ``(N, *obs_shape)``"""
-        return _stack(self.observations_)
-
-
-def _stack(observations: list[Observation]) -> Observation:
-    if isinstance(observations[0], dict):
-        return {key: np.stack([obs[key] for obs in observations]) for key in observations[0]}  # type: ignore[index]
-    return np.stack(observations)  # type: ignore[arg-type]
+        return stack_observations(self.observations_)
 
 
 def uses_all_actions(action_space: spaces.Space, n_actions_per_state: int) -> bool:
