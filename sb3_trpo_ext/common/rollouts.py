@@ -286,23 +286,27 @@ def env_action_function(policy: ActorCriticPolicy, action_space: spaces.Space) -
     return lambda actions: actions
 
 
-def check_finite_observations(obs: Observation, where: str) -> None:
+def check_finite_observations(obs: Observation, where: str, step: int | None = None) -> None:
     """
     Stop with a clear error when an observation holds NaN or inf (the policy's distribution cannot be built on it,
     and one such sample would poison the trust-region step).
 
     :param obs: a batch of observations, one per env (or branch)
     :param where: where they come from, for the message
+    :param step: the step, appended to ``where`` (formatted only for the message: this runs every step)
     :raises ValueError: naming the env index, the observation key and the fix
     """
     arrays = obs.items() if isinstance(obs, dict) else [("", obs)]
     for key, array in arrays:
-        if array.dtype.kind != "f" or np.isfinite(np.sum(array)) and np.isfinite(array).all():
+        # a finite sum means every entry is finite (NaN or inf propagate); only an overflowing sum needs the full check
+        if array.dtype.kind != "f" or np.isfinite(np.sum(array)) or np.isfinite(array).all():
             continue
         flat = array.reshape(len(array), -1)
         index = int(np.flatnonzero(~np.isfinite(flat).all(axis=1))[0])
         bad = flat[index][~np.isfinite(flat[index])]
         name = f" key {key!r}" if key else ""
+        if step is not None:
+            where = f"{where} {step}"
         raise ValueError(
             f"Non-finite observation{name} ({bad[:3].tolist()}...) from env {index} {where}: the policy cannot act on NaN "
             f"or inf. Find where it comes from with SB3's VecCheckNan (env = VecCheckNan(env, raise_exception=True)), "
@@ -362,7 +366,7 @@ def collect_rollouts_fast(
         values, log_probs = to_tensor(step_values.reshape(-1, 1)), to_tensor(step_log_probs)  # type: ignore[union-attr]
         clipped_actions = to_env(actions)
         new_obs, rewards, dones, infos = env.step(clipped_actions)
-        check_finite_observations(new_obs, f"after step {algorithm.num_timesteps // env.num_envs}")  # type: ignore[arg-type]
+        check_finite_observations(new_obs, "after step", algorithm.num_timesteps // env.num_envs)  # type: ignore[arg-type]
         algorithm.num_timesteps += env.num_envs
 
         callback.update_locals(
