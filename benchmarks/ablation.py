@@ -1,25 +1,30 @@
 """
 Ablation: where ours and sb3-contrib's TRPO differ, one change at a time, on one task (default Acrobot-v1, where
-ours trails in area under the curve).
+ours trailed in area under the curve).
 
-Every variant trains in this process, one after another, with rl-zoo3's settings for the task (VecNormalize, n_envs
-2, n_steps 1024, batch 128), and is evaluated every ``--eval-every`` steps on 10 deterministic episodes (the eval env
-uses the training env's normalization statistics). Each (variant, seed) result is saved as it ends under
+Every variant trains in this process, one after another, with the task's entry of our ``hyperparams/trpo_ext.yml``
+(n_envs, VecNormalize when the entry says ``normalize``, and its keyword arguments; sb3-contrib gets rl-zoo3's
+``trpo.yml`` entry), and is evaluated every ``--eval-every`` steps on 10 deterministic episodes (the eval env uses the
+training env's normalization statistics). Each (variant, seed) result is saved as it ends under
 ``benchmarks/results/ablation/{env}/{variant}/seed_{S}.json`` and skipped when present; ``--report`` prints the table.
 
 Variants (each differs from ``ours`` in one thing):
 
-- ``ours``: TRPO with our YAML entry (cg_max_steps 15);
+- ``ours``: TRPO with our YAML entry;
 - ``damped-full-step``: the full step ``beta = sqrt(2 delta / s^T (F + damping I) s)``, with the damped Fisher as
   sb3-contrib and OpenAI baselines do (ours uses the undamped ``F``, so the first try is larger);
-- ``cg-10``: our default 10 conjugate-gradient steps instead of 15;
-- ``sb3-contrib``: sb3-contrib's TRPO with the same settings.
+- ``cg-10``: our default 10 conjugate-gradient steps instead of the entry's ``cg_max_steps``;
+- ``kl-rescale``: the line search aims a try rejected for its KL at the boundary (``rescale_on_kl``) instead of
+  shrinking it by 0.8;
+- ``sb3-contrib``: sb3-contrib's TRPO with rl-zoo3's settings for the task.
 
     python benchmarks/ablation.py --seeds 0 1 2 3 4
+    python benchmarks/ablation.py --env CartPole-v1 --variants ours kl-rescale
     python benchmarks/ablation.py --report          # or --readme: into README.md between its markers
 """
 
 import argparse
+import functools
 import json
 import os
 import time
@@ -27,29 +32,48 @@ from typing import Any
 
 import numpy as np
 import torch as th
+import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "ablation")
-SETTINGS: dict[str, Any] = dict(n_steps=1024, batch_size=128, cg_max_steps=15)
-VARIANTS = ("ours", "damped-full-step", "cg-10", "sb3-contrib")
+VARIANTS = ("ours", "damped-full-step", "cg-10", "kl-rescale", "sb3-contrib")
+NOT_KEYWORDS = ("n_timesteps", "policy", "normalize", "n_envs", "env_wrapper", "frame_stack", "normalize_kwargs")
 
 
-def build(variant: str, env: Any, seed: int) -> Any:
+def yaml_entry(variant: str, env_id: str) -> dict[str, Any]:
+    """The env's entry in our YAML (rl-zoo3's ``trpo.yml`` for sb3-contrib)."""
+    if variant == "sb3-contrib":
+        import rl_zoo3
+
+        path = os.path.join(os.path.dirname(rl_zoo3.__file__), "hyperparams", "trpo.yml")
+    else:
+        path = os.path.join(ROOT, "hyperparams", "trpo_ext.yml")
+    with open(path) as f:
+        return dict(yaml.safe_load(f)[env_id])
+
+
+def build(variant: str, env: Any, seed: int, entry: dict[str, Any]) -> Any:
+    import sb3_trpo_ext.common.base as base_module
+    import sb3_trpo_ext.trpo.trpo as trpo_module
+    from sb3_trpo_ext.common.natural_gradient import backtracking_line_search, full_step_scale
+
+    settings = {key: value for key, value in entry.items() if key not in NOT_KEYWORDS}
     if variant == "sb3-contrib":
         from sb3_contrib import TRPO as ContribTRPO
 
-        return ContribTRPO("MlpPolicy", env, seed=seed, **SETTINGS)
-    import sb3_trpo_ext.common.base as base_module
+        return ContribTRPO("MlpPolicy", env, seed=seed, **settings)
     from sb3_trpo_ext import TRPO
-    from sb3_trpo_ext.common.natural_gradient import full_step_scale
 
-    settings = dict(SETTINGS, cg_max_steps=10) if variant == "cg-10" else SETTINGS
+    if variant == "cg-10":
+        settings["cg_max_steps"] = 10
     model = TRPO("MlpPolicy", env, seed=seed, **settings)
+    base_module.full_step_scale = full_step_scale  # type: ignore[assignment]
+    trpo_module.backtracking_line_search = backtracking_line_search  # type: ignore[assignment]
     if variant == "damped-full-step":  # add the damping back into s^T F s
         damping = model.cg_damping
         base_module.full_step_scale = lambda s, fs, kl: full_step_scale(s, fs + damping * s, kl)  # type: ignore[assignment]
-    else:
-        base_module.full_step_scale = full_step_scale  # type: ignore[assignment]
+    if variant == "kl-rescale":
+        trpo_module.backtracking_line_search = functools.partial(backtracking_line_search, rescale_on_kl=True)  # type: ignore[assignment]
     return model
 
 
@@ -58,14 +82,20 @@ def run(variant: str, env_id: str, seed: int, budget: int, eval_every: int) -> d
     from stable_baselines3.common.evaluation import evaluate_policy
     from stable_baselines3.common.vec_env import VecNormalize
 
-    env = VecNormalize(make_vec_env(env_id, n_envs=2, seed=seed), gamma=0.99)
-    eval_env = VecNormalize(make_vec_env(env_id, n_envs=1, seed=seed + 1000), training=False, norm_reward=False)
-    model = build(variant, env, seed)
+    entry = yaml_entry(variant, env_id)
+    env = make_vec_env(env_id, n_envs=int(entry.get("n_envs", 1)), seed=seed)
+    eval_env = make_vec_env(env_id, n_envs=1, seed=seed + 1000)
+    normalize = bool(entry.get("normalize", False))
+    if normalize:
+        env = VecNormalize(env, gamma=float(entry.get("gamma", 0.99)))
+        eval_env = VecNormalize(eval_env, training=False, norm_reward=False)
+    model = build(variant, env, seed, entry)
     steps, means = [], []
     start = time.perf_counter()
     while model.num_timesteps < budget:
         model.learn(eval_every, reset_num_timesteps=False)
-        eval_env.obs_rms = env.obs_rms.copy()
+        if normalize:
+            eval_env.obs_rms = env.obs_rms.copy()
         mean, _ = evaluate_policy(model, eval_env, n_eval_episodes=10, deterministic=True)
         steps.append(int(model.num_timesteps))
         means.append(float(mean))
@@ -75,8 +105,8 @@ def run(variant: str, env_id: str, seed: int, budget: int, eval_every: int) -> d
 
 def report(env_id: str) -> str:
     lines = [
-        f"Ablation on {env_id} (`python benchmarks/ablation.py`; rl-zoo3 settings, mean ± std over seeds of 10 "
-        "deterministic episodes):",
+        f"Ablation on {env_id} (`python benchmarks/ablation.py --env {env_id}`; our YAML entry, rl-zoo3's for "
+        "sb3-contrib; mean ± std over seeds of the mean of 10 deterministic episodes):",
         "",
         "| variant | seeds | final | area under the curve |",
         "|---|---|---|---|",
@@ -111,7 +141,8 @@ def main() -> None:
     parser.add_argument("--readme", action="store_true", help="write the table into README.md between its markers")
     args = parser.parse_args()
     if args.report or args.readme:
-        text = report(args.env)
+        envs = sorted(os.listdir(RESULTS)) if args.readme else [args.env]
+        text = "\n\n".join(report(env_id) for env_id in envs)
         if args.readme:
             readme_path = os.path.join(ROOT, "README.md")
             with open(readme_path) as f:

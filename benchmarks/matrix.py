@@ -42,7 +42,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,8 +57,72 @@ CONTRIB_CONFIG = os.path.join("benchmarks", "matrix_configs", "trpo_contrib.yml"
 
 OURS = ("trpo_ext", "natural_pg", "vine_trpo")
 CONTRIB = "sb3-contrib"
-ALGOS = (*OURS, CONTRIB)
 EVAL_EPISODES = 10
+
+
+def action_dimensions(env: str) -> int:
+    """``d``: the number of dimensions of the env's Box action space (1 for discrete spaces)."""
+    import gymnasium as gym
+
+    import sb3_trpo_ext  # noqa: F401  (registers nothing, but keeps the import order of the zoo entry point)
+
+    space = gym.make(env).action_space
+    return int(np.prod(space.shape)) if isinstance(space, gym.spaces.Box) else 1
+
+
+def contrib_value(env: str, key: str, default: float) -> float:
+    return float(config_entry(CONTRIB, env).get(key, default))
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Our algorithm with ``-params`` overrides on top of its YAML entry: one change at a time, for comparisons."""
+
+    base: str
+    about: str
+    params: Callable[[str], dict[str, Any]]
+
+
+def _equal_trust_region(env: str) -> dict[str, Any]:
+    # sb3-contrib's target_kl bounds the KL averaged over the d action dimensions; ours bounds the whole KL
+    return {"target_kl": round(action_dimensions(env) * contrib_value(env, "target_kl", 0.01), 6)}
+
+
+def _contrib_engine(env: str) -> dict[str, Any]:
+    # sb3-contrib's Fisher is ours / d, so its cg_damping is ours / d too: scale both, and use the whole batch
+    d = action_dimensions(env)
+    return {
+        "target_kl": round(d * contrib_value(env, "target_kl", 0.01), 6),
+        "cg_damping": round(d * contrib_value(env, "cg_damping", 0.1), 6),
+        "fisher_sample_fraction": 1.0,
+    }
+
+
+VARIANTS: dict[str, Variant] = {
+    "trpo_ext-equal-tr": Variant(
+        "trpo_ext", "target_kl = d x sb3-contrib's (its KL is averaged over the d action dimensions)", _equal_trust_region
+    ),
+    "trpo_ext-fisher-all": Variant(
+        "trpo_ext", "Fisher-vector products on the whole batch", lambda env: {"fisher_sample_fraction": 1.0}
+    ),
+    "trpo_ext-contrib-engine": Variant(
+        "trpo_ext",
+        "sb3-contrib's trust region, damping and Fisher batch in ours: target_kl and cg_damping x d, whole-batch Fisher",
+        _contrib_engine,
+    ),
+}
+ALGOS = (*OURS, *VARIANTS, CONTRIB)
+
+
+def base_algo(algo: str) -> str:
+    """The algorithm key a cell trains (a variant's base)."""
+    return VARIANTS[algo].base if algo in VARIANTS else algo
+
+
+def variant_params(algo: str, env: str) -> dict[str, Any]:
+    """The ``-params`` overrides of a variant cell (none for a plain one)."""
+    return VARIANTS[algo].params(env) if algo in VARIANTS else {}
+
 
 # rl-zoo3 2.9.2's trpo.yml budgets (classic control); MuJoCo v5 at 1M steps
 PRESETS: dict[str, dict[str, Any]] = {
@@ -98,8 +162,8 @@ def config_path(algo: str, env: str) -> str | None:
     :return: the YAML the cell's training reads, relative to ROOT where it is ours; ``None`` for rl-zoo3's own
         ``trpo.yml`` (no ``-conf`` on the command line)
     """
-    if algo in OURS:
-        return os.path.join("hyperparams", f"{algo}.yml")
+    if base_algo(algo) in OURS:
+        return os.path.join("hyperparams", f"{base_algo(algo)}.yml")
     if algo != CONTRIB:
         raise ValueError(f"unknown algorithm {algo!r}: choose from {', '.join(ALGOS)}")
     if env not in load_yaml(zoo_trpo_yml()) and env in load_yaml(os.path.join(ROOT, CONTRIB_CONFIG)):
@@ -141,7 +205,7 @@ def zoo_eval_freq(algo: str, env: str, eval_freq: int) -> int:
     and at least one trunk (the policy changes once per iteration; an evaluation at the end of a trunk sees the
     policy of the previous update).
     """
-    if algo != "vine_trpo":
+    if base_algo(algo) != "vine_trpo":
         return eval_freq
     entry = config_entry(algo, env)
     trunk = int(entry.get("n_envs", 1)) * int(entry.get("n_steps", 2048))
@@ -175,8 +239,8 @@ class Cell:
 
     def command(self) -> list[str]:
         """The training command (run in ROOT)."""
-        if self.algo in OURS:
-            head = [self.python, "-m", "sb3_trpo_ext.train", "--algo", self.algo]
+        if base_algo(self.algo) in OURS:
+            head = [self.python, "-m", "sb3_trpo_ext.train", "--algo", base_algo(self.algo)]
         else:
             head = [self.python, "-m", "rl_zoo3.train", "--algo", "trpo"]
         command = head + [
@@ -199,6 +263,9 @@ class Cell:
             conf = config_path(self.algo, self.env)
             if conf is not None:
                 command += ["-conf", conf]
+        overrides = variant_params(self.algo, self.env)
+        if overrides:
+            command += ["-params", *(f"{key}:{value}" for key, value in overrides.items())]
         return command
 
     def display_command(self) -> str:

@@ -32,9 +32,17 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "matrix")
 README = os.path.join(ROOT, "README.md")
-START, END = "<!-- matrix:start -->", "<!-- matrix:end -->"
 FRACTIONS = (0.25, 0.5, 1.0)
-ALGO_ORDER = ("trpo_ext", "natural_pg", "vine_trpo", "sb3-contrib")
+ALGO_ORDER = (
+    "trpo_ext",
+    "trpo_ext-equal-tr",
+    "trpo_ext-fisher-all",
+    "trpo_ext-contrib-engine",
+    "natural_pg",
+    "vine_trpo",
+    "sb3-contrib",
+)
+CONTRIB = "sb3-contrib"
 ENV_ORDER = (
     "CartPole-v1",
     "Acrobot-v1",
@@ -242,12 +250,50 @@ def plot(env: str, algos: dict[str, list[dict[str, Any]]], path: str) -> None:
     plt.close(figure)
 
 
+def summary_table(found: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
+    """
+    One row per env: each algorithm's mean final return and mean AUC over its seeds, and, for each of ours, whether
+    both are at least sb3-contrib's (``yes`` / ``final`` / ``AUC`` / ``no``: which of the two are).
+    """
+    names = ordered(sorted({name for algos in found.values() for name in algos}), ALGO_ORDER)
+    ours = [name for name in names if name != CONTRIB]
+    header = ["env", *(f"`{name}` final / AUC" for name in names)]
+    if CONTRIB in names:
+        header += [f"`{name}` >= sb3-contrib" for name in ours]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for env in ordered(list(found), ENV_ORDER):
+        algos = found[env]
+        stats = {name: summarize(algos[name]) for name in names if name in algos}
+        row = [env]
+        for name in names:
+            if name in stats:
+                final_stat, auc_stat = stats[name]["at"][-1], stats[name]["auc"]
+                row.append(f"{fmt(final_stat.mean)} / {fmt(auc_stat.mean)} (n={final_stat.n})")
+            else:
+                row.append("-")
+        if CONTRIB in names:
+            for name in ours:
+                if name not in stats or CONTRIB not in stats:
+                    row.append("-")
+                    continue
+                final_ok = stats[name]["at"][-1].mean >= stats[CONTRIB]["at"][-1].mean
+                auc_ok = stats[name]["auc"].mean >= stats[CONTRIB]["auc"].mean
+                row.append({(True, True): "yes", (True, False): "final", (False, True): "AUC"}.get((final_ok, auc_ok), "no"))
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def report(results: str = RESULTS, envs: Sequence[str] | None = None, plots: bool = True) -> str:
     """The markdown of every env with results; writes one PNG per env into ``results`` when ``plots``."""
     found = load(results, envs)
     if not found:
         raise SystemExit(f"no result files under {results}: run benchmarks/matrix.py first")
-    sections = []
+    sections = [
+        "Summary (mean over seeds of the final return / area under the curve; details per env below):",
+        "",
+        summary_table(found),
+        "",
+    ]
     for env in ordered(list(found), ENV_ORDER):
         sections.append(env_table(env, found[env], images=os.path.relpath(results, ROOT)))
         if plots:
@@ -255,8 +301,9 @@ def report(results: str = RESULTS, envs: Sequence[str] | None = None, plots: boo
     return "\n".join(sections).rstrip("\n")
 
 
-def write_readme(text: str, readme: str = README) -> None:
-    """Replace what is between the matrix markers of ``readme``; exit with a message if they are missing."""
+def write_readme(text: str, readme: str = README, markers: str = "matrix") -> None:
+    """Replace what is between the ``markers`` markers of ``readme``; exit with a message if they are missing."""
+    START, END = f"<!-- {markers}:start -->", f"<!-- {markers}:end -->"  # noqa: N806
     with open(readme) as f:
         content = f.read()
     if START not in content or END not in content or content.index(START) > content.index(END):
@@ -272,12 +319,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--envs", nargs="+", help="only these environments")
     parser.add_argument("--no-plots", action="store_true", help="do not write the PNG curves")
     parser.add_argument("--readme", action="store_true", help="write the tables into README.md between the matrix markers")
+    parser.add_argument("--markers", default="matrix", help="the README section: between <!-- NAME:start/end -->")
     parser.add_argument("--readme-path", default=README, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     text = report(args.results, args.envs, plots=not args.no_plots)
     print(text)
     if args.readme:
-        write_readme(text, args.readme_path)
+        write_readme(text, args.readme_path, args.markers)
         print(f"\nwrote the tables into {args.readme_path}", file=sys.stderr)
 
 

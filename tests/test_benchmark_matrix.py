@@ -121,10 +121,10 @@ def test_readme_markers(hand_made: Path, tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="markers"):
         report.write_readme("TABLE", str(readme))
     assert readme.read_text() == "intro\n"
-    readme.write_text(f"intro\n{report.START}\nold\n{report.END}\nend\n")
+    readme.write_text("intro\n<!-- matrix:start -->\nold\n<!-- matrix:end -->\nend\n")
     report.main(["--results", str(hand_made), "--no-plots", "--readme", "--readme-path", str(readme)])
     content = readme.read_text()
-    assert "old" not in content and "| `trpo_ext` | 3 |" in content and content.endswith(f"{report.END}\nend\n")
+    assert "old" not in content and "| `trpo_ext` | 3 |" in content and content.endswith("<!-- matrix:end -->\nend\n")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -244,3 +244,25 @@ def test_tiny_cell_end_to_end(tmp_path: Path) -> None:
     text = report.report(str(results))
     assert "#### CartPole-v1 (2K steps)" in text and "| `trpo_ext` | 1 |" in text
     assert (results / "CartPole-v1.png").exists()
+
+
+def test_summary_table_compares_each_of_ours_with_sb3_contrib(hand_made: Path) -> None:
+    # "trpo_ext": final 7, AUC 4.5; sb3-contrib: final 50, AUC 30; an equal-trust-region variant above both
+    write_cell(hand_made, "trpo_ext-equal-tr", "Toy-v0", 0, [50, 100], [40.0, 60.0])
+    table = report.summary_table(report.load(str(hand_made)))
+    header, _, row = table.splitlines()
+    assert header.split(" | ")[1:3] == ["`trpo_ext` final / AUC", "`trpo_ext-equal-tr` final / AUC"]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[:4] == ["Toy-v0", "7.00 / 4.50 (n=3)", "60.0 / 50.0 (n=1)", "50.0 / 30.0 (n=1)"]
+    assert cells[4:] == ["no", "yes"]
+
+
+def test_variant_cell_trains_our_algorithm_with_params_from_sb3_contribs_settings() -> None:
+    # Hopper-v5 has 3 action dimensions and sb3-contrib's default target_kl 0.01; HalfCheetah-v5 6 and rl-zoo3's 0.04
+    hopper = matrix.Cell("trpo_ext-equal-tr", "Hopper-v5", 1, 1000, 100).command()
+    assert hopper[hopper.index("--algo") + 1] == "trpo_ext"
+    assert hopper[hopper.index("-params") + 1 :] == ["target_kl:0.03"]
+    cheetah = matrix.Cell("trpo_ext-contrib-engine", "HalfCheetah-v5", 0, 1000, 100).command()
+    assert cheetah[cheetah.index("-params") + 1 :] == ["target_kl:0.24", "cg_damping:0.6", "fisher_sample_fraction:1.0"]
+    assert matrix.config_path("trpo_ext-equal-tr", "Hopper-v5") == os.path.join("hyperparams", "trpo_ext.yml")
+    assert "-params" not in matrix.Cell("trpo_ext", "Hopper-v5", 0, 1000, 100).command()

@@ -518,6 +518,28 @@ def test_line_search_accepts_full_step_when_first_try_succeeds() -> None:
     assert th.equal(get_flat_params(params), old_flat + step)
 
 
+@pytest.mark.parametrize("rescale, expected_tries", [(False, 5), (True, 2)])
+def test_line_search_rescale_on_kl_aims_at_the_boundary_of_a_quadratic_kl(rescale: bool, expected_tries: int) -> None:
+    # KL exactly quadratic in the step fraction f (kl = 4 delta f^2) and the surrogate always improving: the plain
+    # search tries 1, 0.8, 0.64, 0.512 (KL 4, 2.56, 1.64, 1.05 delta) and accepts 0.8^4; the rescaled one jumps from
+    # KL 4 delta to f = 0.98 * sqrt(1/4) = 0.49, KL 0.96 delta, accepted on the second try
+    params = _make_params(34)
+    old_flat = get_flat_params(params)
+    step = th.linspace(-1.0, 1.0, 7, dtype=DTYPE)
+    target_kl = 0.01
+
+    def evaluate() -> tuple[float, float]:
+        fraction = float((get_flat_params(params) - old_flat).norm() / step.norm())
+        return 1.0 + fraction, 4.0 * target_kl * fraction**2
+
+    result = backtracking_line_search(params, step, evaluate, 1.0, target_kl, 0.8, 10, rescale_on_kl=rescale)
+    expected_fraction = 0.49 if rescale else 0.8**4
+    assert result.accepted and result.iterations == expected_tries
+    assert math.isclose(result.step_fraction, expected_fraction, rel_tol=1e-12)
+    assert math.isclose(result.kl, 4.0 * target_kl * expected_fraction**2, rel_tol=1e-9)
+    assert result.kl <= target_kl
+
+
 def test_apply_fixed_step_restores_parameters_exactly_when_evaluate_returns_nan() -> None:
     for bad in [(float("nan"), 0.0), (1.0, float("nan")), (float("inf"), 0.0)]:
         params = _make_params(33)

@@ -230,10 +230,16 @@ def backtracking_line_search(
     target_kl: float,
     shrinking_factor: float = 0.8,
     max_iter: int = 10,
+    rescale_on_kl: bool = False,
 ) -> LineSearchResult:
     """
     Try ``theta_old + shrinking_factor^i * full_step`` for ``i = 0, 1, ...`` and keep the first candidate whose
     surrogate objective improves on ``old_objective`` and whose mean KL is at most ``target_kl``.
+
+    With ``rescale_on_kl``, a candidate rejected for its KL is followed by the fraction at which the quadratic KL model
+    through the measured KL meets the boundary, ``fraction * 0.98 * sqrt(target_kl / kl)``, instead of
+    ``fraction * shrinking_factor`` (a rejected surrogate still shrinks by ``shrinking_factor``). The acceptance rule
+    is the same.
 
     When no candidate is accepted (or one evaluates to a non-finite value), the parameters are restored to their
     exact old values, bit for bit.
@@ -245,6 +251,7 @@ def backtracking_line_search(
     :param target_kl: the trust-region size ``delta``
     :param shrinking_factor: the factor by which the step is shrunk after a failed try, in (0, 1)
     :param max_iter: the maximal number of tries
+    :param rescale_on_kl: after a try over the KL bound, aim the next one at the boundary (see above)
     :return: whether a step was accepted, and its diagnostics
     """
     saved = [p.detach().clone() for p in params]
@@ -255,6 +262,9 @@ def backtracking_line_search(
         objective, kl = evaluate()
         if math.isfinite(objective) and math.isfinite(kl) and kl <= target_kl and objective > old_objective:
             return LineSearchResult(True, iteration, fraction, objective, kl)
-        fraction *= shrinking_factor
+        if rescale_on_kl and math.isfinite(kl) and kl > target_kl:
+            fraction *= min(0.98 * (target_kl / kl) ** 0.5, 0.98)
+        else:
+            fraction *= shrinking_factor
     _restore(params, saved)
     return LineSearchResult(False, max_iter, 0.0, old_objective, 0.0)
