@@ -28,7 +28,8 @@ test-slow: $(STAMP)
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/speed.py
-	$(PY) benchmarks/learning.py
+	$(PY) benchmarks/matrix.py --preset classic --workers 2
+	$(PY) benchmarks/report.py
 
 lint: $(STAMP)
 	$(PIP) install ruff mypy
