@@ -266,3 +266,16 @@ def test_variant_cell_trains_our_algorithm_with_params_from_sb3_contribs_setting
     assert cheetah[cheetah.index("-params") + 1 :] == ["target_kl:0.24", "cg_damping:0.6", "fisher_sample_fraction:1.0"]
     assert matrix.config_path("trpo_ext-equal-tr", "Hopper-v5") == os.path.join("hyperparams", "trpo_ext.yml")
     assert "-params" not in matrix.Cell("trpo_ext", "Hopper-v5", 0, 1000, 100).command()
+
+
+def test_figure4_draws_one_panel_per_task_with_the_algorithms_present(tmp_path: Path) -> None:
+    figure4 = load_module("figure4")
+    results = tmp_path / "results"
+    for seed in (0, 1):
+        write_cell(results, "trpo_ext", "Hopper-v5", seed, [50, 100], [1.0 + seed, 2.0])
+    write_cell(results, "natural_pg", "Walker2d-v5", 0, [50, 100], [0.5, 0.7])
+    write_cell(results, "sb3-contrib", "Hopper-v5", 0, [50, 100], [3.0, 4.0])  # not one of the figure's methods
+    out = tmp_path / "figure4.png"
+    summary = figure4.plot(str(results), str(out))
+    assert summary == ["Hopper-v5: trpo_ext, 2 seeds", "Walker2d-v5: natural_pg, 1 seeds"]
+    assert out.stat().st_size > 1000
