@@ -1132,6 +1132,7 @@ def report(results: str, plot: bool = True, detail: bool = True) -> str:
         "one-at-a-time changes of K, m, bootstrapping and common random numbers): `benchmarks/results/vine_study/`.",
         "",
     ]
+    lines += headline_table(found) + [""]
     for (task, name), entry in found.items():
         reference, runs = entry["reference"], entry["configs"]
         info = reference.get("checkpoint_info", {})
@@ -1176,6 +1177,56 @@ def report(results: str, plot: bool = True, detail: bool = True) -> str:
             f"little, mean pairwise cosine below {MIN_PAIRWISE}, for the ratio to mean anything)."
         )
     return "\n".join(lines)
+
+
+def headline_table(found: dict[tuple[str, str], dict[str, Any]], thresholds: Sequence[float] = (0.5, 0.8)) -> list[str]:
+    """
+    The headline: per task and checkpoint, the simulator steps each family needs to reach a gradient cosine, and how
+    many times more the vine needs: ``>=`` a lower bound (the vine never reached it, so its largest N is used, or
+    single path reached it with its smallest batch), ``<=`` an upper bound (the vine reached it with its smallest N).
+
+    :param found: the loaded results
+    :param thresholds: the gradient cosines
+    :return: the markdown lines
+    """
+    header = ["task, checkpoint"]
+    for threshold in thresholds:
+        header += [f"single path to {threshold}", f"vine to {threshold}", "vine / single path"]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for (task, name), entry in found.items():
+        row = [f"{task}, {name}"]
+        for threshold in thresholds:
+            reached = {}
+            for family in FAMILY_NAMES:
+                members = [run for run in entry["configs"].values() if run["family"] == family]
+                steps, means, _ = curve(members, "gradient")
+                reached[family] = (steps_to_reach(steps, means, threshold), steps)
+            single, vine = reached["single_path"][0], reached["vine"][0]
+            row += [single, vine]
+            single_steps = _plain_number(single)
+            vine_steps = _plain_number(vine)
+            # "<= s": reached by the smallest size s (an upper bound on the steps); "not reached": beyond the largest
+            if vine == "not reached" and len(reached["vine"][1]):
+                vine_steps, vine_bound = float(reached["vine"][1][-1]), "above"
+            else:
+                vine_bound = "below" if vine.startswith("<=") else "exact"
+            single_bound = "below" if single.startswith("<=") else "exact"
+            if single_steps is None or vine_steps is None or (vine_bound, single_bound) == ("below", "below"):
+                row.append("-")
+            else:
+                ratio = vine_steps / single_steps
+                exact = (vine_bound, single_bound) == ("exact", "exact")
+                at_least = vine_bound == "above" or single_bound == "below"
+                row.append(f"{ratio:.1f}x" if exact else (f">= {ratio:.1f}x" if at_least else f"<= {ratio:.1f}x"))
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def _plain_number(text: str) -> float | None:
+    try:
+        return float(text.replace("<=", "").replace(",", "").strip())
+    except ValueError:
+        return None
 
 
 def configuration_table(runs: dict[str, dict[str, Any]], reference: dict[str, Any]) -> list[str]:

@@ -149,3 +149,20 @@ def test_quick_run_resumes_and_reports(tmp_path, monkeypatch):
     content = readme.read_text()
     assert content.startswith("before\n") and content.endswith("after\n") and "old" not in content
     assert "##### CartPole-v1, early checkpoint" in content
+
+
+def test_headline_table_gives_the_vines_cost_relative_to_single_path_with_bounds() -> None:
+    def run(family: str, steps: int, cosine: float) -> dict:
+        return {"family": family, "sim_steps": [steps], "cos_gradient": [cosine]}
+
+    single = [run("single_path", 512, 0.6), run("single_path", 1024, 0.7), run("single_path", 4096, 0.9)]
+    vine = [run("vine", 2000, 0.4), run("vine", 8000, 0.6), run("vine", 16000, 0.7)]
+    found = {("Toy-v0", "early"): {"configs": {str(i): r for i, r in enumerate(single + vine)}}}
+    lines = study.headline_table(found, thresholds=(0.5, 0.6, 0.8))
+    cells = [cell.strip() for cell in lines[2].strip("|").split("|")]
+    # 0.5: single path already at its smallest batch (an upper bound on its steps), the vine between 2,000 and 8,000
+    assert cells[1] == "<= 512" and cells[3].startswith(">= ")
+    # 0.6: exactly at 512 (first point) for single path, 8,000 for the vine
+    assert cells[4] == "<= 512" and cells[5] == "8,000" and cells[6] == ">= 15.6x"
+    # 0.8: single path between 1,024 and 4,096 (log interpolation: 2,048), the vine never: at least 16,000 / 2,048
+    assert cells[7] == "2,048" and cells[8] == "not reached" and cells[9] == ">= 7.8x"
