@@ -4,6 +4,7 @@ with a fixed step (``natural_pg``) on Swimmer, Hopper and Walker2d, one panel pe
 result files (``benchmarks/matrix.py``; curves as in ``benchmarks/report.py``: mean over seeds with a ±1 std band).
 
     python benchmarks/figure4.py                     # writes benchmarks/results/figure4.png
+    python benchmarks/figure4.py --readme            # and its table into README.md between the figure4 markers
 
 The paper trained each method for a fixed number of policy iterations with batches of 50K-1M simulator steps; here
 every method gets the same simulator-step budget as the matrix cells (1M steps on SB3-size batches). The x axis is
@@ -70,14 +71,50 @@ def plot(results: str, path: str, tasks: Sequence[str] = TASKS) -> list[str]:
     return summary
 
 
+def table(results: str, tasks: Sequence[str] = TASKS) -> str:
+    """
+    The numbers behind the figure: per task and method, the return at 25% and 50% of the budget, the final return and
+    the area under the curve (mean ± std over seeds, as in ``benchmarks/report.py``).
+
+    :param results: the matrix's result folder
+    :param tasks: the env ids
+    :return: a markdown table
+    """
+    report = _report_module()
+    found = report.load(results, tasks)
+    lines = [
+        "| task | method | seeds | 25% | 50% | final | AUC |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for task in tasks:
+        for algo, label in ALGOS.items():
+            cells = found.get(task, {}).get(algo)
+            if not cells:
+                continue
+            summary = report.summarize(cells)
+            values = [stat.text() for stat in summary["at"]] + [summary["auc"].text()]
+            lines.append(f"| {task} | {label} (`{algo}`) | {len(cells)} | " + " | ".join(values) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", default=os.path.join(ROOT, "benchmarks", "results", "matrix"))
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "figure4.png"))
+    parser.add_argument("--readme", action="store_true", help="write the table into README.md between its markers")
     args = parser.parse_args(argv)
     for line in plot(args.results, args.out):
         print(line)
     print(f"wrote {args.out}")
+    text = table(args.results)
+    print(text)
+    if args.readme:
+        _report_module().write_readme(
+            "Made by `python benchmarks/figure4.py --readme` from the matrix files (budgets and evaluations as in the "
+            "matrix tables; mean ± std over seeds):\n\n" + text,
+            os.path.join(ROOT, "README.md"),
+            "figure4",
+        )
 
 
 if __name__ == "__main__":

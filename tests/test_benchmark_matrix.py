@@ -279,3 +279,7 @@ def test_figure4_draws_one_panel_per_task_with_the_algorithms_present(tmp_path: 
     summary = figure4.plot(str(results), str(out))
     assert summary == ["Hopper-v5: trpo_ext, 2 seeds", "Walker2d-v5: natural_pg, 1 seeds"]
     assert out.stat().st_size > 1000
+    rows = figure4.table(str(results)).splitlines()[2:]
+    # Hopper trpo_ext: at 25 (none), at 50: 1 and 2 -> 1.50 ± 0.71; final 2 and 2; AUC 1.5 and 2
+    assert rows[0] == "| Hopper-v5 | single path (TRPO) (`trpo_ext`) | 2 | - | 1.50 ± 0.71 | 2.00 ± 0.00 | 1.75 ± 0.35 |"
+    assert rows[1].startswith("| Walker2d-v5 | natural gradient, fixed step (`natural_pg`) | 1 |") and len(rows) == 2
