@@ -10,10 +10,11 @@ training env's normalization statistics). Each (variant, seed) result is saved a
 
 Variants (each differs from ``ours`` in one thing):
 
-- ``ours``: TRPO with our YAML entry;
+- ``ours``: TRPO with our YAML entry (10 conjugate-gradient steps, our default, since this ablation);
 - ``damped-full-step``: the full step ``beta = sqrt(2 delta / s^T (F + damping I) s)``, with the damped Fisher as
   sb3-contrib and OpenAI baselines do (ours uses the undamped ``F``, so the first try is larger);
-- ``cg-10``: our default 10 conjugate-gradient steps instead of the entry's ``cg_max_steps``;
+- ``cg-15``: sb3-contrib's default of 15 conjugate-gradient steps (the classic YAML entries set it before this
+  ablation);
 - ``kl-rescale``: the line search aims a try rejected for its KL at the boundary (``rescale_on_kl``) instead of
   shrinking it by 0.8;
 - ``sb3-contrib``: sb3-contrib's TRPO with rl-zoo3's settings for the task.
@@ -36,7 +37,7 @@ import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "ablation")
-VARIANTS = ("ours", "damped-full-step", "cg-10", "kl-rescale", "sb3-contrib")
+VARIANTS = ("ours", "cg-15", "damped-full-step", "kl-rescale", "sb3-contrib")
 NOT_KEYWORDS = ("n_timesteps", "policy", "normalize", "n_envs", "env_wrapper", "frame_stack", "normalize_kwargs")
 
 
@@ -64,8 +65,8 @@ def build(variant: str, env: Any, seed: int, entry: dict[str, Any]) -> Any:
         return ContribTRPO("MlpPolicy", env, seed=seed, **settings)
     from sb3_trpo_ext import TRPO
 
-    if variant == "cg-10":
-        settings["cg_max_steps"] = 10
+    if variant == "cg-15":
+        settings["cg_max_steps"] = 15
     model = TRPO("MlpPolicy", env, seed=seed, **settings)
     base_module.full_step_scale = full_step_scale  # type: ignore[assignment]
     trpo_module.backtracking_line_search = backtracking_line_search  # type: ignore[assignment]
