@@ -283,3 +283,24 @@ def test_figure4_draws_one_panel_per_task_with_the_algorithms_present(tmp_path: 
     # Hopper trpo_ext: at 25 (none), at 50: 1 and 2 -> 1.50 ± 0.71; final 2 and 2; AUC 1.5 and 2
     assert rows[0] == "| Hopper-v5 | single path (TRPO) (`trpo_ext`) | 2 | - | 1.50 ± 0.71 | 2.00 ± 0.00 | 1.75 ± 0.35 |"
     assert rows[1].startswith("| Walker2d-v5 | natural gradient, fixed step (`natural_pg`) | 1 |") and len(rows) == 2
+
+
+def test_vine_vs_single_counts_updates_from_the_yaml_and_compares_at_equal_updates(tmp_path: Path) -> None:
+    vine_vs_single = load_module("vine_vs_single")
+    results = tmp_path / "results"
+    # single path: 100 steps per update; vine: 100 + 4 x 2 x 5 = 140 steps per update -> 1,000 // 140 = 7 updates,
+    # where single path had 700 steps: its last evaluation at or before 700 is the one at 600
+    single = {"n_envs": 2, "n_steps": 50}
+    vine = {"n_envs": 1, "n_steps": 100, "n_rollout_states": 4, "n_actions_per_state": 2, "rollout_length": 5}
+    steps = [200, 400, 600, 800, 1000]
+    write_cell(results, "trpo_ext", "Toy-v0", 0, steps, [1.0, 2.0, 3.0, 4.0, 5.0], budget=1000)
+    write_cell(results, "trpo_ext", "Toy-v0", 1, steps, [1.0, 2.0, 5.0, 4.0, 7.0], budget=1000)
+    write_cell(results, "vine_trpo", "Toy-v0", 0, steps, [0.0, 1.0, 1.0, 2.0, 2.0], budget=1000)
+    found = report.load(str(results))
+    entries = {("trpo_ext", "Toy-v0"): single, ("vine_trpo", "Toy-v0"): vine}
+    row = vine_vs_single.compare(found, entries).splitlines()[2]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[:4] == ["Toy-v0", "1K", "2 / 1", "10 / 7"]
+    assert cells[4] == "6.00 ± 1.41 / 2.00" and cells[6] == "4.00 ± 1.41"
+    vine_vs_single.plot(found, entries, str(tmp_path / "v.png"))
+    assert (tmp_path / "v.png").stat().st_size > 1000
