@@ -101,7 +101,18 @@ def run(variant: str, env_id: str, seed: int, budget: int, eval_every: int) -> d
         steps.append(int(model.num_timesteps))
         means.append(float(mean))
     return {"variant": variant, "env": env_id, "seed": seed, "steps": steps, "mean_return": means,
-            "wall_s": time.perf_counter() - start}  # fmt: skip
+            "wall_s": time.perf_counter() - start, "date": time.strftime("%Y-%m-%d"), "machine": machine()}  # fmt: skip
+
+
+def machine() -> str:
+    """The machine class: CPU model, core count, OS and architecture."""
+    import platform
+
+    model = platform.processor() or "unknown CPU"
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    return f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}"
 
 
 def report(env_id: str) -> str:
@@ -112,6 +123,7 @@ def report(env_id: str) -> str:
         "| variant | seeds | final | area under the curve |",
         "|---|---|---|---|",
     ]
+    provenance: set[tuple[str, str]] = set()
     for variant in VARIANTS:
         folder = os.path.join(RESULTS, env_id, variant)
         if not os.path.isdir(folder):
@@ -120,10 +132,13 @@ def report(env_id: str) -> str:
         for name in sorted(os.listdir(folder)):
             with open(os.path.join(folder, name)) as f:
                 runs.append(json.load(f))
+        provenance.update((run.get("date", "date not recorded"), run.get("machine", "machine not recorded")) for run in runs)
         finals = np.array([run["mean_return"][-1] for run in runs])
         aucs = np.array([np.mean(run["mean_return"]) for run in runs])
         final_text = f"{finals.mean():.1f} ± {_spread(finals):.1f}"
         lines.append(f"| `{variant}` | {len(runs)} | {final_text} | {aucs.mean():.1f} ± {_spread(aucs):.1f} |")
+    where = "; ".join(f"{machine_}, {date}" for date, machine_ in sorted(provenance))
+    lines += ["", f"Run on {where} (one torch thread)."]
     return "\n".join(lines)
 
 
