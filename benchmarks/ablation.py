@@ -124,6 +124,7 @@ def report(env_id: str) -> str:
         "|---|---|---|---|",
     ]
     provenance: set[tuple[str, str]] = set()
+    budgets: set[tuple[int, int]] = set()  # (last evaluation, first evaluation) steps
     for variant in VARIANTS:
         folder = os.path.join(RESULTS, env_id, variant)
         if not os.path.isdir(folder):
@@ -132,13 +133,15 @@ def report(env_id: str) -> str:
         for name in sorted(os.listdir(folder)):
             with open(os.path.join(folder, name)) as f:
                 runs.append(json.load(f))
+        budgets.update((run["steps"][-1], run["steps"][0]) for run in runs)
         provenance.update((run.get("date", "date not recorded"), run.get("machine", "machine not recorded")) for run in runs)
         finals = np.array([run["mean_return"][-1] for run in runs])
         aucs = np.array([np.mean(run["mean_return"]) for run in runs])
         final_text = f"{finals.mean():.1f} ± {_spread(finals):.1f}"
         lines.append(f"| `{variant}` | {len(runs)} | {final_text} | {aucs.mean():.1f} ± {_spread(aucs):.1f} |")
     where = "; ".join(f"{machine_}, {date}" for date, machine_ in sorted(provenance))
-    lines += ["", f"Run on {where} (one torch thread)."]
+    last, first = max(step for step, _ in budgets), min(step for _, step in budgets)
+    lines += ["", f"Last evaluation at {last:,} steps, the first at {first:,}; run on {where} (one torch thread)."]
     return "\n".join(lines)
 
 
