@@ -218,6 +218,24 @@ PLANS: dict[str, TaskPlan] = {
         variants=_common_variants((2, 8), (10, 25, 100)),
         repeats=8,
     ),
+    # the sampling distribution q matters only when K < n (K >= n rolls out every action, Eq. 15): Acrobot's 3 actions
+    "Acrobot-v1": TaskPlan(
+        checkpoint_steps={"early": 10_000, "mid": 40_000},
+        reference_envs=16,
+        reference_steps=8192,
+        reference_chunks=(2, 4),
+        fisher_states=65_536,
+        metric_states=4096,
+        batch_sizes=SINGLE_PATH_SIZES[:-2],
+        vine_baseline=None,
+        n_sweep=(16, 64, 256),
+        variants=(
+            ("K2_uniform", {"n_actions_per_state": 2, "action_sampling": "uniform"}),
+            ("K2_policy", {"n_actions_per_state": 2, "action_sampling": "policy"}),
+            ("no_crn", {"common_random_numbers": False}),
+        ),
+        repeats=5,
+    ),
     "Hopper-v5": TaskPlan(
         checkpoint_steps={"early": 50_000, "mid": 200_000},
         reference_envs=8,
@@ -1123,8 +1141,10 @@ def report(results: str, plot: bool = True, detail: bool = True) -> str:
         '(interpolated in log steps). "grad": the surrogate\'s gradient; "natural": the CG direction (the reference\'s '
         'CG settings) against the reference\'s CG direction; "policy change": the same two directions in the Fisher '
         "metric (the cosine of the changes of the policy's output they make). Single path: batches of 512 to 64K "
-        "steps (32K on Hopper); vine: N from 16 to 512 (256 on Hopper) at the baseline (CartPole and Pendulum: "
-        "`hyperparams/vine_trpo.yml`, Hopper: N 64, K 4, m 50, bootstrapped), the trunk growing with N. Measured by "
+        "steps (32K on Hopper, 16K on Acrobot); vine: N from 16 to 512 (256 on Hopper and Acrobot) at the baseline "
+        "(CartPole, Pendulum and Acrobot: `hyperparams/vine_trpo.yml`, Hopper: N 64, K 4, m 50, bootstrapped), the "
+        "trunk growing with N. Acrobot (3 actions) is where the sampling distribution q can matter: its variants "
+        "draw K = 2 of the 3 actions uniformly or from the policy. Measured by "
         + ", ".join(f"`{c}`" for c in commands)
         + f" on {'; '.join(machines)} (one torch thread), {dates[0]}"
         + (f" to {dates[-1]}" if dates[-1] != dates[0] else "")
