@@ -28,12 +28,16 @@ import argparse
 import functools
 import json
 import os
+import sys
 import time
 from typing import Any
 
 import numpy as np
 import torch as th
 import yaml
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from results_io import machine, replace_readme_section  # noqa: E402  (benchmarks/ is not a package)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "ablation")
@@ -104,17 +108,6 @@ def run(variant: str, env_id: str, seed: int, budget: int, eval_every: int) -> d
             "wall_s": time.perf_counter() - start, "date": time.strftime("%Y-%m-%d"), "machine": machine()}  # fmt: skip
 
 
-def machine() -> str:
-    """The machine class: CPU model, core count, OS and architecture."""
-    import platform
-
-    model = platform.processor() or "unknown CPU"
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
-    return f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}"
-
-
 def report(env_id: str) -> str:
     lines = [
         f"Ablation on {env_id} (`python benchmarks/ablation.py --env {env_id}`; our YAML entry, rl-zoo3's for "
@@ -163,13 +156,7 @@ def main() -> None:
         envs = sorted(os.listdir(RESULTS)) if args.readme else [args.env]
         text = "\n\n".join(report(env_id) for env_id in envs)
         if args.readme:
-            readme_path = os.path.join(ROOT, "README.md")
-            with open(readme_path) as f:
-                readme = f.read()
-            start = readme.index("<!-- ablation:start -->") + len("<!-- ablation:start -->")
-            end = readme.index("<!-- ablation:end -->")
-            with open(readme_path, "w") as f:
-                f.write(readme[:start] + "\n" + text + "\n" + readme[end:])
+            replace_readme_section(text, "ablation")
         print(text)
         return
     th.set_num_threads(1)

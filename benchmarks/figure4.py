@@ -14,23 +14,16 @@ simulator steps (the vine's trunk and branch steps together).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 from collections.abc import Sequence
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from results_io import load_sibling  # noqa: E402  (benchmarks/ is not a package)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASKS = ("Swimmer-v5", "Hopper-v5", "Walker2d-v5")
 ALGOS = {"trpo_ext": "single path (TRPO)", "vine_trpo": "vine (TRPO)", "natural_pg": "natural gradient, fixed step"}
-
-
-def _report_module():  # the sibling script, loaded by path (benchmarks/ is not a package)
-    spec = importlib.util.spec_from_file_location("benchmarks_report", os.path.join(ROOT, "benchmarks", "report.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def plot(results: str, path: str, tasks: Sequence[str] = TASKS) -> list[str]:
@@ -47,7 +40,7 @@ def plot(results: str, path: str, tasks: Sequence[str] = TASKS) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    report = _report_module()
+    report = load_sibling("report")
     found = report.load(results, tasks)
     figure, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.8))
     summary = []
@@ -80,7 +73,7 @@ def table(results: str, tasks: Sequence[str] = TASKS) -> str:
     :param tasks: the env ids
     :return: a markdown table
     """
-    report = _report_module()
+    report = load_sibling("report")
     found = report.load(results, tasks)
     lines = [
         "| task | method | seeds | 25% | 50% | final | AUC |",
@@ -109,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     text = table(args.results)
     print(text)
     if args.readme:
-        _report_module().write_readme(
+        load_sibling("report").write_readme(
             "Made by `python benchmarks/figure4.py --readme` from the matrix files (budgets and evaluations as in the "
             "matrix tables; mean ± std over seeds):\n\n" + text,
             os.path.join(ROOT, "README.md"),

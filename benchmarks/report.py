@@ -29,6 +29,9 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from results_io import replace_readme_section  # noqa: E402  (benchmarks/ is not a package)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "matrix")
 README = os.path.join(ROOT, "README.md")
@@ -303,14 +306,7 @@ def report(results: str = RESULTS, envs: Sequence[str] | None = None, plots: boo
 
 def write_readme(text: str, readme: str = README, markers: str = "matrix") -> None:
     """Replace what is between the ``markers`` markers of ``readme``; exit with a message if they are missing."""
-    START, END = f"<!-- {markers}:start -->", f"<!-- {markers}:end -->"  # noqa: N806
-    with open(readme) as f:
-        content = f.read()
-    if START not in content or END not in content or content.index(START) > content.index(END):
-        raise SystemExit(f"{readme} has no '{START}' ... '{END}' markers: add them where the tables go, then run again")
-    start, end = content.index(START) + len(START), content.index(END)
-    with open(readme, "w") as f:
-        f.write(content[:start] + "\n" + text + "\n" + content[end:])
+    replace_readme_section(text, markers, readme)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

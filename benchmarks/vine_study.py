@@ -80,8 +80,6 @@ import itertools
 import json
 import math
 import os
-import platform
-import subprocess
 import sys
 import textwrap
 import time
@@ -110,6 +108,9 @@ from sb3_trpo_ext.common.natural_gradient import conjugate_gradient, flat_grad
 from sb3_trpo_ext.common.policy_batch import AdvantageBatch, PolicyBatch, index_observations
 from sb3_trpo_ext.common.rollouts import collect_rollouts_fast
 from sb3_trpo_ext.vine.estimators import VineBatch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from results_io import git_commit, machine, replace_readme_section, write_json_atomic  # noqa: E402  (not a package)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "vine_study")
@@ -457,7 +458,7 @@ def train_checkpoints(task: str, plan: TaskPlan, directory: str, names: Sequence
             "training_wall_s": time.perf_counter() - start,
             **provenance(),
         }
-        write_json(os.path.join(folder, "info.json"), info)
+        write_json_atomic(os.path.join(folder, "info.json"), info)
         print(f"{task} {name}: {model.num_timesteps} steps, eval return {mean:.1f} +- {std:.1f}", flush=True)
 
 
@@ -926,16 +927,8 @@ def run_config(
 def provenance() -> dict[str, Any]:
     """:return: date, machine class, git commit and the command line"""
 
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-
-    try:
-        commit: dict[str, Any] = {
-            "commit": git("rev-parse", "HEAD"),
-            "package_dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", "sb3_trpo_ext")),
-        }
-    except (OSError, subprocess.CalledProcessError):
-        commit = {"commit": None, "package_dirty": None}
+    found = git_commit(("sb3_trpo_ext",))
+    commit: dict[str, Any] = {"commit": found["commit"], "package_dirty": found["dirty"]}
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
         "machine": machine(),
@@ -943,30 +936,6 @@ def provenance() -> dict[str, Any]:
         "command": "python benchmarks/vine_study.py " + " ".join(sys.argv[1:]),
         "torch_threads": th.get_num_threads(),
     }
-
-
-def machine() -> str:
-    """:return: the machine class: CPU model, core count, OS and architecture"""
-    model = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}"
-
-
-def write_json(path: str, data: dict[str, Any]) -> None:
-    """Write ``data`` to ``path`` atomically (a temporary file renamed), so that a killed run leaves no half file."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    temporary = f"{path}.tmp{os.getpid()}"
-    with open(temporary, "w") as f:
-        json.dump(data, f, indent=1)
-        f.write("\n")
-    os.replace(temporary, path)
 
 
 def load_reference(folder: str) -> tuple[dict[str, th.Tensor], dict[str, Any]] | None:
@@ -1013,7 +982,7 @@ def run_study(
                 info.update(task=task, checkpoint=name, checkpoint_info=checkpoint.info, **provenance())
                 os.makedirs(folder, exist_ok=True)
                 np.savez(os.path.join(folder, "reference.npz"), **{k: v.float().numpy() for k, v in directions.items()})
-                write_json(os.path.join(folder, "reference.json"), info)
+                write_json_atomic(os.path.join(folder, "reference.json"), info)
             else:
                 directions, info = loaded
             print(f"{task} {name}: reference of {info['samples']} steps, halves {info['half_cosine']}", flush=True)
@@ -1023,7 +992,7 @@ def run_study(
                     continue
                 result = run_config(checkpoint, config, directions, repeats or plan.repeats, int(info["cg_max_steps"]))
                 result.update(provenance())
-                write_json(path, result)
+                write_json_atomic(path, result)
                 print(
                     f"{task} {name} {config.name}: {np.mean(result['sim_steps']):.0f} steps, cos "
                     f"{np.mean(result['cos_gradient']):.3f} +- {np.std(result['cos_gradient']):.3f}, natural "
@@ -1305,16 +1274,11 @@ def draw(task: str, name: str, runs: dict[str, dict[str, Any]], reference: dict[
 
 def write_readme(text: str, readme: str = README) -> None:
     """Write ``text`` into ``readme`` between the vine-study markers."""
-    with open(readme) as f:
-        content = f.read()
-    start = content.index(MARKERS[0]) + len(MARKERS[0])
-    end = content.index(MARKERS[1])
     paragraphs = [
         line if line.startswith(("|", "#")) else textwrap.fill(line, 120, break_long_words=False, break_on_hyphens=False)
         for line in text.replace("#### ", "##### ").split("\n")
     ]
-    with open(readme, "w") as f:
-        f.write(content[:start] + "\n" + "\n".join(paragraphs) + "\n" + content[end:])
+    replace_readme_section("\n".join(paragraphs), "vine-study", readme)
 
 
 # ---------------------------------------------------------------------------------------------------- command line

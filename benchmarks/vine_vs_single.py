@@ -15,7 +15,6 @@ plots the return against policy updates.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 from collections.abc import Sequence
@@ -23,18 +22,11 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from results_io import load_sibling  # noqa: E402  (benchmarks/ is not a package)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SINGLE, VINE = "trpo_ext", "vine_trpo"
-
-
-def _sibling(name: str) -> Any:
-    """Load ``benchmarks/{name}.py`` by path (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", os.path.join(ROOT, "benchmarks", f"{name}.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def steps_per_iteration(entry: dict[str, Any], vine: bool) -> int:
@@ -55,7 +47,7 @@ def compare(found: dict[str, dict[str, list[dict[str, Any]]]], entries: dict[tup
     :param entries: the YAML entry of each ``(algo, env)``
     :return: the markdown table
     """
-    report = _sibling("report")
+    report = load_sibling("report")
     lines = [
         "| env | budget | seeds (single / vine) | updates (single / vine) | final: single / vine | AUC: single / vine "
         "| single path after the vine's number of updates |",
@@ -86,7 +78,7 @@ def plot(found: dict[str, dict[str, list[dict[str, Any]]]], entries: dict[tuple[
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    report = _sibling("report")
+    report = load_sibling("report")
     envs = [env for env, algos in found.items() if SINGLE in algos and VINE in algos]
     if not envs:
         return
@@ -113,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "vine_vs_single.png"))
     parser.add_argument("--readme", action="store_true", help="write the table into README.md between its markers")
     args = parser.parse_args(argv)
-    report, matrix = _sibling("report"), _sibling("matrix")
+    report, matrix = load_sibling("report"), load_sibling("matrix")
     found = {env: algos for env, algos in report.load(args.results).items() if SINGLE in algos and VINE in algos}
     found = {env: found[env] for env in report.ordered(list(found), report.ENV_ORDER)}
     entries = {(algo, env): matrix.config_entry(algo, env) for env in found for algo in (SINGLE, VINE)}
