@@ -114,11 +114,24 @@ VARIANTS: dict[str, Variant] = {
         _contrib_engine,
     ),
 }
-ALGOS = (*OURS, *VARIANTS, CONTRIB)
+# Class defaults as a user without the zoo runs them (``benchmarks/train_defaults.py``): ``Cls("MlpPolicy", env_id,
+# seed=s)``, no YAML, no normalization. ``-0.1.0`` cells are our 0.1.0 defaults given explicitly (the trust region and
+# damping on the whole distribution, not scaled by the action dimension), the "before" of the defaults change.
+DEFAULTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "trpo_ext-defaults": ("trpo_ext", {}),
+    "natural_pg-defaults": ("natural_pg", {}),
+    "vine_trpo-defaults": ("vine_trpo", {}),
+    "sb3-contrib-defaults": ("sb3-contrib", {}),
+    "trpo_ext-defaults-0.1.0": ("trpo_ext", {"target_kl": 0.01, "cg_damping": 0.1}),
+    "trpo_ext-defaults-cg10": ("trpo_ext", {"target_kl": 0.08, "cg_damping": 0.8, "cg_max_steps": 10}),
+}
+ALGOS = (*OURS, *VARIANTS, CONTRIB, *DEFAULTS)
 
 
 def base_algo(algo: str) -> str:
     """The algorithm key a cell trains (a variant's base)."""
+    if algo in DEFAULTS:
+        return DEFAULTS[algo][0]
     return VARIANTS[algo].base if algo in VARIANTS else algo
 
 
@@ -134,6 +147,20 @@ PRESETS: dict[str, dict[str, Any]] = {
         "envs": ["CartPole-v1", "Acrobot-v1", "Pendulum-v1", "MountainCarContinuous-v0"],
         "seeds": [0, 1, 2, 3, 4],
         "budgets": {"CartPole-v1": 100_000, "Acrobot-v1": 100_000, "Pendulum-v1": 100_000, "MountainCarContinuous-v0": 50_000},
+    },
+    # issue 19: the class defaults, as users without the zoo run them
+    "defaults": {
+        "algos": ["trpo_ext-defaults", "sb3-contrib-defaults", "natural_pg-defaults", "vine_trpo-defaults"],
+        "envs": [
+            "CartPole-v1", "Acrobot-v1", "Pendulum-v1",
+            "Hopper-v5", "Walker2d-v5", "HalfCheetah-v5", "Ant-v5", "Swimmer-v5", "Pusher-v5",
+        ],  # fmt: skip
+        "seeds": [0, 1, 2],
+        "budgets": {
+            "CartPole-v1": 100_000, "Acrobot-v1": 100_000, "Pendulum-v1": 100_000,
+            "Hopper-v5": 500_000, "Walker2d-v5": 500_000, "HalfCheetah-v5": 500_000, "Ant-v5": 500_000,
+            "Swimmer-v5": 500_000, "Pusher-v5": 500_000,
+        },  # fmt: skip
     },
     "mujoco": {
         "algos": ["trpo_ext", "natural_pg", CONTRIB],
@@ -165,6 +192,8 @@ def config_path(algo: str, env: str) -> str | None:
     :return: the YAML the cell's training reads, relative to ROOT where it is ours; ``None`` for rl-zoo3's own
         ``trpo.yml`` (no ``-conf`` on the command line)
     """
+    if algo in DEFAULTS:
+        return "class defaults"
     if base_algo(algo) in OURS:
         return os.path.join("hyperparams", f"{base_algo(algo)}.yml")
     if algo != CONTRIB:
@@ -176,6 +205,8 @@ def config_path(algo: str, env: str) -> str | None:
 
 def config_entry(algo: str, env: str) -> dict[str, Any]:
     """The hyperparameters the cell's training uses (its env entry, else ``atari`` for Atari ids, else ``default``)."""
+    if algo in DEFAULTS:
+        return {}
     path = config_path(algo, env)
     config = load_yaml(os.path.join(ROOT, path) if path is not None else zoo_trpo_yml())
     if env in config:
@@ -208,7 +239,7 @@ def zoo_eval_freq(algo: str, env: str, eval_freq: int) -> int:
     and at least one trunk (the policy changes once per iteration; an evaluation at the end of a trunk sees the
     policy of the previous update).
     """
-    if base_algo(algo) != "vine_trpo":
+    if base_algo(algo) != "vine_trpo" or algo in DEFAULTS:  # train_defaults.py scales the vine's itself
         return eval_freq
     entry = config_entry(algo, env)
     trunk = int(entry.get("n_envs", 1)) * int(entry.get("n_steps", 2048))
@@ -242,6 +273,14 @@ class Cell:
 
     def command(self) -> list[str]:
         """The training command (run in ROOT)."""
+        if self.algo in DEFAULTS:
+            trained, params = DEFAULTS[self.algo]
+            command = [self.python, os.path.join("benchmarks", "train_defaults.py"), "--algo", trained, "--env", self.env]
+            command += ["--seed", str(self.seed), "-n", str(self.budget), "--eval-freq", str(self.eval_freq)]
+            command += ["--eval-episodes", str(EVAL_EPISODES), "-f", self.log_dir]
+            if params:
+                command += ["-params", *(f"{key}:{value}" for key, value in params.items())]
+            return command
         if base_algo(self.algo) in OURS:
             head = [self.python, "-m", "sb3_trpo_ext.train", "--algo", base_algo(self.algo)]
         else:

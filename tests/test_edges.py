@@ -180,7 +180,7 @@ def test_gsde_vine_draws_k_different_actions_per_state_with_the_policy_log_densi
     from sb3_trpo_ext.vine.rollout_set import sample_branch_actions
 
     observations = np.random.default_rng(0).uniform(-1, 1, (6, 3)).astype(np.float32)
-    actions, log_q = sample_branch_actions(model.policy, observations, 2, "policy", np.random.default_rng(0))
+    actions, log_q = sample_branch_actions(model.policy, observations, 2, "policy", np.random.default_rng(0), model.backends)
     assert actions.shape == (6, 2, 1) and log_q.shape == (6, 2)
     assert np.all(np.abs(actions[:, 0] - actions[:, 1]) > 1e-6)  # each branch its own exploration matrix
     with th.no_grad():

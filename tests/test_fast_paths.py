@@ -31,7 +31,7 @@ from torch.nn import functional as F
 
 import sb3_trpo_ext.common.base as base_module
 from sb3_trpo_ext import TRPO, NaturalPG
-from sb3_trpo_ext.common.backends import Backends, choose_backends
+from sb3_trpo_ext.common.backends import SB3_CODE, Backends, choose_backends
 from sb3_trpo_ext.common.critic import NumpyAdam, critic_loss, fit_critic
 from sb3_trpo_ext.common.distributions import detach_distribution, kl_per_state
 from sb3_trpo_ext.common.fast_mlp import ACTIVATIONS, NumpyMlp, mlp_layers, side_by_side
@@ -135,7 +135,7 @@ def test_side_by_side_mlp_gives_the_actor_and_critic_outputs_in_one_forward(mlp_
 
 
 def test_rollout_policy_runs_the_numpy_mlp_chosen_by_the_decision(mlp_policy: ActorCriticPolicy) -> None:
-    rollout = RolloutPolicy(mlp_policy, RolloutNoise.draw(mlp_policy, 4, 2))
+    rollout = RolloutPolicy(mlp_policy, RolloutNoise.draw(mlp_policy, 4, 2), choose_backends(mlp_policy))
     assert rollout.numpy_actor is not None and rollout.numpy_critic is not None
     obs = np.random.default_rng(0).normal(size=(4, 3))
     with th.no_grad():
@@ -383,7 +383,7 @@ def test_unknown_backends_are_refused() -> None:
 
 # ---------------------------------------------------------------------------------------------------- the decision
 
-FAST_MLP = Backends("numpy-mlp", "numpy-mlp", "numpy-adam", "numpy-gauss-newton")
+FAST_MLP = Backends("fast", "numpy-mlp", "numpy-mlp", "numpy-adam", "numpy-gauss-newton")
 
 
 class _CustomDistributionPolicy(ActorCriticPolicy):
@@ -396,37 +396,37 @@ DECISIONS: dict[str, tuple[Callable[[], ActorCriticPolicy], Backends]] = {
     **{f"mlp-{d}": (lambda d=d: make_policy("mlp", ACTION_SPACES[d]), FAST_MLP) for d in ACTION_SPACES if d != "gaussian"},
     "mlp-gsde": (
         lambda: make_policy("mlp", ACTION_SPACES["gaussian"], use_sde=True),
-        Backends("torch", "numpy-mlp", "numpy-adam", "double-backprop"),
+        Backends("fast", "torch", "numpy-mlp", "numpy-adam", "double-backprop"),
     ),
     "mlp-elu": (  # small MLPs behind a parameter-free extractor: double backprop is faster than torch.func
         lambda: make_policy("mlp", ACTION_SPACES["gaussian"], activation_fn=nn.ELU),
-        Backends("torch", "torch", "torch", "double-backprop"),
+        Backends("fast", "torch", "torch", "torch", "double-backprop"),
     ),
     "mlp-sgd": (
         lambda: make_policy("mlp", ACTION_SPACES["categorical"], optimizer_class=th.optim.SGD),
-        Backends("numpy-mlp", "numpy-mlp", "torch", "numpy-gauss-newton"),
+        Backends("fast", "numpy-mlp", "numpy-mlp", "torch", "numpy-gauss-newton"),
     ),
     "mlp-amsgrad": (
         lambda: make_policy("mlp", ACTION_SPACES["categorical"], optimizer_kwargs=dict(amsgrad=True)),
-        Backends("numpy-mlp", "numpy-mlp", "torch", "numpy-gauss-newton"),
+        Backends("fast", "numpy-mlp", "numpy-mlp", "torch", "numpy-gauss-newton"),
     ),
     "mlp-float64": (
         lambda: make_policy("mlp", ACTION_SPACES["categorical"]).double(),
-        Backends("torch", "torch", "torch", "double-backprop"),
+        Backends("fast", "torch", "torch", "torch", "double-backprop"),
     ),
     "mlp-custom-distribution": (
         lambda: _CustomDistributionPolicy(spaces.Box(-1.0, 1.0, (3,)), ACTION_SPACES["categorical"], lambda _: 1e-3),
-        Backends("numpy-mlp", "numpy-mlp", "numpy-adam", "double-backprop"),
+        SB3_CODE,
     ),
     **{
-        f"{k}-{d}": (lambda k=k, d=d: make_policy(k, ACTION_SPACES[d]), Backends("torch", "torch", "torch", "gauss-newton"))
+        f"{k}-{d}": (lambda k=k, d=d: make_policy(k, ACTION_SPACES[d]), Backends("fast", "torch", "torch", "torch", "gauss-newton"))
         for k in ("cnn", "cnn_shared")
         for d in ("gaussian", "categorical")
     },
     **{
         f"multi_input-{d}": (
             lambda d=d: make_policy("multi_input", ACTION_SPACES[d]),
-            Backends("torch", "torch", "torch", "double-backprop"),
+            Backends("fast", "torch", "torch", "torch", "double-backprop"),
         )
         for d in ("gaussian", "categorical")
     },
@@ -436,11 +436,11 @@ DECISIONS: dict[str, tuple[Callable[[], ActorCriticPolicy], Backends]] = {
             ACTION_SPACES["multi_categorical"],
             lambda _: 1e-3,
         ),
-        Backends("torch", "torch", "torch", "gauss-newton"),
+        Backends("fast", "torch", "torch", "torch", "gauss-newton"),
     ),
     "cnn-gsde": (
         lambda: make_policy("cnn", ACTION_SPACES["gaussian"], use_sde=True),
-        Backends("torch", "torch", "torch", "double-backprop"),
+        Backends("fast", "torch", "torch", "torch", "double-backprop"),
     ),
 }
 

@@ -69,7 +69,7 @@ def assert_learned(model: Any, before: dict[str, th.Tensor], stats: list[dict[st
         if update["train/is_line_search_success"] == 1.0:
             assert 0.0 <= update["train/kl_divergence_loss"]
             if isinstance(model, TRPO):
-                assert update["train/kl_divergence_loss"] <= model.target_kl + 1e-6
+                assert update["train/kl_divergence_loss"] <= model.max_kl + 1e-6
                 assert update["train/surrogate_improvement"] > 0.0
     assert any(update["train/is_line_search_success"] == 1.0 for update in stats), "no policy step was accepted"
     assert changed(before, model, "action_net"), "the actor did not move"
@@ -414,10 +414,10 @@ class KLMeasuringTRPO(TRPO):
 def assert_inside_trust_region(model: KLMeasuringTRPO, n_updates: int) -> None:
     assert len(model.measured) == n_updates
     measured = [kl for kl, _ in model.measured]
-    assert max(measured) <= model.target_kl + 1e-6, measured
+    assert max(measured) <= model.max_kl + 1e-6, measured
     n_accepted = 0
     for kl, logged in model.measured:
-        assert kl <= model.target_kl + 1e-6, (kl, logged)
+        assert kl <= model.max_kl + 1e-6, (kl, logged)
         if logged["train/is_line_search_success"] == 1.0:
             n_accepted += 1
             assert kl > 0.0

@@ -55,7 +55,7 @@ def test_deterministic_predictions_are_identical_after_save_and_load(algorithm: 
     np.testing.assert_array_equal(predictions(loaded, obs), expected)
     assert_same_policy_parameters(model, loaded)
     # hyperparameters and counters travel with the zip
-    assert (loaded.target_kl, loaded.cg_max_steps, loaded.n_steps) == (0.02, 7, 64)
+    assert (loaded.max_kl, loaded.cg_max_steps, loaded.n_steps) == (pytest.approx(0.02), 7, 64)
     assert loaded.num_timesteps == 128 and loaded._n_updates == 2
     if algorithm is NaturalPG:
         assert (loaded.step_mode, loaded.step_size) == ("constant", 0.05)
@@ -126,6 +126,18 @@ def test_sb3_contrib_trpo_loads_our_zip_and_predicts_identically(env_id: str, tm
     assert_same_policy_parameters(ours, theirs)
     theirs.learn(64, reset_num_timesteps=False)  # sb3-contrib can keep training it (optimizer state included)
     assert theirs.num_timesteps == 192
+
+
+@pytest.mark.parametrize("algorithm", [TRPO, NaturalPG])
+def test_a_zip_gives_ours_and_sb3_contrib_the_same_trust_region_and_damping(algorithm: type, tmp_path: Path) -> None:
+    # 3-D actions: the zip holds sb3-contrib's per-dimension units, which both libraries read as the same region
+    model = algorithm("MlpPolicy", "Hopper-v5", n_steps=64, batch_size=32, target_kl=0.06, cg_damping=0.3)
+    model.save(tmp_path / "model.zip")
+    assert (model.target_kl, model.cg_damping, model.trust_region_units) == (0.06, 0.3, "distribution")  # unchanged
+    loaded = algorithm.load(tmp_path / "model.zip", device="cpu")
+    assert (loaded.max_kl, loaded.fisher_damping) == (pytest.approx(0.06), pytest.approx(0.3))
+    theirs = sb3_contrib.TRPO.load(tmp_path / "model.zip", device="cpu", custom_objects={"step_mode": "kl"})
+    assert (theirs.target_kl, theirs.cg_damping) == (pytest.approx(0.02), pytest.approx(0.1))
 
 
 def test_learn_with_reset_num_timesteps_false_continues_the_count(algorithm: type) -> None:

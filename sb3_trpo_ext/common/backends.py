@@ -1,11 +1,22 @@
 """
 Which implementation each part of the algorithm runs, decided in one place: :func:`choose_backends`.
 
-Every part has a generic path that works for any policy, and a fast path for the policies it covers:
+A fast path runs only where it is provably the computation SB3 makes (:func:`is_stock_policy`): SB3's policy classes,
+or subclasses that override none of the methods that compute actions, values and distributions, with SB3's
+``MlpExtractor``, built only of the modules in :data:`VERIFIED_MODULES`, and holding no buffers (BatchNorm's running
+statistics change on every forward). Every other policy runs SB3's own code: ``OnPolicyAlgorithm.collect_rollouts``
+(so ``policy.forward`` is called as SB3 calls it), the Fisher by double back-propagation through
+``policy.get_distribution``, and the critic fit with autograd on ``policy.predict_values``.
+
+For a stock policy, every part has a generic path that works for any policy, and a fast path for the policies it
+covers:
 
 ==================  ======================================  ==================================================
 part                fast path                               generic path
 ==================  ======================================  ==================================================
+rollouts            ``"fast"``: the policy frozen for the   ``"sb3"``: ``OnPolicyAlgorithm.collect_rollouts``
+                    rollout, noise drawn up front
+                    (:mod:`~sb3_trpo_ext.common.rollouts`)
 rollout actor       ``"numpy-mlp"``: plain MLP, closed-     ``"torch"``: the policy's modules
                     form sampling (not gSDE)
 rollout critic      ``"numpy-mlp"``: plain MLP              ``"torch"``: the policy's modules
@@ -23,15 +34,19 @@ on a NatureCNN actor torch.func takes 26 s per 25-step CG solve where double bac
 64x64 MLP behind a Dict extractor 83 ms where double back-propagation takes 55 ms).
 
 A *plain MLP* is what :func:`~sb3_trpo_ext.common.fast_mlp.mlp_layers` reads (``Linear`` layers and the activations
-of :data:`~sb3_trpo_ext.common.fast_mlp.ACTIVATIONS` behind a ``FlattenExtractor``), in float32. The NumPy paths
+of :data:`~sb3_trpo_ext.common.fast_mlp.ACTIVATIONS` behind a ``FlattenExtractor``, or behind a ``CombinedExtractor``
+that only flattens vectors: a concatenation, so a Dict of vectors runs the same path as the flat Box), in float32. The NumPy paths
 live in :mod:`~sb3_trpo_ext.common.fast_mlp`, :mod:`~sb3_trpo_ext.common.critic` and
 :mod:`~sb3_trpo_ext.common.fisher`. The algorithms store the decision in ``model.backends`` and print it at
-``verbose >= 1``.
+``verbose >= 1``. ``model.backends`` is read by every part (rollouts, branches, Fisher, critic): a user may set it,
+e.g. ``model.backends = model.backends._replace(fisher="double-backprop")``.
 """
 
 from typing import Literal, NamedTuple
 
 import torch as th
+from stable_baselines3.common.torch_layers import MlpExtractor
+from torch import nn
 from stable_baselines3.common.distributions import (
     BernoulliDistribution,
     CategoricalDistribution,
@@ -43,6 +58,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from sb3_trpo_ext.common.fast_mlp import mlp_layers
 from sb3_trpo_ext.common.fisher import GAUSS_NEWTON_DISTRIBUTIONS, ActorOutput, FisherBackend
 
+RolloutsBackend = Literal["fast", "sb3"]
 RolloutBackend = Literal["numpy-mlp", "torch"]
 CriticFitBackend = Literal["numpy-adam", "torch"]
 
@@ -55,6 +71,7 @@ class Backends(NamedTuple):
     in sb3-contrib); ``_setup_model`` decides again on load.
     """
 
+    rollouts: RolloutsBackend
     rollout_actor: RolloutBackend
     rollout_critic: RolloutBackend
     critic_fit: CriticFitBackend
@@ -62,16 +79,51 @@ class Backends(NamedTuple):
 
     def __str__(self) -> str:
         return (
-            f"rollout actor {self.rollout_actor}, rollout critic {self.rollout_critic}, "
+            f"rollouts {self.rollouts}, rollout actor {self.rollout_actor}, rollout critic {self.rollout_critic}, "
             f"critic fit {self.critic_fit}, Fisher-vector product {self.fisher}"
         )
+
+
+SB3_CODE = Backends(rollouts="sb3", rollout_actor="torch", rollout_critic="torch", critic_fit="torch", fisher="double-backprop")
+"""What a policy that is not stock runs: SB3's own code for every part."""
+
+VERIFIED_MODULES: tuple[type[nn.Module], ...] = (
+    nn.Linear, nn.Conv2d, nn.Flatten, nn.Identity, nn.Tanh, nn.ReLU, nn.ELU, nn.LeakyReLU, nn.Sigmoid, nn.SiLU, nn.GELU,
+    nn.Sequential, nn.ModuleList, nn.ModuleDict,  # as leaves: empty containers (e.g. net_arch=[])
+)  # fmt: skip
+"""The leaf modules a stock policy may be built of: stateless, deterministic (no dropout), no buffers."""
+
+POLICY_METHODS = (
+    "forward", "extract_features", "predict_values", "get_distribution", "evaluate_actions", "_predict",
+    "_get_action_dist_from_latent",
+)  # fmt: skip
+"""The methods that compute actions, values and distributions: a subclass that overrides one is not stock."""
+
+
+def is_stock_policy(policy: ActorCriticPolicy) -> bool:
+    """
+    Whether the fast paths provably compute what SB3 computes for ``policy``.
+
+    :param policy: the policy
+    :return: ``True`` for SB3's actor-critic policies (or subclasses that only change their construction) with SB3's
+        ``MlpExtractor``, built of :data:`VERIFIED_MODULES` only, with no buffers
+    """
+    cls = type(policy)
+    if any(getattr(cls, name) is not getattr(ActorCriticPolicy, name) for name in POLICY_METHODS):
+        return False
+    if type(policy.mlp_extractor) is not MlpExtractor or any(True for _ in policy.buffers()):
+        return False
+    leaves = [module for module in policy.modules() if next(module.children(), None) is None and module is not policy]
+    return all(type(module) in VERIFIED_MODULES for module in leaves)
 
 
 def choose_backends(policy: ActorCriticPolicy) -> Backends:
     """
     :param policy: the policy (with its optimizer)
-    :return: the path each part runs
+    :return: the path each part runs (:data:`SB3_CODE` unless :func:`is_stock_policy`)
     """
+    if not is_stock_policy(policy):
+        return SB3_CODE
     actor_mlp = _is_float32(policy) and mlp_layers(policy, "actor") is not None
     critic_mlp = _is_float32(policy) and mlp_layers(policy, "critic") is not None
     on_cpu = policy.device.type == "cpu"
@@ -80,7 +132,7 @@ def choose_backends(policy: ActorCriticPolicy) -> Backends:
         dist, (CategoricalDistribution, MultiCategoricalDistribution, BernoulliDistribution)
     )
     gauss_newton = (
-        isinstance(dist, GAUSS_NEWTON_DISTRIBUTIONS) and not policy.use_sde and _builds_standard_distribution(policy)
+        isinstance(dist, GAUSS_NEWTON_DISTRIBUTIONS) and not policy.use_sde
     )
     fisher: FisherBackend = "double-backprop"
     if gauss_newton and actor_mlp and on_cpu:
@@ -88,6 +140,7 @@ def choose_backends(policy: ActorCriticPolicy) -> Backends:
     elif gauss_newton and _has_parameters(policy.pi_features_extractor) and _has_unique_parameter_names(ActorOutput(policy)):
         fisher = "gauss-newton"
     return Backends(
+        rollouts="fast",
         rollout_actor="numpy-mlp" if actor_mlp and closed_form_sampling else "torch",
         rollout_critic="numpy-mlp" if critic_mlp else "torch",
         critic_fit="numpy-adam" if critic_mlp and on_cpu and _numpy_adam_reproduces(policy) else "torch",
@@ -97,15 +150,6 @@ def choose_backends(policy: ActorCriticPolicy) -> Backends:
 
 def _is_float32(policy: ActorCriticPolicy) -> bool:
     return all(p.dtype == th.float32 for p in policy.parameters())
-
-
-def _builds_standard_distribution(policy: ActorCriticPolicy) -> bool:
-    """The distribution is SB3's: action head output -> distribution (what the Gauss-Newton form differentiates)."""
-    cls = type(policy)
-    return (
-        cls.get_distribution is ActorCriticPolicy.get_distribution
-        and cls._get_action_dist_from_latent is ActorCriticPolicy._get_action_dist_from_latent
-    )
 
 
 def _has_parameters(module: th.nn.Module) -> bool:

@@ -38,7 +38,13 @@ from sb3_trpo_ext.common.fisher import make_fisher_vector_product
 from sb3_trpo_ext.common.natural_gradient import StepOutcome, conjugate_gradient, flat_grad, full_step_scale
 from sb3_trpo_ext.common.policy_batch import AdvantageBatch, PolicyBatch, index_observations
 from sb3_trpo_ext.common.rollouts import collect_rollouts_fast
-from sb3_trpo_ext.common.validation import check_action_space, check_batch_size, check_keywords
+from sb3_trpo_ext.common.trust_region import (
+    TrustRegionUnits,
+    check_trust_region_units,
+    kl_dimensions,
+    resolve_trust_region,
+)
+from sb3_trpo_ext.common.validation import check_action_space, check_keywords, check_rollout_size
 
 SelfNaturalGradientAlgorithm = TypeVar("SelfNaturalGradientAlgorithm", bound="NaturalGradientAlgorithm")
 
@@ -54,7 +60,8 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
     :param batch_size: mini-batch size of the critic's updates
     :param gamma: discount factor
     :param cg_max_steps: conjugate-gradient iterations ``k`` (the paper uses 10)
-    :param cg_damping: damping added to the Fisher-vector product
+    :param cg_damping: damping added to the Fisher of the whole-distribution KL (``None``: 0.1 per action dimension,
+        sb3-contrib's default; see ``trust_region_units``)
     :param n_critic_updates: epochs of critic (value function) updates per rollout
     :param gae_lambda: GAE trade-off of bias and variance
     :param use_sde: use generalized State Dependent Exploration
@@ -63,8 +70,11 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
     :param rollout_buffer_kwargs: keyword arguments of the rollout buffer
     :param normalize_advantage: normalize the advantages
     :param target_kl: the trust-region size ``delta``: bound on the mean over states of the KL divergence between the
-        whole old and new action distributions (sb3-contrib averages the Gaussian KL over action dimensions instead:
-        its ``target_kl`` corresponds to ours divided by the action dimension)
+        whole old and new action distributions (``None``: 0.01 per action dimension, sb3-contrib's default trust
+        region; see :mod:`sb3_trpo_ext.common.trust_region` for the runs that chose it)
+    :param trust_region_units: how an explicit ``target_kl`` and ``cg_damping`` are read: ``"distribution"`` (the
+        paper's whole-distribution KL) or ``"sb3-contrib"`` (per action dimension, as sb3-contrib's TRPO averages the
+        KL: both are multiplied by the action dimension, so sb3-contrib's hyperparameters carry over unchanged)
     :param sub_sampling_factor: use only every k-th sample of the rollout for the policy step (as in sb3-contrib)
     :param fisher_sample_fraction: fraction of the policy batch used for the Fisher-vector products (the paper uses 0.1)
     :param stats_window_size: window size of the rollout logging (episodes)
@@ -91,7 +101,7 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
         batch_size: int = 128,
         gamma: float = 0.99,
         cg_max_steps: int = 10,
-        cg_damping: float = 0.1,
+        cg_damping: float | None = None,
         n_critic_updates: int = 10,
         gae_lambda: float = 0.95,
         use_sde: bool = False,
@@ -99,7 +109,8 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
         rollout_buffer_class: type[RolloutBuffer] | None = None,
         rollout_buffer_kwargs: dict[str, Any] | None = None,
         normalize_advantage: bool = True,
-        target_kl: float = 0.01,
+        target_kl: float | None = None,
+        trust_region_units: TrustRegionUnits = "distribution",
         sub_sampling_factor: int = 1,
         fisher_sample_fraction: float = 1.0,
         stats_window_size: int = 100,
@@ -115,6 +126,7 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
             learning_rate, n_steps, batch_size, gamma, gae_lambda, cg_max_steps, cg_damping, n_critic_updates, target_kl,
             sub_sampling_factor, fisher_sample_fraction,
         )  # fmt: skip
+        check_trust_region_units(trust_region_units)
         if env is not None and not isinstance(env, str):
             check_action_space(env.action_space, name)
 
@@ -144,7 +156,7 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
         if getattr(self, "action_space", None) is not None:
             check_action_space(self.action_space, name)
         if self.env is not None:
-            check_batch_size(batch_size, n_steps, self.n_envs)
+            check_rollout_size(batch_size, n_steps, self.n_envs, normalize_advantage)
 
         self.batch_size = batch_size
         self.cg_max_steps = cg_max_steps
@@ -152,6 +164,7 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
         self.n_critic_updates = n_critic_updates
         self.normalize_advantage = normalize_advantage
         self.target_kl = target_kl
+        self.trust_region_units = trust_region_units
         self.sub_sampling_factor = sub_sampling_factor
         self.fisher_sample_fraction = fisher_sample_fraction
         self.skipped_updates = 0
@@ -161,6 +174,10 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
 
     def _setup_model(self) -> None:
         super()._setup_model()
+        self.max_kl, self.fisher_damping = resolve_trust_region(
+            self.target_kl, self.cg_damping, self.trust_region_units, self.action_space
+        )
+        """The bound on the mean whole-distribution KL of a step, and the Fisher's damping, as the step uses them."""
         if not isinstance(self.policy, ActorCriticPolicy):
             raise TypeError(f"{type(self).__name__} needs an ActorCriticPolicy, got {type(self.policy).__name__}")
         if not isinstance(self.policy.action_dist, SUPPORTED_DISTRIBUTIONS):
@@ -181,7 +198,9 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
         n_rollout_steps: int,
     ) -> bool:
         """
-        Collect ``n_rollout_steps`` steps per environment with the current policy (fast path, same behaviour as SB3).
+        Collect ``n_rollout_steps`` steps per environment with the current policy: SB3's own loop where
+        ``self.backends.rollouts`` is ``"sb3"``, else the fast loop (same behaviour,
+        :func:`~sb3_trpo_ext.common.rollouts.collect_rollouts_fast`).
 
         :param env: the training environment
         :param callback: callback called at each step
@@ -189,6 +208,8 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
         :param n_rollout_steps: number of experiences to collect per environment
         :return: True if collection finished, False if a callback stopped it
         """
+        if self.backends.rollouts == "sb3":
+            return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
         return collect_rollouts_fast(self, env, callback, rollout_buffer, n_rollout_steps)
 
     # ------------------------------------------------------------------ hooks for subclasses
@@ -247,8 +268,8 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
         stats.update(cg_residual=cg.residual_norm, cg_iterations=float(cg.iterations))
         if not th.isfinite(direction).all():
             return self._skip_step(stats, "non-finite conjugate-gradient solution")
-        fisher_direction = fisher_vector_product(direction) - self.cg_damping * direction
-        beta = full_step_scale(direction, fisher_direction, self.target_kl)
+        fisher_direction = fisher_vector_product(direction) - self.fisher_damping * direction
+        beta = full_step_scale(direction, fisher_direction, self.max_kl)
         if not np.isfinite(beta):
             return self._skip_step(stats, "non-positive or non-finite curvature s^T F s")
 
@@ -281,7 +302,7 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
         params: list[th.nn.Parameter],
     ) -> Callable[[th.Tensor], th.Tensor]:
         """
-        ``v -> (F + cg_damping I) v`` on the batch (or a ``fisher_sample_fraction`` subsample of it), the analytic
+        ``v -> (F + fisher_damping I) v`` on the batch (or a ``fisher_sample_fraction`` subsample of it), the analytic
         Fisher on the path of ``self.backends.fisher`` (:func:`~sb3_trpo_ext.common.fisher.make_fisher_vector_product`).
         """
         observations, n_samples = batch.observations, len(batch.actions)
@@ -290,8 +311,26 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
             index = th.randperm(n_samples, device=self.device)[:n_fisher]
             observations, distribution = index_observations(observations, index), None  # type: ignore[assignment]
         return make_fisher_vector_product(
-            self.backends.fisher, self.policy, observations, params, self.cg_damping, distribution
+            self.backends.fisher, self.policy, observations, params, self.fisher_damping, distribution
         )
+
+    def save(self, path: Any, exclude: Any = None, include: Any = None) -> None:
+        """
+        Save as SB3 does, with ``target_kl`` and ``cg_damping`` written in sb3-contrib's units (per action dimension)
+        and ``trust_region_units="sb3-contrib"``: the same trust region for our ``load`` and for sb3-contrib's, which
+        can load and keep training our zips.
+
+        :param path: where to save (path or file-like object)
+        :param exclude: attributes not to save (besides the defaults)
+        :param include: attributes to save that would otherwise be excluded
+        """
+        given = (self.target_kl, self.cg_damping, self.trust_region_units)
+        d = kl_dimensions(self.action_space)
+        self.target_kl, self.cg_damping, self.trust_region_units = self.max_kl / d, self.fisher_damping / d, "sb3-contrib"
+        try:
+            super().save(path, exclude=exclude, include=include)
+        finally:
+            self.target_kl, self.cg_damping, self.trust_region_units = given
 
     def _skip_step(self, stats: dict[str, float], reason: str) -> dict[str, float]:
         self.skipped_updates += 1

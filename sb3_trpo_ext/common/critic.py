@@ -21,7 +21,7 @@ import torch as th
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.type_aliases import PyTorchObs
 
-from sb3_trpo_ext.common.fast_mlp import NumpyMlp, mlp_layers, single_threaded_blas
+from sb3_trpo_ext.common.fast_mlp import NumpyMlp, mlp_input_keys, mlp_inputs, mlp_layers, single_threaded_blas
 from sb3_trpo_ext.common.policy_batch import index_observations
 
 if TYPE_CHECKING:
@@ -92,12 +92,12 @@ def fit_critic(
 
 
 def _fit_numpy(
-    policy: ActorCriticPolicy, observations: th.Tensor, returns: th.Tensor, batches: Iterator[np.ndarray]
+    policy: ActorCriticPolicy, observations: PyTorchObs, returns: th.Tensor, batches: Iterator[np.ndarray]
 ) -> list[float]:
     layers = mlp_layers(policy, "critic")
     assert layers is not None, "the numpy-adam critic fit needs a plain MLP critic"
     fit = NumpyAdam(NumpyMlp(layers), policy.optimizer)  # type: ignore[arg-type]
-    inputs = observations.cpu().numpy().astype(np.float32).reshape(len(returns), -1)
+    inputs = mlp_inputs(observations, mlp_input_keys(policy))
     targets = returns.cpu().numpy().astype(np.float32)
     with single_threaded_blas():
         losses = [fit.step(inputs[index], targets[index]) for index in batches]

@@ -2,7 +2,9 @@
 The one NumPy MLP, for plain MLP actors and critics where NumPy beats torch's per-call overhead.
 
 A *plain MLP* is a chain of ``Linear`` layers with activations from :data:`ACTIVATIONS` behind a
-``FlattenExtractor`` on a flat ``Box`` observation space (:func:`mlp_layers` reads it off a policy). Its
+``FlattenExtractor`` on a flat ``Box`` observation space, or behind a ``CombinedExtractor`` that only flattens
+(non-image) ``Box`` entries of a ``Dict`` space, which is the concatenation of those entries in the extractor's order
+(:func:`mlp_layers` reads it off a policy, :func:`mlp_input_keys` the order, :func:`mlp_inputs` builds the input). Its
 :class:`NumpyMlp` copy serves:
 
 - rollouts: the actor and the critic, one forward per env step (:class:`~sb3_trpo_ext.common.rollouts.RolloutPolicy`);
@@ -24,7 +26,8 @@ import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.policies import ActorCriticPolicy
-from stable_baselines3.common.torch_layers import FlattenExtractor
+from stable_baselines3.common.preprocessing import is_image_space
+from stable_baselines3.common.torch_layers import CombinedExtractor, FlattenExtractor
 from threadpoolctl import ThreadpoolController
 from torch import nn
 
@@ -57,11 +60,8 @@ def mlp_layers(policy: ActorCriticPolicy, head: Literal["actor", "critic"]) -> l
     :param head: ``"actor"`` (up to the action head) or ``"critic"`` (up to the value head)
     :return: the layers, the last one being the head (no activation)
     """
-    obs_space = policy.observation_space
-    if not (isinstance(obs_space, spaces.Box) and len(obs_space.shape) == 1):
-        return None
     extractor = policy.pi_features_extractor if head == "actor" else policy.vf_features_extractor
-    if type(extractor) is not FlattenExtractor:
+    if not _only_flattens(extractor, policy.observation_space):
         return None
     mlp = policy.mlp_extractor
     body = getattr(mlp, "policy_net" if head == "actor" else "value_net", None)
@@ -83,6 +83,49 @@ def mlp_layers(policy: ActorCriticPolicy, head: Literal["actor", "critic"]) -> l
         return None
     layers.append((output, None))
     return layers
+
+
+def _only_flattens(extractor: nn.Module, obs_space: spaces.Space) -> bool:
+    """The features are the observation, flattened (a flat Box), or a concatenation of flattened Box entries."""
+    if type(extractor) is FlattenExtractor:
+        return isinstance(obs_space, spaces.Box) and len(obs_space.shape) == 1
+    if type(extractor) is not CombinedExtractor or not isinstance(obs_space, spaces.Dict):
+        return False
+    return all(
+        type(module) is nn.Flatten
+        and isinstance(obs_space[key], spaces.Box)
+        and not is_image_space(obs_space[key], check_channels=False)
+        for key, module in extractor.extractors.items()
+    )
+
+
+def mlp_input_keys(policy: ActorCriticPolicy) -> list[str] | None:
+    """
+    :param policy: a policy whose actor or critic is a plain MLP
+    :return: the Dict keys in the order the ``CombinedExtractor`` concatenates them (``None`` for a flat Box)
+    """
+    extractor = policy.pi_features_extractor
+    return list(extractor.extractors) if isinstance(extractor, CombinedExtractor) else None
+
+
+def mlp_inputs(observations: object, keys: list[str] | None) -> np.ndarray:
+    """
+    The input of a plain MLP: what its features extractor computes, as a float32 ``(batch, features)`` array.
+
+    :param observations: a batch of observations (NumPy arrays or torch tensors; dicts of them for a Dict space)
+    :param keys: output of :func:`mlp_input_keys`
+    :return: the flattened (and, for a Dict, concatenated) observations
+    """
+
+    def as_array(x: object) -> np.ndarray:
+        return x.detach().cpu().numpy() if isinstance(x, th.Tensor) else np.asarray(x)
+
+    if keys is None:
+        x = as_array(observations)
+        return x.astype(np.float32, copy=False).reshape(len(x), -1)
+    parts = [as_array(observations[key]) for key in keys]  # type: ignore[index]
+    n = len(parts[0])
+    return np.concatenate([part.reshape(n, -1) for part in parts], axis=1).astype(np.float32, copy=False)
 
 
 _Views = list[tuple[np.ndarray, np.ndarray | None]]

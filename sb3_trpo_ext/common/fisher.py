@@ -34,7 +34,7 @@ from torch import nn
 from torch.func import functional_call, linearize, vjp
 
 from sb3_trpo_ext.common.distributions import detach_distribution, kl_per_state
-from sb3_trpo_ext.common.fast_mlp import NumpyMlp, mlp_layers, single_threaded_blas
+from sb3_trpo_ext.common.fast_mlp import NumpyMlp, mlp_input_keys, mlp_inputs, mlp_layers, single_threaded_blas
 from sb3_trpo_ext.common.natural_gradient import fisher_vector_product_fn
 
 FisherBackend = Literal["numpy-gauss-newton", "gauss-newton", "double-backprop"]
@@ -210,7 +210,7 @@ def _torch_func_gauss_newton(
 
 
 def _numpy_gauss_newton(
-    policy: ActorCriticPolicy, observations: th.Tensor, params: Sequence[th.Tensor], damping: float
+    policy: ActorCriticPolicy, observations: PyTorchObs, params: Sequence[th.Tensor], damping: float
 ) -> FisherVectorProduct:
     """
     ``J^T M J v`` with :class:`~sb3_trpo_ext.common.fast_mlp.NumpyMlp`'s ``jvp`` and ``backward`` (a forward pass at
@@ -233,7 +233,7 @@ def _numpy_gauss_newton(
     if np.array_equal(index, np.arange(index[0], index[0] + len(index))):
         mlp_part = slice(int(index[0]), int(index[0]) + len(index))  # the usual layout: a view, no gather
     with single_threaded_blas():
-        outputs = mlp.forward(observations.detach().cpu().numpy())
+        outputs = mlp.forward(mlp_inputs(observations, mlp_input_keys(policy)))
     metric = output_metric(policy, th.from_numpy(outputs[-1]))
     log_std_slot = slots[id(log_std)] if log_std is not None and id(log_std) in slots else None
 

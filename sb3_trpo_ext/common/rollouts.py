@@ -38,8 +38,8 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 
-from sb3_trpo_ext.common.backends import choose_backends
-from sb3_trpo_ext.common.fast_mlp import NumpyMlp, mlp_layers, side_by_side
+from sb3_trpo_ext.common.backends import Backends
+from sb3_trpo_ext.common.fast_mlp import NumpyMlp, mlp_input_keys, mlp_inputs, mlp_layers, side_by_side
 
 if TYPE_CHECKING:
     from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
@@ -119,16 +119,19 @@ class RolloutPolicy:
     Each call uses one row of noise per observation (by default row ``i`` for observation ``i``); a caller that
     wants several observations to share noise (the vine method's common random numbers) passes ``rows``.
     Diagonal Gaussian, gSDE, Categorical, MultiCategorical and Bernoulli policies draw their actions here;
-    anything else (a custom distribution) goes through the policy's own distribution object.
+    anything else (a custom distribution) goes through the policy's own distribution object. With
+    ``backends.rollouts == "sb3"`` (a policy the fast paths are not verified for) every call is SB3's own
+    ``policy(obs)`` (its ``forward``), and the noise is not used.
 
     :param policy: the actor-critic policy (fixed for the rollout)
     :param noise: the rollout's noise
+    :param backends: the algorithm's decision (``model.backends``): which paths the actor and the critic run
     """
 
-    def __init__(self, policy: ActorCriticPolicy, noise: RolloutNoise) -> None:
+    def __init__(self, policy: ActorCriticPolicy, noise: RolloutNoise, backends: Backends) -> None:
         self.policy = policy
         self.noise = noise
-        self.kind = noise.kind
+        self.kind = noise.kind if backends.rollouts == "fast" else "forward"
         self.step = 0
         self.action_shape: tuple[int, ...] = policy.action_space.shape or ()
         dist = policy.action_dist
@@ -138,7 +141,7 @@ class RolloutPolicy:
             self.log_prob_constant = -float(np.log(self.std).sum()) - dist.action_dim * _HALF_LOG_2PI  # type: ignore[attr-defined]
         elif isinstance(dist, MultiCategoricalDistribution):
             self.split = [int(i) for i in np.cumsum(dist.action_dims)[:-1]]
-        backends = choose_backends(policy)
+        self.input_keys = mlp_input_keys(policy)
         self.numpy_actor = NumpyMlp(mlp_layers(policy, "actor")) if backends.rollout_actor == "numpy-mlp" else None  # type: ignore[arg-type]
         self.numpy_critic = NumpyMlp(mlp_layers(policy, "critic")) if backends.rollout_critic == "numpy-mlp" else None  # type: ignore[arg-type]
         # both on NumPy: one block-diagonal forward per step gives the actor's output and the value together
@@ -174,7 +177,7 @@ class RolloutPolicy:
         :return: the critic's values, shape ``(batch,)``
         """
         if self.numpy_critic is not None:
-            return self.numpy_critic(obs)[:, 0]  # type: ignore[arg-type]
+            return self.numpy_critic(mlp_inputs(obs, self.input_keys))[:, 0]
         with th.no_grad():
             return self.policy.predict_values(obs_as_tensor(obs, self.policy.device)).flatten().cpu().numpy()  # type: ignore[arg-type]
 
@@ -195,16 +198,18 @@ class RolloutPolicy:
         noise = self.noise.at(self.step, rows)
         self.step += 1
         values = None
-        if self.kind == "distribution":
+        if self.kind == "forward":
+            actions, log_probs, values = self._forward(obs)
+        elif self.kind == "distribution":
             actions, log_probs, values = self._sample_from_distribution(obs, need_values)
         elif self.kind == "sde":
             actions, log_probs, values = self._sample_sde(obs, noise, need_values)  # type: ignore[arg-type]
         else:
             if need_values and self.numpy_actor_critic is not None:
-                both = self.numpy_actor_critic(obs)  # type: ignore[arg-type]
+                both = self.numpy_actor_critic(mlp_inputs(obs, self.input_keys))
                 out, values = both[:, :-1], both[:, -1]
             elif self.numpy_actor is not None:
-                out = self.numpy_actor(obs)  # type: ignore[arg-type]
+                out = self.numpy_actor(mlp_inputs(obs, self.input_keys))
             else:
                 actor_out, _, values_t = self._torch_forward(obs, need_values)
                 out = actor_out.cpu().numpy()
@@ -251,6 +256,12 @@ class RolloutPolicy:
                 actions = dist.bijector.forward(actions)
             log_probs = dist.proba_distribution(mean, self.policy.log_std, latent_sde).log_prob(actions)
         return actions.cpu().numpy(), log_probs.cpu().numpy(), None if values is None else values.cpu().numpy()
+
+    def _forward(self, obs: Observation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """SB3's own ``policy(obs)``: actions, values and log-probabilities from the policy's ``forward``."""
+        with th.no_grad():
+            actions, values, log_probs = self.policy(obs_as_tensor(obs, self.policy.device))  # type: ignore[arg-type]
+        return actions.cpu().numpy(), log_probs.cpu().numpy(), values.flatten().cpu().numpy()
 
     def _sample_from_distribution(
         self, obs: Observation, need_values: bool
@@ -340,7 +351,9 @@ def collect_rollouts_fast(
     sde_sample_freq = algorithm.sde_sample_freq if algorithm.use_sde else -1
     if algorithm.use_sde:
         policy.reset_noise(env.num_envs)  # as SB3 does (the rollout itself draws its own matrices, one per env)
-    rollout_policy = RolloutPolicy(policy, RolloutNoise.draw(policy, env.num_envs, n_rollout_steps, sde_sample_freq))
+    backends: Backends = algorithm.backends  # type: ignore[attr-defined]
+    noise = RolloutNoise.draw(policy, env.num_envs, n_rollout_steps, sde_sample_freq)
+    rollout_policy = RolloutPolicy(policy, noise, backends)
     is_discrete = isinstance(algorithm.action_space, spaces.Discrete)
     to_env = env_action_function(policy, algorithm.action_space)
     if device.type == "cpu":  # what obs_as_tensor / as_tensor give on the CPU, minus their dispatch overhead

@@ -1,6 +1,7 @@
 """Construction-time checks of hyperparameters, with errors that say what was wrong and how to fix it."""
 
 import numbers
+import warnings
 
 from gymnasium import spaces
 
@@ -70,18 +71,35 @@ def check_action_space(action_space: spaces.Space, algorithm: str) -> None:
         )
 
 
-def check_batch_size(batch_size: int, n_steps: int, n_envs: int) -> None:
+def check_rollout_size(batch_size: int, n_steps: int, n_envs: int, normalize_advantage: bool) -> None:
     """
+    The checks sb3-contrib's TRPO makes of the rollout size, with the same outcome (an error where it raises, a warning
+    where it warns), and a message that says what to change.
+
     :param batch_size: the critic's mini-batch size
     :param n_steps: steps per environment per rollout
     :param n_envs: number of environments
-    :raises ValueError: when a mini-batch would be larger than the rollout
+    :param normalize_advantage: whether the advantages are normalized (needs two samples or more)
+    :raises AssertionError: for a rollout of one sample with ``normalize_advantage`` (the type sb3-contrib raises)
+    :warns UserWarning: when the rollout is not a multiple of ``batch_size``: the critic's last mini-batch of an epoch
+        is then smaller (the whole rollout when ``batch_size`` is larger than it)
     """
     rollout_size = n_steps * n_envs
-    if batch_size > rollout_size:
-        raise ValueError(
-            f"batch_size={batch_size} is larger than the rollout (n_steps * n_envs = {n_steps} * {n_envs} = "
-            f"{rollout_size}). Use batch_size <= {rollout_size} or collect more steps per rollout."
+    if normalize_advantage and rollout_size < 2:
+        raise AssertionError(
+            f"The rollout has n_steps * n_envs = {n_steps} * {n_envs} = {rollout_size} sample: normalizing the advantages "
+            "would divide by a zero standard deviation (NaN). Collect at least 2 samples per rollout (n_steps >= 2), "
+            "or pass normalize_advantage=False."
+        )
+    if rollout_size % batch_size > 0:
+        size = rollout_size % batch_size
+        warnings.warn(
+            f"batch_size={batch_size} does not divide the rollout (n_steps * n_envs = {n_steps} * {n_envs} = "
+            f"{rollout_size}): each critic epoch ends with a truncated mini-batch of {size} sample(s)"
+            + (" (here the whole rollout, as batch_size is larger)" if batch_size > rollout_size else "")
+            + f". Use a batch_size that divides {rollout_size} to avoid it.",
+            UserWarning,
+            stacklevel=3,
         )
 
 
@@ -92,9 +110,9 @@ def check_keywords(
     gamma: float,
     gae_lambda: float,
     cg_max_steps: int,
-    cg_damping: float,
+    cg_damping: float | None,
     n_critic_updates: int,
-    target_kl: float,
+    target_kl: float | None,
     sub_sampling_factor: int,
     fisher_sample_fraction: float,
 ) -> None:
@@ -103,9 +121,11 @@ def check_keywords(
 
     :raises ValueError: naming the first bad keyword, its value and a typical value
     """
-    check_positive("target_kl", target_kl, " The paper's trust region is target_kl=0.01.")
+    if target_kl is not None:
+        check_positive("target_kl", target_kl, " The paper's trust region is target_kl=0.01; None: 0.01 per action dimension.")
     check_int_at_least("cg_max_steps", cg_max_steps, 1, " The paper uses 10 conjugate-gradient steps.")
-    check_in_range("cg_damping", cg_damping, 0.0, float("inf"), True, False, " Typical values: 0.1 or 1e-3.")
+    if cg_damping is not None:
+        check_in_range("cg_damping", cg_damping, 0.0, float("inf"), True, False, " Typical values: 0.1 or 1e-3.")
     check_int_at_least("n_steps", n_steps, 1)
     check_int_at_least("batch_size", batch_size, 1)
     check_int_at_least("n_critic_updates", n_critic_updates, 0)

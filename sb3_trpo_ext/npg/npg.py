@@ -8,6 +8,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 
 from sb3_trpo_ext.common.base import NaturalGradientAlgorithm
+from sb3_trpo_ext.common.trust_region import TrustRegionUnits
 from sb3_trpo_ext.common.natural_gradient import StepOutcome, apply_fixed_step
 from sb3_trpo_ext.common.validation import check_positive
 
@@ -35,7 +36,8 @@ class NaturalPG(NaturalGradientAlgorithm):
     :param batch_size: mini-batch size of the critic's updates
     :param gamma: discount factor
     :param cg_max_steps: conjugate-gradient iterations ``k`` (the paper uses 10)
-    :param cg_damping: damping added to the Fisher-vector product
+    :param cg_damping: damping added to the Fisher of the whole-distribution KL (``None``: 0.1 per action dimension,
+        sb3-contrib's default; see ``trust_region_units``)
     :param n_critic_updates: epochs of critic updates per rollout
     :param gae_lambda: GAE trade-off of bias and variance
     :param use_sde: use generalized State Dependent Exploration
@@ -43,7 +45,11 @@ class NaturalPG(NaturalGradientAlgorithm):
     :param rollout_buffer_class: rollout buffer class (``None``: chosen from the observation space)
     :param rollout_buffer_kwargs: keyword arguments of the rollout buffer
     :param normalize_advantage: normalize the advantages
-    :param target_kl: the KL each ``step_mode="kl"`` update moves the policy by (whole-distribution mean KL)
+    :param target_kl: the KL each ``step_mode="kl"`` update moves the policy by (whole-distribution mean KL) (``None``: 0.01 per action
+        dimension, sb3-contrib's default; see :mod:`sb3_trpo_ext.common.trust_region` for the runs that chose it)
+    :param trust_region_units: how an explicit ``target_kl`` and ``cg_damping`` are read: ``"distribution"`` (the
+        paper's whole-distribution KL) or ``"sb3-contrib"`` (per action dimension, as sb3-contrib's TRPO: both are
+        multiplied by the action dimension, so sb3-contrib's hyperparameters carry over unchanged)
     :param sub_sampling_factor: use only every k-th sample of the rollout for the policy step (as in sb3-contrib)
     :param fisher_sample_fraction: fraction of the policy batch used for the Fisher-vector products (paper: 0.1)
     :param stats_window_size: window size of the rollout logging (episodes)
@@ -66,7 +72,7 @@ class NaturalPG(NaturalGradientAlgorithm):
         batch_size: int = 128,
         gamma: float = 0.99,
         cg_max_steps: int = 10,
-        cg_damping: float = 0.1,
+        cg_damping: float | None = None,
         n_critic_updates: int = 10,
         gae_lambda: float = 0.95,
         use_sde: bool = False,
@@ -74,7 +80,8 @@ class NaturalPG(NaturalGradientAlgorithm):
         rollout_buffer_class: type[RolloutBuffer] | None = None,
         rollout_buffer_kwargs: dict[str, Any] | None = None,
         normalize_advantage: bool = True,
-        target_kl: float = 0.01,
+        target_kl: float | None = None,
+        trust_region_units: TrustRegionUnits = "distribution",
         sub_sampling_factor: int = 1,
         fisher_sample_fraction: float = 1.0,
         stats_window_size: int = 100,
@@ -107,6 +114,7 @@ class NaturalPG(NaturalGradientAlgorithm):
             rollout_buffer_kwargs=rollout_buffer_kwargs,
             normalize_advantage=normalize_advantage,
             target_kl=target_kl,
+            trust_region_units=trust_region_units,
             sub_sampling_factor=sub_sampling_factor,
             fisher_sample_fraction=fisher_sample_fraction,
             stats_window_size=stats_window_size,

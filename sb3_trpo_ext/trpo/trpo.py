@@ -8,6 +8,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 
 from sb3_trpo_ext.common.base import NaturalGradientAlgorithm
+from sb3_trpo_ext.common.trust_region import TrustRegionUnits
 from sb3_trpo_ext.common.natural_gradient import StepOutcome, backtracking_line_search
 from sb3_trpo_ext.common.validation import check_in_range, check_int_at_least
 
@@ -22,8 +23,10 @@ class TRPO(NaturalGradientAlgorithm):
     first shrunk step that improves the surrogate with the *measured* mean KL <= ``target_kl`` (otherwise the
     parameters are left exactly as they were).
 
-    Paper: https://arxiv.org/abs/1502.05477. Keyword names follow sb3-contrib's TRPO, so its YAML carries over; note
-    that ``target_kl`` here is the paper's whole-distribution KL (see the README for the conversion).
+    Paper: https://arxiv.org/abs/1502.05477. Keyword names follow sb3-contrib's TRPO. An explicit ``target_kl`` is
+    the paper's whole-distribution KL; ``trust_region_units="sb3-contrib"`` reads it (and ``cg_damping``) per action
+    dimension as sb3-contrib does, so its YAML carries over unchanged. Left at ``None``, both default to sb3-contrib's
+    defaults in our units (0.01 and 0.1 per action dimension).
 
     :param policy: the policy model (``MlpPolicy``, ``CnnPolicy``, ``MultiInputPolicy``) or a policy class
     :param env: the environment to learn from (if registered in Gym, can be str)
@@ -32,7 +35,8 @@ class TRPO(NaturalGradientAlgorithm):
     :param batch_size: mini-batch size of the critic's updates
     :param gamma: discount factor
     :param cg_max_steps: conjugate-gradient iterations ``k`` (the paper uses 10)
-    :param cg_damping: damping added to the Fisher-vector product
+    :param cg_damping: damping added to the Fisher of the whole-distribution KL (``None``: 0.1 per action dimension,
+        sb3-contrib's default; see ``trust_region_units``)
     :param line_search_shrinking_factor: factor by which the step shrinks after a rejected try, in (0, 1)
     :param line_search_max_iter: maximal number of line-search tries
     :param n_critic_updates: epochs of critic updates per rollout
@@ -42,7 +46,11 @@ class TRPO(NaturalGradientAlgorithm):
     :param rollout_buffer_class: rollout buffer class (``None``: chosen from the observation space)
     :param rollout_buffer_kwargs: keyword arguments of the rollout buffer
     :param normalize_advantage: normalize the advantages
-    :param target_kl: the paper's ``delta``: bound on the mean whole-distribution KL of an update
+    :param target_kl: the paper's ``delta``: bound on the mean whole-distribution KL of an update (``None``: 0.01 per action
+        dimension, sb3-contrib's default; see :mod:`sb3_trpo_ext.common.trust_region` for the runs that chose it)
+    :param trust_region_units: how an explicit ``target_kl`` and ``cg_damping`` are read: ``"distribution"`` (the
+        paper's whole-distribution KL) or ``"sb3-contrib"`` (per action dimension, as sb3-contrib's TRPO: both are
+        multiplied by the action dimension, so sb3-contrib's hyperparameters carry over unchanged)
     :param sub_sampling_factor: use only every k-th sample of the rollout for the policy step (as in sb3-contrib)
     :param fisher_sample_fraction: fraction of the policy batch used for the Fisher-vector products (paper: 0.1)
     :param stats_window_size: window size of the rollout logging (episodes)
@@ -63,7 +71,7 @@ class TRPO(NaturalGradientAlgorithm):
         batch_size: int = 128,
         gamma: float = 0.99,
         cg_max_steps: int = 10,
-        cg_damping: float = 0.1,
+        cg_damping: float | None = None,
         line_search_shrinking_factor: float = 0.8,
         line_search_max_iter: int = 10,
         n_critic_updates: int = 10,
@@ -73,7 +81,8 @@ class TRPO(NaturalGradientAlgorithm):
         rollout_buffer_class: type[RolloutBuffer] | None = None,
         rollout_buffer_kwargs: dict[str, Any] | None = None,
         normalize_advantage: bool = True,
-        target_kl: float = 0.01,
+        target_kl: float | None = None,
+        trust_region_units: TrustRegionUnits = "distribution",
         sub_sampling_factor: int = 1,
         fisher_sample_fraction: float = 1.0,
         stats_window_size: int = 100,
@@ -105,6 +114,7 @@ class TRPO(NaturalGradientAlgorithm):
             rollout_buffer_kwargs=rollout_buffer_kwargs,
             normalize_advantage=normalize_advantage,
             target_kl=target_kl,
+            trust_region_units=trust_region_units,
             sub_sampling_factor=sub_sampling_factor,
             fisher_sample_fraction=fisher_sample_fraction,
             stats_window_size=stats_window_size,
@@ -129,7 +139,7 @@ class TRPO(NaturalGradientAlgorithm):
             full_step_scale * direction,
             evaluate,
             old_objective,
-            self.target_kl,
+            self.max_kl,
             self.line_search_shrinking_factor,
             self.line_search_max_iter,
         )

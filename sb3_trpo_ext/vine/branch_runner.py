@@ -11,7 +11,6 @@ Common random numbers are exact wherever a branch runs: its noise travels with i
 get the same noise row (and the same snapshot, so the same simulator randomness).
 """
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,6 +20,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv,
 from sb3_trpo_ext.common.rollouts import RolloutNoise, env_action_function
 from sb3_trpo_ext.vine.branches import (
     BRANCH_WORKER_ATTRIBUTE,
+    BranchConfig,
     BranchTransform,
     BranchWorker,
     Wave,
@@ -28,27 +28,6 @@ from sb3_trpo_ext.vine.branches import (
 )
 from sb3_trpo_ext.vine.rollout_set import RolloutSet
 from sb3_trpo_ext.vine.snapshot import Snapshot, SnapshotError
-
-
-@dataclass(frozen=True)
-class BranchConfig:
-    """
-    The vine's branch settings.
-
-    :param gamma: the discount factor
-    :param rollout_length: ``m``, steps per branch
-    :param bootstrap: add ``gamma^m V(s_m)`` at the cut of a branch that did not end
-    :param common_random_numbers: the K branches of a state share simulator randomness and policy noise
-    :param branch_envs_per_worker: clones per worker; more branches run in successive waves
-    :param sde_sample_freq: gSDE resampling frequency within a branch (-1: one exploration matrix per branch)
-    """
-
-    gamma: float
-    rollout_length: int
-    bootstrap: bool
-    common_random_numbers: bool
-    branch_envs_per_worker: int
-    sde_sample_freq: int = -1
 
 
 class BranchRunner:
@@ -170,9 +149,7 @@ class BranchRunner:
                         frame_stacks=_frame_stacks(rollout_set, state_of[branches]),
                         noise=noise.select_rows(noise_row[branches]),
                         pool_of=worker_of[members] if self.local is not None else np.zeros(len(branches), dtype=int),
-                        gamma=config.gamma,
-                        rollout_length=config.rollout_length,
-                        bootstrap=config.bootstrap,
+                        config=config,
                     )
                 )
             for branches, reply in zip(members_of, self._call("run_wave", payloads), strict=True):

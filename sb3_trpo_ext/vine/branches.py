@@ -35,6 +35,7 @@ from stable_baselines3.common.vec_env import (
     VecTransposeImage,
 )
 
+from sb3_trpo_ext.common.backends import Backends
 from sb3_trpo_ext.common.policy_batch import index_observations
 from sb3_trpo_ext.common.rollouts import (
     RolloutNoise,
@@ -206,6 +207,29 @@ class BranchTransform:
 # ---------------------------------------------------------------------------------------------------- one wave
 
 
+@dataclass(frozen=True)
+class BranchConfig:
+    """
+    The vine's branch settings.
+
+    :param gamma: the discount factor
+    :param rollout_length: ``m``, steps per branch
+    :param bootstrap: add ``gamma^m V(s_m)`` at the cut of a branch that did not end
+    :param common_random_numbers: the K branches of a state share simulator randomness and policy noise
+    :param branch_envs_per_worker: clones per worker; more branches run in successive waves
+    :param backends: the algorithm's decision (``model.backends``), which the branches' policy calls follow
+    :param sde_sample_freq: gSDE resampling frequency within a branch (-1: one exploration matrix per branch)
+    """
+
+    gamma: float
+    rollout_length: int
+    bootstrap: bool
+    common_random_numbers: bool
+    branch_envs_per_worker: int
+    backends: Backends
+    sde_sample_freq: int = -1
+
+
 @dataclass
 class Wave:
     """
@@ -220,9 +244,7 @@ class Wave:
     :param frame_stacks: per frame stack, the branches' buffers at their start
     :param noise: per branch (row), the policy noise of the later steps
     :param pool_of: per branch, which of the worker's pools runs it (several only in-process, for a ``DummyVecEnv``)
-    :param gamma: the discount factor
-    :param rollout_length: ``m``
-    :param bootstrap: add ``gamma^m V(s_m)`` at the cut of a branch that did not end
+    :param config: the branch settings (discount, ``m``, bootstrapping, the backends)
     """
 
     policy: tuple[type, dict[str, Any], dict[str, np.ndarray]] | ActorCriticPolicy
@@ -233,15 +255,13 @@ class Wave:
     frame_stacks: list[np.ndarray]
     noise: RolloutNoise
     pool_of: np.ndarray
-    gamma: float
-    rollout_length: int
-    bootstrap: bool
+    config: BranchConfig
 
 
 def run_wave(pools: list[BranchPool], wave: Wave, policy: ActorCriticPolicy) -> tuple[np.ndarray, int]:
     """
     Run a wave of branches in lockstep: restore, step ``m`` times (one batched policy forward per step) and sum the
-    discounted rewards. A branch ends at ``m`` steps (bootstrapped with ``gamma^m V(s_m)`` when ``wave.bootstrap``),
+    discounted rewards. A branch ends at ``m`` steps (bootstrapped with ``gamma^m V(s_m)`` when ``wave.config.bootstrap``),
     at a termination (no bootstrap) or at a time-limit truncation (bootstrapped, as the trunk does).
 
     :param pools: the pools the wave's branches run in
@@ -256,14 +276,15 @@ def run_wave(pools: list[BranchPool], wave: Wave, policy: ActorCriticPolicy) -> 
         slots[members] = np.arange(len(members))
         pool.start([(wave.snapshots[b], wave.reseeds[b]) for b in members])
     clones = [pools[wave.pool_of[b]].clones[slots[b]] for b in range(n_branches)]
-    sampler = RolloutPolicy(policy, wave.noise)
+    config = wave.config
+    sampler = RolloutPolicy(policy, wave.noise, config.backends)
     to_env = env_action_function(policy, policy.action_space)
     stacks = [stack.copy() for stack in wave.frame_stacks]
     actions = np.array(wave.first_actions)
     q_values = np.zeros(n_branches)
     live = np.arange(n_branches)
     steps = 0
-    for t in range(wave.rollout_length):
+    for t in range(config.rollout_length):
         transitions = [clones[b].step(actions[b])[:4] for b in live]
         steps += len(live)
         raw_obs = stack_observations([transition[0] for transition in transitions])
@@ -274,13 +295,13 @@ def run_wave(pools: list[BranchPool], wave: Wave, policy: ActorCriticPolicy) -> 
         for stack, new_stack in zip(stacks, new_stacks, strict=True):
             stack[live] = new_stack
         check_finite_observations(obs, "in a VineTRPO branch rollout")
-        q_values[live] += wave.gamma**t * rewards
-        last = t == wave.rollout_length - 1
-        cut = ~terminated & (truncated | (last & wave.bootstrap))
+        q_values[live] += config.gamma**t * rewards
+        last = t == config.rollout_length - 1
+        cut = ~terminated & (truncated | (last & config.bootstrap))
         if cut.any():
             with th.no_grad():
                 values = policy.predict_values(obs_as_tensor(index_observations(obs, cut), policy.device))  # type: ignore[arg-type]
-            q_values[live[cut]] += wave.gamma ** (t + 1) * values.flatten().cpu().numpy()
+            q_values[live[cut]] += config.gamma ** (t + 1) * values.flatten().cpu().numpy()
         going_on = ~(terminated | truncated)
         if last or not going_on.any():
             break

@@ -15,6 +15,7 @@ import numpy as np
 from gymnasium import spaces
 from stable_baselines3.common.policies import ActorCriticPolicy
 
+from sb3_trpo_ext.common.backends import Backends
 from sb3_trpo_ext.common.rollouts import RolloutNoise, RolloutPolicy, stack_observations
 from sb3_trpo_ext.vine.snapshot import Snapshot
 
@@ -81,6 +82,7 @@ def sample_branch_actions(
     n_actions: int,
     action_sampling: Literal["policy", "uniform"],
     rng: np.random.Generator,
+    backends: Backends,
 ) -> tuple[np.ndarray, np.ndarray]:
     """
     The K actions at each rollout-set state, drawn from ``q``, with ``log q``.
@@ -90,6 +92,7 @@ def sample_branch_actions(
     :param n_actions: K
     :param action_sampling: ``"policy"`` or ``"uniform"`` (discrete spaces)
     :param rng: the random generator of uniform sampling
+    :param backends: the algorithm's decision (``model.backends``)
     :return: actions of shape ``(N, K, *action_shape)`` and ``log q`` of shape ``(N, K)``
     """
     space = policy.action_space
@@ -111,7 +114,7 @@ def sample_branch_actions(
             return actions, np.full((n_states, n_actions), -n_bits * np.log(2.0))
         raise ValueError("action_sampling='uniform' needs a discrete action space")
     # one noise row per branch: independent actions (with gSDE, each its own exploration matrix), log q their density
-    sampler = RolloutPolicy(policy, RolloutNoise.draw(policy, n_states * n_actions, 1))
+    sampler = RolloutPolicy(policy, RolloutNoise.draw(policy, n_states * n_actions, 1), backends)
     actions, log_q, _ = sampler(_repeat(observations, n_actions))
     return actions.reshape(n_states, n_actions, *actions.shape[1:]), log_q.reshape(n_states, n_actions)
 

@@ -13,7 +13,7 @@ from stable_baselines3.common.type_aliases import GymEnv, PyTorchObs, Schedule
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 
-from sb3_trpo_ext.common.rollouts import collect_rollouts_fast
+from sb3_trpo_ext.common.trust_region import TrustRegionUnits
 from sb3_trpo_ext.common.validation import check_int_at_least
 from sb3_trpo_ext.trpo.trpo import TRPO
 from sb3_trpo_ext.vine.branch_runner import BranchConfig, BranchRunner
@@ -49,7 +49,7 @@ class VineTRPO(TRPO):
 
     :param policy: the policy model (``MlpPolicy``, ``CnnPolicy``, ``MultiInputPolicy``) or a policy class
     :param env: the environment to learn from (if registered in Gym, can be str); its envs must be snapshottable
-        (see :mod:`sb3_trpo_ext.common.snapshot`)
+        (see :mod:`sb3_trpo_ext.vine.snapshot`)
     :param n_rollout_states: number ``N`` of rollout-set states per iteration (at most ``n_steps * n_envs``)
     :param n_actions_per_state: number ``K`` of actions per state (for Discrete spaces, ``K >= n`` rolls out every
         action once and uses Eq. (15))
@@ -69,7 +69,8 @@ class VineTRPO(TRPO):
     :param batch_size: mini-batch size of the critic's updates
     :param gamma: discount factor
     :param cg_max_steps: conjugate-gradient iterations ``k`` (the paper uses 10)
-    :param cg_damping: damping added to the Fisher-vector product
+    :param cg_damping: damping added to the Fisher of the whole-distribution KL (``None``: 0.1 per action dimension,
+        sb3-contrib's default; see ``trust_region_units``)
     :param line_search_shrinking_factor: factor by which the step shrinks after a rejected try, in (0, 1)
     :param line_search_max_iter: maximal number of line-search tries
     :param n_critic_updates: epochs of critic updates per rollout (on the trunk's samples)
@@ -79,7 +80,11 @@ class VineTRPO(TRPO):
     :param rollout_buffer_class: rollout buffer class of the trunk (``None``: chosen from the observation space)
     :param rollout_buffer_kwargs: keyword arguments of the rollout buffer
     :param normalize_advantage: normalize the trunk's advantages (unused by the vine's surrogate, kept for symmetry)
-    :param target_kl: the paper's ``delta``: bound on the mean whole-distribution KL over the rollout-set states
+    :param target_kl: the paper's ``delta``: bound on the mean whole-distribution KL over the rollout-set states (``None``: 0.01 per action
+        dimension, sb3-contrib's default; see :mod:`sb3_trpo_ext.common.trust_region` for the runs that chose it)
+    :param trust_region_units: how an explicit ``target_kl`` and ``cg_damping`` are read: ``"distribution"`` (the
+        paper's whole-distribution KL) or ``"sb3-contrib"`` (per action dimension, as sb3-contrib's TRPO: both are
+        multiplied by the action dimension, so sb3-contrib's hyperparameters carry over unchanged)
     :param sub_sampling_factor: kept for symmetry with TRPO (the vine's policy batch is the rollout set)
     :param fisher_sample_fraction: fraction of the policy batch used for the Fisher-vector products (paper: 0.1)
     :param stats_window_size: window size of the rollout logging (episodes)
@@ -109,7 +114,7 @@ class VineTRPO(TRPO):
         batch_size: int = 128,
         gamma: float = 0.99,
         cg_max_steps: int = 10,
-        cg_damping: float = 0.1,
+        cg_damping: float | None = None,
         line_search_shrinking_factor: float = 0.8,
         line_search_max_iter: int = 10,
         n_critic_updates: int = 10,
@@ -119,7 +124,8 @@ class VineTRPO(TRPO):
         rollout_buffer_class: type[RolloutBuffer] | None = None,
         rollout_buffer_kwargs: dict[str, Any] | None = None,
         normalize_advantage: bool = True,
-        target_kl: float = 0.01,
+        target_kl: float | None = None,
+        trust_region_units: TrustRegionUnits = "distribution",
         sub_sampling_factor: int = 1,
         fisher_sample_fraction: float = 1.0,
         stats_window_size: int = 100,
@@ -162,6 +168,7 @@ class VineTRPO(TRPO):
             rollout_buffer_kwargs=rollout_buffer_kwargs,
             normalize_advantage=normalize_advantage,
             target_kl=target_kl,
+            trust_region_units=trust_region_units,
             sub_sampling_factor=sub_sampling_factor,
             fisher_sample_fraction=fisher_sample_fraction,
             stats_window_size=stats_window_size,
@@ -184,11 +191,11 @@ class VineTRPO(TRPO):
                     f"n_rollout_states={n_rollout_states} exceeds the trunk's visited states "
                     f"(n_steps * n_envs = {n_steps * self.n_envs}); lower it or raise n_steps."
                 )
-            self._check_env(self.env)
 
-    def _check_env(self, env: VecEnv) -> None:
-        """Fail at construction, with the fix, when branches cannot be run on ``env``."""
-        self._branch_runner(env).check()
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        if self.env is not None:  # fail at construction, with the fix, when branches cannot be run on the env
+            self._branch_runner(self.env).check()
 
     @property
     def uses_all_actions(self) -> bool:
@@ -204,6 +211,7 @@ class VineTRPO(TRPO):
             bootstrap=self.bootstrap_branches,
             common_random_numbers=self.common_random_numbers,
             branch_envs_per_worker=self.branch_envs_per_worker,
+            backends=self.backends,
             sde_sample_freq=self.sde_sample_freq if self.use_sde else -1,
         )
         if runner is None or runner.venv is not env or runner.config != config:
@@ -242,13 +250,13 @@ class VineTRPO(TRPO):
         take_snapshots(0, self._last_obs)  # type: ignore[arg-type]
         steps_before = self.num_timesteps
         trunk_callback = _SnapshotsOnTheWay(callback, take_snapshots)
-        if not collect_rollouts_fast(self, env, trunk_callback, rollout_buffer, n_rollout_steps):
+        if not super().collect_rollouts(env, trunk_callback, rollout_buffer, n_rollout_steps):
             return False
         trunk_steps = self.num_timesteps - steps_before
 
         observations = rollout_set.observations()
         actions, log_q = sample_branch_actions(
-            self.policy, observations, self.n_actions_per_state, self.action_sampling, runner.rng
+            self.policy, observations, self.n_actions_per_state, self.action_sampling, runner.rng, self.backends
         )
         q_values, branch_steps = runner.run(self.policy, rollout_set, actions)
         self.num_timesteps += branch_steps
