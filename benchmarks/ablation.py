@@ -25,7 +25,6 @@ Variants (each differs from ``ours`` in one thing):
 """
 
 import argparse
-import functools
 import json
 import os
 import sys
@@ -58,10 +57,7 @@ def yaml_entry(variant: str, env_id: str) -> dict[str, Any]:
 
 
 def build(variant: str, env: Any, seed: int, entry: dict[str, Any]) -> Any:
-    import sb3_trpo_ext.common.base as base_module
-    import sb3_trpo_ext.trpo.trpo as trpo_module
-    from sb3_trpo_ext.common.natural_gradient import backtracking_line_search, full_step_scale
-
+    """The model of a variant: each variant is a constructor keyword of ours (no library function is replaced)."""
     settings = {key: value for key, value in entry.items() if key not in NOT_KEYWORDS}
     if variant == "sb3-contrib":
         from sb3_contrib import TRPO as ContribTRPO
@@ -71,15 +67,11 @@ def build(variant: str, env: Any, seed: int, entry: dict[str, Any]) -> Any:
 
     if variant == "cg-15":
         settings["cg_max_steps"] = 15
-    model = TRPO("MlpPolicy", env, seed=seed, **settings)
-    base_module.full_step_scale = full_step_scale  # type: ignore[assignment]
-    trpo_module.backtracking_line_search = backtracking_line_search  # type: ignore[assignment]
-    if variant == "damped-full-step":  # add the damping back into s^T F s
-        damping = model.cg_damping
-        base_module.full_step_scale = lambda s, fs, kl: full_step_scale(s, fs + damping * s, kl)  # type: ignore[assignment]
+    if variant == "damped-full-step":  # the damping back in s^T (F + damping I) s, as sb3-contrib
+        settings["damped_step_length"] = True
     if variant == "kl-rescale":
-        trpo_module.backtracking_line_search = functools.partial(backtracking_line_search, rescale_on_kl=True)  # type: ignore[assignment]
-    return model
+        settings["line_search_rescale_on_kl"] = True
+    return TRPO("MlpPolicy", env, seed=seed, **settings)
 
 
 def run(variant: str, env_id: str, seed: int, budget: int, eval_every: int) -> dict[str, Any]:

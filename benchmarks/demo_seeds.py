@@ -185,14 +185,11 @@ README_START, README_END = "<!-- demo-seeds:start -->", "<!-- demo-seeds:end -->
 
 
 def replace_in_readme(text: str) -> None:
-    """Put ``text`` between the demo-seeds markers of README.md (so the README's figures come from the files)."""
-    path = os.path.join(ROOT, "README.md")
-    with open(path) as f:
-        readme = f.read()
-    start, end = readme.index(README_START) + len(README_START), readme.index(README_END)
-    with open(path, "w") as f:
-        f.write(readme[:start] + "\n" + text.strip() + "\n" + readme[end:])
-    print(f"Updated {path}")
+    """Put ``text`` between the demo-seeds markers (README.md and the docs' results page, where each has them)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from results_io import replace_readme_section  # benchmarks/ is not a package
+
+    replace_readme_section(text.strip(), "demo-seeds")
 
 
 def main() -> None:

@@ -40,7 +40,7 @@ def time_paths(policy, observations, backends: list[str], n_products: int, repea
     for _ in range(repeats):
         for backend in backends:
             start = time.perf_counter()
-            fvp = make_fisher_vector_product(backend, policy, observations, params, 0.1)  # type: ignore[arg-type]
+            fvp = make_fisher_vector_product(backend, policy, observations, params)  # type: ignore[arg-type]
             built = time.perf_counter()
             for vector in vectors:
                 fvp(vector)

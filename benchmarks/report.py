@@ -2,7 +2,7 @@
 Turn the benchmark matrix's result files (``benchmarks/matrix.py``) into markdown tables and PNG learning curves.
 
     python benchmarks/report.py                  # print the tables, write benchmarks/results/matrix/{env}.png
-    python benchmarks/report.py --readme         # also write the tables into README.md between the matrix markers
+    python benchmarks/report.py --readme         # also write the tables between the matrix markers (docs results page)
     python benchmarks/report.py --envs Hopper-v5 --no-plots
 
 Reads ``benchmarks/results/matrix/{algo}/{env}/seed_{S}.json``. Per env and algorithm, over the seeds present:
@@ -11,7 +11,11 @@ Reads ``benchmarks/results/matrix/{algo}/{env}/seed_{S}.json``. Per env and algo
   e.g. 52,500 of 50,000 steps with 2 x 2048-step rollouts), as mean +- sample standard deviation (n - 1) over seeds;
 - the area under the curve: each seed's mean of its evaluation returns over all its evaluations, then mean +- std
   over seeds;
-- n, the number of seeds.
+- n, the number of seeds;
+- in the summary, the final return and the AUC also as the interquartile mean with a 95% bootstrap confidence
+  interval, and each of ours against sb3-contrib: ahead / behind where the interval of the IQM difference excludes
+  0, else even (``benchmarks/intervals.py``).
+The class-defaults cells (``*-defaults*``) are left out: ``benchmarks/defaults_report.py`` reports them.
 Each evaluation return is the mean of the cell's deterministic evaluation episodes. The curves show the mean over
 seeds with a shaded +-1 std band.
 """
@@ -30,7 +34,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from results_io import replace_readme_section  # noqa: E402  (benchmarks/ is not a package)
+import intervals  # noqa: E402  (benchmarks/ is not a package)
+from results_io import load_sibling, replace_readme_section  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "matrix")
@@ -131,6 +136,11 @@ def fmt(value: float, like: float | None = None) -> str:
     if size >= 10:
         return f"{value:.1f}"
     return f"{value:.2f}"
+
+
+def interval_text(interval: intervals.Interval) -> str:
+    """``IQM [low, high]`` with the decimals of the IQM; ``IQM [n/a]`` without an interval; ``-`` without seeds."""
+    return interval.text(lambda value: fmt(value, like=interval.value))
 
 
 def budget_of(cells: Sequence[dict[str, Any]]) -> int:
@@ -255,44 +265,60 @@ def plot(env: str, algos: dict[str, list[dict[str, Any]]], path: str) -> None:
 
 def summary_table(found: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
     """
-    One row per env: each algorithm's mean final return and mean AUC over its seeds, and, for each of ours, whether
-    both are at least sb3-contrib's (``yes`` / ``final`` / ``AUC`` / ``no``: which of the two are).
+    One row per env and algorithm: the seeds, the final return and the AUC as mean ± std and as IQM [95% bootstrap
+    CI] over seeds (``benchmarks/intervals.py``; no interval below 3 seeds), and, for each of ours, the verdict
+    against sb3-contrib on each (``ahead`` / ``behind`` where the interval of the IQM difference excludes 0, else
+    ``even``; ``mean only`` below 3 seeds of either).
     """
     names = ordered(sorted({name for algos in found.values() for name in algos}), ALGO_ORDER)
-    ours = [name for name in names if name != CONTRIB]
-    header = ["env", *(f"`{name}` final / AUC" for name in names)]
+    header = ["env", "algorithm", "seeds", "final: mean ± std", "final: IQM [95% CI]", "AUC: mean ± std", "AUC: IQM [95% CI]"]
     if CONTRIB in names:
-        header += [f"`{name}` >= sb3-contrib" for name in ours]
+        header.append("vs sb3-contrib: final / AUC")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for env in ordered(list(found), ENV_ORDER):
         algos = found[env]
-        stats = {name: summarize(algos[name]) for name in names if name in algos}
-        row = [env]
-        for name in names:
-            if name in stats:
-                final_stat, auc_stat = stats[name]["at"][-1], stats[name]["auc"]
-                row.append(f"{fmt(final_stat.mean)} / {fmt(auc_stat.mean)} (n={final_stat.n})")
-            else:
-                row.append("-")
-        if CONTRIB in names:
-            for name in ours:
-                if name not in stats or CONTRIB not in stats:
+        values = {
+            name: {"final": [v for v in map(final, algos[name]) if v is not None], "auc": [auc(cell) for cell in algos[name]]}
+            for name in names
+            if name in algos
+        }
+        for name in values:
+            row = [env, f"`{name}`", str(len(algos[name]))]
+            for metric in ("final", "auc"):
+                row += [Stat.of(values[name][metric]).text(), interval_text(intervals.iqm_interval(values[name][metric]))]
+            if CONTRIB in names:
+                if name == CONTRIB or CONTRIB not in values:
                     row.append("-")
-                    continue
-                final_ok = stats[name]["at"][-1].mean >= stats[CONTRIB]["at"][-1].mean
-                auc_ok = stats[name]["auc"].mean >= stats[CONTRIB]["auc"].mean
-                row.append({(True, True): "yes", (True, False): "final", (False, True): "AUC"}.get((final_ok, auc_ok), "no"))
-        lines.append("| " + " | ".join(row) + " |")
+                else:
+                    row.append(" / ".join(intervals.compare(values[name][m], values[CONTRIB][m]) for m in ("final", "auc")))
+            lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def without_defaults(found: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """The matrix without its class-defaults cells (``benchmarks/defaults_report.py`` reports those)."""
+    defaults = load_sibling("matrix").DEFAULTS
+    kept = {env: {algo: cells for algo, cells in algos.items() if algo not in defaults} for env, algos in found.items()}
+    return {env: algos for env, algos in kept.items() if algos}
 
 
 def report(results: str = RESULTS, envs: Sequence[str] | None = None, plots: bool = True) -> str:
     """The markdown of every env with results; writes one PNG per env into ``results`` when ``plots``."""
-    found = load(results, envs)
+    found = without_defaults(load(results, envs))
     if not found:
         raise SystemExit(f"no result files under {results}: run benchmarks/matrix.py first")
+    has_contrib = any(CONTRIB in algos for algos in found.values())
     sections = [
-        "Summary (mean over seeds of the final return / area under the curve; details per env below):",
+        "Summary per env: the final return and the area under the curve (AUC: mean over all evaluations) of each "
+        "seed, as mean ± std and as interquartile mean [95% bootstrap CI] over seeds (`benchmarks/intervals.py`; "
+        "`[n/a]`: fewer than 3 seeds, no interval)."
+        + (
+            " Against sb3-contrib: ahead / behind where the interval of the IQM difference excludes 0, else even "
+            "(`mean only` below 3 seeds)."
+            if has_contrib
+            else ""
+        )
+        + " Details per env below:",
         "",
         summary_table(found),
         "",
@@ -314,15 +340,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--results", default=RESULTS, help="result folder (default: benchmarks/results/matrix)")
     parser.add_argument("--envs", nargs="+", help="only these environments")
     parser.add_argument("--no-plots", action="store_true", help="do not write the PNG curves")
-    parser.add_argument("--readme", action="store_true", help="write the tables into README.md between the matrix markers")
-    parser.add_argument("--markers", default="matrix", help="the README section: between <!-- NAME:start/end -->")
+    parser.add_argument("--readme", action="store_true", help="write the tables between the markers (docs/misc/results.md)")
+    parser.add_argument("--markers", default="matrix", help="the section: between <!-- NAME:start/end -->")
     parser.add_argument("--readme-path", default=README, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     text = report(args.results, args.envs, plots=not args.no_plots)
     print(text)
     if args.readme:
         write_readme(text, args.readme_path, args.markers)
-        print(f"\nwrote the tables into {args.readme_path}", file=sys.stderr)
+        print(f"\nwrote the tables between the {args.markers} markers", file=sys.stderr)
 
 
 if __name__ == "__main__":

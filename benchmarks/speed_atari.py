@@ -11,15 +11,14 @@ Each model is warmed up for one update, then timed on ``--steps`` env steps per 
 in rounds so that machine noise hits both alike. Prints env-steps/s end to end, the mean time of one ``train()``,
 the ratios ours / sb3-contrib, and where the time of one update goes:
 
-- ours: rollout (``collect_rollouts``), Fisher setup (the product's construction, ``_fisher_vector_product``),
-  Fisher products (time inside the function it returns: the CG iterations and the ``s^T F s`` product), critic fit
-  (``fit_critic``), the rest of ``train()`` (policy forward and gradient, CG vector algebra, line search), and the
-  rest of ``learn()`` (logging, callbacks);
+- ours: rollout (``collect_rollouts``), the policy step (direction, Fisher products, CG, line search) and the critic
+  fit, as the model logs them itself (``time/policy_step_s``, ``time/critic_fit_s``), the rest of ``train()``, and
+  the rest of ``learn()`` (logging, callbacks); the Fisher paths alone are timed by ``benchmarks/fisher_paths.py``;
 - sb3-contrib: rollout, Fisher products (time inside its ``hessian_vector_product``; the graph of the KL gradient
   it differentiates is built in "rest of train()"), the rest of ``train()`` (critic fit included), the rest of
   ``learn()``.
 
-The timers are wrappers set up by this script only (nothing in the library changes); their own cost is a few
+The other timers wrap the models' own methods (no library module is patched); their own cost is a few
 ``perf_counter`` calls per update.
 
     python benchmarks/speed_atari.py --steps 2048 --rounds 3   # the defaults, ~6 minutes on one core
@@ -44,7 +43,6 @@ from sb3_contrib import TRPO as ContribTRPO
 from stable_baselines3.common.env_util import make_atari_env
 from stable_baselines3.common.vec_env import VecFrameStack
 
-import sb3_trpo_ext.common.base as ours_base
 from sb3_trpo_ext import TRPO
 
 ENV_ID = "BreakoutNoFrameskip-v4"
@@ -57,12 +55,12 @@ SAMPLES_PER_UPDATE = SETTINGS["n_steps"] * N_ENVS
 
 OURS, CONTRIB = "sb3-trpo-ext", "sb3-contrib"
 PARTS = {
-    OURS: ["rollout", "fisher_setup", "fisher_products", "critic", "train_rest", "learn_rest"],
+    OURS: ["rollout", "policy_step", "critic", "train_rest", "learn_rest"],
     CONTRIB: ["rollout", "fisher_products", "train_rest", "learn_rest"],
 }
 PART_NAMES = {
     "rollout": "rollout (collect_rollouts)",
-    "fisher_setup": "Fisher setup",
+    "policy_step": "policy step",
     "fisher_products": "Fisher products",
     "critic": "critic fit",
     "train_rest": "rest of train()",
@@ -89,18 +87,6 @@ def timed(function: Callable[..., Any], timers: dict[str, float], key: str) -> C
     return wrapper
 
 
-# our critic fit is a module-level function called by the base class: one wrapper, timers looked up by policy
-_CRITIC_TIMERS: dict[int, dict[str, float]] = {}
-_original_fit_critic = ours_base.fit_critic
-
-
-def _timed_fit_critic(backend: Any, policy: Any, *args: Any, **kwargs: Any) -> Any:
-    return timed(_original_fit_critic, _CRITIC_TIMERS[id(policy)], "critic")(backend, policy, *args, **kwargs)
-
-
-ours_base.fit_critic = _timed_fit_critic  # type: ignore[assignment]
-
-
 def build(name: str, seed: int) -> Any:
     cls = TRPO if name == OURS else ContribTRPO
     model: Any = cls("CnnPolicy", make_env(seed), seed=seed, device="cpu", **SETTINGS)
@@ -113,18 +99,13 @@ def build(name: str, seed: int) -> Any:
         start = time.perf_counter()
         original_train()
         model.train_seconds.append(time.perf_counter() - start)
+        if name == OURS:  # the model's own timings of this update, recorded in train() and not dumped yet
+            logged = model.logger.name_to_value
+            model.timers["policy_step"] += logged["time/policy_step_s"]
+            model.timers["critic"] += logged["time/critic_fit_s"]
 
     model.train = timed(timed_train, model.timers, "train")
-    if name == OURS:
-        _CRITIC_TIMERS[id(model.policy)] = model.timers
-        make_product = model._fisher_vector_product
-
-        def timed_make_product(*args: Any, **kwargs: Any) -> Callable[[th.Tensor], th.Tensor]:
-            product = timed(make_product, model.timers, "fisher_setup")(*args, **kwargs)
-            return timed(product, model.timers, "fisher_products")
-
-        model._fisher_vector_product = timed_make_product
-    else:
+    if name == CONTRIB:
         model.hessian_vector_product = timed(model.hessian_vector_product, model.timers, "fisher_products")
     return model
 
@@ -141,16 +122,18 @@ def breakdown(name: str, model: Any) -> dict[str, float]:
     """Seconds per update of each part (timed rounds only)."""
     t = model.timers
     updates = max(1, len(model.train_seconds))
-    parts = {"rollout": t["rollout"], "fisher_products": t["fisher_products"]}
+    parts = {"rollout": t["rollout"]}
     if name == OURS:
-        parts.update(fisher_setup=t["fisher_setup"], critic=t["critic"])
-        parts["train_rest"] = t["train"] - t["fisher_setup"] - t["fisher_products"] - t["critic"]
+        parts.update(policy_step=t["policy_step"], critic=t["critic"])
+        parts["train_rest"] = t["train"] - t["policy_step"] - t["critic"]
     else:
+        parts.update(fisher_products=t["fisher_products"])
         parts["train_rest"] = t["train"] - t["fisher_products"]
     parts["learn_rest"] = t["learn"] - t["rollout"] - t["train"]
     per_update = {key: parts[key] / updates for key in PARTS[name]}
     per_update["total"] = t["learn"] / updates
-    per_update["products_per_update"] = t["fisher_products_calls"] / updates
+    if name == CONTRIB:
+        per_update["products_per_update"] = t["fisher_products_calls"] / updates
     return per_update
 
 
@@ -206,14 +189,7 @@ def main() -> None:
             cells.append("-" if value is None else f"{value:6.2f} ({100 * value / parts[name]['total']:3.0f}%)")
         report(f"{PART_NAMES[key]:>28} {cells[0]:>12} {cells[1]:>12}")
     report(f"{'total':>28} {parts[CONTRIB]['total']:>12.2f} {parts[OURS]['total']:>12.2f}")
-    report(
-        f"{'Fisher products / update':>28} {parts[CONTRIB]['products_per_update']:>12.1f} "
-        f"{parts[OURS]['products_per_update']:>12.1f}"
-    )
-    report(
-        f"{'s per Fisher product':>28} "
-        + " ".join(f"{parts[name]['fisher_products'] / max(parts[name]['products_per_update'], 1):>12.2f}" for name in models)
-    )
+    report(f"{'Fisher products / update':>28} {parts[CONTRIB]['products_per_update']:>12.1f}")
     report(f"backends (ours): {models[OURS].backends}")
 
     default = os.path.join(os.path.dirname(__file__), "results", "speed_atari.txt")

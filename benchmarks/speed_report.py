@@ -2,7 +2,7 @@
 Turn the speed benchmark's result files into the README's Speed tables (between its ``speed`` markers).
 
     python benchmarks/speed_report.py            # print the markdown
-    python benchmarks/speed_report.py --readme   # write it into README.md
+    python benchmarks/speed_report.py --readme   # write it between the speed markers (docs/misc/results.md)
 
 Reads ``benchmarks/results/speed.json`` (the current code, ``benchmarks/speed.py``) and, when present,
 ``benchmarks/results/speed_0.1.0.json`` (the same script run on release 0.1.0's package in the same sitting) and
@@ -12,6 +12,7 @@ Reads ``benchmarks/results/speed.json`` (the current code, ``benchmarks/speed.py
 import argparse
 import json
 import os
+import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
@@ -115,13 +116,10 @@ def main() -> None:
     if not args.readme:
         print(text)
         return
-    path = os.path.join(ROOT, "README.md")
-    with open(path) as f:
-        readme = f.read()
-    start, end = readme.index(START) + len(START), readme.index(END)
-    with open(path, "w") as f:
-        f.write(readme[:start] + "\n" + text + "\n" + readme[end:])
-    print(f"Updated {path}")
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from results_io import replace_readme_section  # benchmarks/ is not a package
+
+    replace_readme_section(text, "speed")  # README.md and the docs' results page, where each has the markers
 
 
 if __name__ == "__main__":

@@ -102,7 +102,8 @@ from threadpoolctl import threadpool_limits
 
 from sb3_trpo_ext import TRPO, VineTRPO
 from sb3_trpo_ext.common.base import NaturalGradientAlgorithm
-from sb3_trpo_ext.common.distributions import actor_parameters, detach_distribution
+from sb3_trpo_ext.common.direction import natural_direction
+from sb3_trpo_ext.common.distributions import actor_parameters
 from sb3_trpo_ext.common.fisher import make_fisher_vector_product
 from sb3_trpo_ext.common.natural_gradient import conjugate_gradient, flat_grad
 from sb3_trpo_ext.common.policy_batch import AdvantageBatch, PolicyBatch, index_observations
@@ -586,25 +587,20 @@ class Directions:
 
 def estimate_directions(model: NaturalGradientAlgorithm, batch: PolicyBatch, cg_max_steps: int) -> tuple[th.Tensor, th.Tensor]:
     """
-    The gradient and CG direction of ``batch``'s surrogate at the current parameters, as
-    ``NaturalGradientAlgorithm._natural_gradient_step`` computes them (the model's Fisher-vector product, with its
-    ``fisher_sample_fraction`` and ``cg_damping``).
+    The gradient and CG direction of ``batch``'s surrogate at the current parameters, as the model's update computes
+    them (:func:`~sb3_trpo_ext.common.direction.natural_direction` with the model's Fisher path, damping and
+    ``fisher_sample_fraction``).
 
     :param model: the model (its policy and Fisher settings)
     :param batch: the samples
     :param cg_max_steps: conjugate-gradient iterations
     :return: the gradient and the CG solution
     """
-    policy = model.policy
-    distribution = policy.get_distribution(batch.observations)
-    old_distribution = detach_distribution(distribution)
-    log_prob = distribution.log_prob(batch.actions)
-    params = actor_parameters(policy, distribution)
-    objective = batch.surrogate(log_prob, log_prob.detach())
-    gradient = flat_grad(objective, params, retain_graph=True)
-    fisher_vector_product = model._fisher_vector_product(batch, distribution, old_distribution, params)
-    solution = conjugate_gradient(fisher_vector_product, gradient, cg_max_steps).solution
-    return gradient.detach().double(), solution.detach().double()
+    found = natural_direction(
+        model.policy, batch, model.backends.fisher, model.fisher_damping, cg_max_steps, model.fisher_sample_fraction
+    )
+    assert found.direction is not None, found.failure
+    return found.gradient.detach().double(), found.direction.detach().double()
 
 
 def single_path_estimate(checkpoint: Checkpoint, batch_size: int, seed: int, cg_max_steps: int) -> Directions:
@@ -694,7 +690,7 @@ class FisherMetric:
     def __init__(self, checkpoint: Checkpoint, observations: th.Tensor) -> None:
         model = checkpoint.trpo(checkpoint.make_env(1, REFERENCE_SEED), REFERENCE_SEED)
         params = actor_parameters(model.policy, model.policy.get_distribution(observations[:2]))
-        self.product = make_fisher_vector_product(model.backends.fisher, model.policy, observations, params, 0.0)
+        self.product = make_fisher_vector_product(model.backends.fisher, model.policy, observations, params)
 
     def cosine(self, a: th.Tensor, b: th.Tensor) -> float:
         """:return: ``a^T F b / sqrt(a^T F a * b^T F b)`` (0 when one of them is zero)"""
@@ -751,10 +747,9 @@ def large_batch_natural(
     index = th.from_numpy(np.random.default_rng(seed).permutation(n)[: min(n, fisher_states)])
     observations = index_observations(samples.observations, index)
     params = actor_parameters(model.policy, model.policy.get_distribution(observations[:2]))
-    fisher_vector_product = make_fisher_vector_product(
-        model.backends.fisher, model.policy, observations, params, model.cg_damping
-    )
-    return conjugate_gradient(fisher_vector_product, gradient.float(), model.cg_max_steps).solution.double()
+    fisher = make_fisher_vector_product(model.backends.fisher, model.policy, observations, params)
+    damping = model.fisher_damping
+    return conjugate_gradient(lambda v: fisher(v) + damping * v, gradient.float(), model.cg_max_steps).solution.double()
 
 
 def reference_directions(

@@ -247,14 +247,21 @@ def test_tiny_cell_end_to_end(tmp_path: Path) -> None:
 
 
 def test_summary_table_compares_each_of_ours_with_sb3_contrib(hand_made: Path) -> None:
-    # "trpo_ext": final 7, AUC 4.5; sb3-contrib: final 50, AUC 30; an equal-trust-region variant above both
+    # "trpo_ext": final 7, AUC 4.5 over 3 seeds; sb3-contrib: 3 seeds far above; an equal-trust-region variant, 1 seed
     write_cell(hand_made, "trpo_ext-equal-tr", "Toy-v0", 0, [50, 100], [40.0, 60.0])
-    table = report.summary_table(report.load(str(hand_made)))
-    header, _, row = table.splitlines()
-    assert header.split(" | ")[1:3] == ["`trpo_ext` final / AUC", "`trpo_ext-equal-tr` final / AUC"]
-    cells = [cell.strip() for cell in row.strip("|").split("|")]
-    assert cells[:4] == ["Toy-v0", "7.00 / 4.50 (n=3)", "60.0 / 50.0 (n=1)", "50.0 / 30.0 (n=1)"]
-    assert cells[4:] == ["no", "yes"]
+    for seed in (1, 2):
+        write_cell(hand_made, "sb3-contrib", "Toy-v0", seed, [50, 100], [30.0, 50.0 + seed])
+    header, _, *rows = report.summary_table(report.load(str(hand_made))).splitlines()
+    assert header.split(" | ")[1:5] == ["algorithm", "seeds", "final: mean ± std", "final: IQM [95% CI]"]
+    cells = {row.split(" | ")[1]: [cell.strip() for cell in row.strip("|").split("|")] for row in rows}
+    assert list(cells) == ["`trpo_ext`", "`trpo_ext-equal-tr`", "`sb3-contrib`"]
+    assert cells["`trpo_ext`"][2:4] == ["3", "7.00 ± 3.61"] and cells["`trpo_ext`"][5] == "4.50 ± 2.00"
+    assert cells["`trpo_ext`"][-1] == "behind / behind"  # the intervals of the IQM differences lie below 0
+    assert (
+        cells["`trpo_ext-equal-tr`"][2:5] == ["1", "60.0", "60.0 [n/a]"]
+        and cells["`trpo_ext-equal-tr`"][-1] == "mean only / mean only"
+    )
+    assert cells["`sb3-contrib`"][-1] == "-"
 
 
 def test_variant_cell_trains_our_algorithm_with_params_from_sb3_contribs_settings() -> None:

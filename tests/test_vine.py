@@ -39,7 +39,6 @@ from sb3_trpo_ext.vine.branch_runner import BranchRunner
 from sb3_trpo_ext.vine.branches import call_subproc_workers
 from sb3_trpo_ext.vine.estimators import (
     all_actions_surrogate,
-    discounted_branch_returns,
     importance_sampling_surrogate,
 )
 from sb3_trpo_ext.vine.snapshot import SnapshotError
@@ -230,15 +229,6 @@ def test_eq16_with_q_equal_to_the_old_policy_is_the_mean_q_per_state() -> None:
     value = importance_sampling_surrogate(log_prob, log_prob.clone(), th.tensor(q_values))
     expected = sum(sum(q_values[n]) / 4 for n in range(3)) / 3
     assert value.item() == pytest.approx(expected, rel=1e-12)
-
-
-def test_discounted_branch_returns_equal_a_hand_computation() -> None:
-    rewards = th.tensor([[1.0, 2.0, 3.0], [1.0, 5.0, 0.0], [4.0, 0.0, 0.0]], dtype=th.float64)
-    alive = th.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0]], dtype=th.float64)
-    bootstrap = th.tensor([0.5, 0.0, 0.25], dtype=th.float64)
-    gamma = 0.9
-    expected = [1 + 0.9 * 2 + 0.81 * 3 + 0.5, 1 + 0.9 * 5, 4 + 0.25]
-    assert discounted_branch_returns(rewards, alive, bootstrap, gamma).tolist() == pytest.approx(expected, rel=1e-12)
 
 
 # ---------------------------------------------------------------------------------------------------- trunk vs branches
@@ -555,7 +545,6 @@ def test_call_subproc_workers_sends_each_worker_its_own_arguments() -> None:
 @pytest.mark.parametrize(
     "keyword, value",
     [
-        ("n_rollout_states", 129),  # > n_steps * n_envs = 128
         ("n_rollout_states", 0),
         ("n_actions_per_state", 1),
         ("n_actions_per_state", 0),
@@ -860,18 +849,68 @@ def test_vine_pong_with_cnn_policy_and_uniform_q_runs_and_logs() -> None:
 
 def test_frame_stack_state_reads_vec_frame_stack_buffers_and_axis() -> None:
     """The one read of SB3's private ``VecFrameStack.stacked_obs`` (buffer per env, stacking axis)."""
-    from sb3_trpo_ext.vine.branches import frame_stack_state
+    from sb3_trpo_ext.vine.branch_transform import frame_stack_state
 
     venv = VecFrameStack(DummyVecEnv([lambda: TinyEnv(spaces.Discrete(2), observation="image")] * 2), n_stack=3)
     obs = venv.reset()
     venv.step(np.array([1, 0]))
     obs, *_ = venv.step(np.array([0, 1]))
     for index in range(2):
-        buffer, axis = frame_stack_state(venv, index)
+        [(key, buffer, axis)] = frame_stack_state(venv, index)
         np.testing.assert_array_equal(buffer, obs[index])  # the buffer is what the policy saw last
-        assert axis == -1 and buffer.shape == (36, 36, 9)
+        assert key is None and axis == -1 and buffer.shape == (36, 36, 9)
         buffer[...] = 0  # a copy: the VecEnv is not touched
-    assert obs[0].any() and np.array_equal(frame_stack_state(venv, 0)[0], obs[0])
+    assert obs[0].any() and np.array_equal(frame_stack_state(venv, 0)[0][1], obs[0])
+
+
+class _DictOfBoxes(gym.ObservationWrapper):
+    """TinyEnv's vector as a Dict of two Box entries (VecFrameStack stacks each key)."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self.observation_space = spaces.Dict(
+            {"a": spaces.Box(-1.0, 1.0, (2,), np.float32), "b": spaces.Box(-1.0, 1.0, (2,), np.float32)}
+        )
+
+    def observation(self, observation: np.ndarray) -> dict[str, np.ndarray]:
+        return {"a": observation[:2].copy(), "b": observation[2:].copy()}
+
+
+class _RawObservations(gym.Wrapper):
+    """Records the observation the env returned, before any VecEnv wrapper."""
+
+    def step(self, action: Any) -> Any:
+        result = self.env.step(action)
+        self.raw = result[0]
+        return result
+
+
+@pytest.mark.parametrize("case", ["dict-frame-stack", "box-frame-stack", "skipped-transpose"])
+def test_branch_transform_replays_what_the_vec_env_wrappers_compute(case: str) -> None:
+    # a branch transition goes through the same frame stacking / transposition as the trunk's (Dict stacks per key;
+    # a VecTransposeImage(skip=True) leaves observations alone)
+    from stable_baselines3.common.vec_env import VecTransposeImage
+
+    from sb3_trpo_ext.common.rollout_policy import stack_observations
+    from sb3_trpo_ext.vine.branch_transform import BranchTransform
+
+    if case == "dict-frame-stack":
+        venv = VecFrameStack(DummyVecEnv([lambda: _RawObservations(_DictOfBoxes(TinyEnv(spaces.Discrete(2))))]), 3)
+    elif case == "box-frame-stack":
+        venv = VecFrameStack(DummyVecEnv([lambda: _RawObservations(TinyEnv(spaces.Discrete(2)))]), 2)
+    else:
+        venv = VecTransposeImage(DummyVecEnv([lambda: _RawObservations(TinyEnv(spaces.Discrete(2), "image"))]), skip=True)
+    venv.seed(0)
+    venv.reset()
+    transform = BranchTransform.of(venv)
+    for action in (1, 0, 1):
+        stacks = [stack[None] for stack in BranchTransform.frame_stacks(venv, 0)]
+        obs, rewards, *_ = venv.step(np.array([action]))
+        raw = stack_observations([venv.unwrapped.envs[0].raw])  # type: ignore[attr-defined]
+        replayed, _, _ = transform(raw, rewards.astype(np.float32), stacks)
+        for key in obs if isinstance(obs, dict) else [None]:
+            expected, got = (obs, replayed) if key is None else (obs[key], replayed[key])
+            np.testing.assert_array_equal(got, expected)
 
 
 def test_clone_without_bookkeeping_writes_no_monitor_file_and_records_no_episode(tmp_path: Path) -> None:

@@ -485,3 +485,30 @@ def test_two_worker_processes_share_one_study(storage_kind, n_trials, tmp_path):
     assert all(SAMPLER_PARAMS["trpo_ext"] <= set(trial.params) for trial in trials)
     if storage_kind == "sqlite":
         check_trial_reloads("trpo_ext", storage, "shared", tmp_path, trials[1])
+
+
+# ---------------------------------------------------------------------------------------------- rl-zoo3's own behaviour
+
+
+def test_cli_env_without_entry_nor_default_exits_1_like_rl_zoo3(tmp_path):
+    """rl-zoo3 raises ValueError("Hyperparameters not found for ...") there: status 1. Ours says it without a traceback."""
+    (tmp_path / "cartpole_only.yml").write_text("CartPole-v1:\n  n_timesteps: 1000\n  policy: 'MlpPolicy'\n")
+    args = train_args("trpo_ext", "Pendulum-v1", 256, "-conf", "cartpole_only.yml")
+    result = run_module("sb3_trpo_ext.train", args, tmp_path, expect_success=False)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "cartpole_only.yml has no entry for Pendulum-v1 and no 'default' entry" in result.stderr
+    assert "its entries: CartPole-v1" in result.stderr and "Traceback" not in result.stderr
+    assert not list(tmp_path.glob("logs/**/*.zip"))
+
+
+@pytest.mark.parametrize("key", ZOO_KEYS)
+def test_cli_trains_an_entry_whose_default_batch_size_exceeds_its_rollout(key, tmp_path):
+    """n_steps: 32 with the default batch_size (128), as in rl-zoo3's test_default_hyperparameters: a warning, no error."""
+    cls = algorithm_class(key)
+    entry = "default:\n  policy: 'MlpPolicy'\n  n_timesteps: 200\n  n_steps: 32\n"
+    if key == "vine_trpo":
+        entry += "  n_rollout_states: 16\n"  # the vine's own limit: at most n_steps * n_envs states (default 64)
+    (tmp_path / "default_only.yml").write_text(entry)
+    run_module("sb3_trpo_ext.train", train_args(key, "CartPole-v1", 100, "-conf", "default_only.yml"), tmp_path)
+    model = cls.load(tmp_path / "logs" / key / "CartPole-v1_1" / "CartPole-v1.zip", device="cpu")
+    assert model.n_steps == 32 and model.batch_size == 128 and model.num_timesteps >= 100

@@ -35,8 +35,8 @@ on a NatureCNN actor torch.func takes 26 s per 25-step CG solve where double bac
 
 A *plain MLP* is what :func:`~sb3_trpo_ext.common.fast_mlp.mlp_layers` reads (``Linear`` layers and the activations
 of :data:`~sb3_trpo_ext.common.fast_mlp.ACTIVATIONS` behind a ``FlattenExtractor``, or behind a ``CombinedExtractor``
-that only flattens vectors: a concatenation, so a Dict of vectors runs the same path as the flat Box), in float32. The NumPy paths
-live in :mod:`~sb3_trpo_ext.common.fast_mlp`, :mod:`~sb3_trpo_ext.common.critic` and
+that only flattens vectors: a concatenation, so a Dict of vectors runs the same path as the flat Box), in float32.
+The NumPy paths live in :mod:`~sb3_trpo_ext.common.fast_mlp`, :mod:`~sb3_trpo_ext.common.critic` and
 :mod:`~sb3_trpo_ext.common.fisher`. The algorithms store the decision in ``model.backends`` and print it at
 ``verbose >= 1``. ``model.backends`` is read by every part (rollouts, branches, Fisher, critic): a user may set it,
 e.g. ``model.backends = model.backends._replace(fisher="double-backprop")``.
@@ -45,8 +45,6 @@ e.g. ``model.backends = model.backends._replace(fisher="double-backprop")``.
 from typing import Literal, NamedTuple
 
 import torch as th
-from stable_baselines3.common.torch_layers import MlpExtractor
-from torch import nn
 from stable_baselines3.common.distributions import (
     BernoulliDistribution,
     CategoricalDistribution,
@@ -54,6 +52,8 @@ from stable_baselines3.common.distributions import (
     MultiCategoricalDistribution,
 )
 from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.torch_layers import MlpExtractor
+from torch import nn
 
 from sb3_trpo_ext.common.fast_mlp import mlp_layers
 from sb3_trpo_ext.common.fisher import GAUSS_NEWTON_DISTRIBUTIONS, ActorOutput, FisherBackend
@@ -84,7 +84,9 @@ class Backends(NamedTuple):
         )
 
 
-SB3_CODE = Backends(rollouts="sb3", rollout_actor="torch", rollout_critic="torch", critic_fit="torch", fisher="double-backprop")
+SB3_CODE = Backends(
+    rollouts="sb3", rollout_actor="torch", rollout_critic="torch", critic_fit="torch", fisher="double-backprop"
+)
 """What a policy that is not stock runs: SB3's own code for every part."""
 
 VERIFIED_MODULES: tuple[type[nn.Module], ...] = (
@@ -131,9 +133,7 @@ def choose_backends(policy: ActorCriticPolicy) -> Backends:
     closed_form_sampling = type(dist) is DiagGaussianDistribution or isinstance(
         dist, (CategoricalDistribution, MultiCategoricalDistribution, BernoulliDistribution)
     )
-    gauss_newton = (
-        isinstance(dist, GAUSS_NEWTON_DISTRIBUTIONS) and not policy.use_sde
-    )
+    gauss_newton = isinstance(dist, GAUSS_NEWTON_DISTRIBUTIONS) and not policy.use_sde
     fisher: FisherBackend = "double-backprop"
     if gauss_newton and actor_mlp and on_cpu:
         fisher = "numpy-gauss-newton"

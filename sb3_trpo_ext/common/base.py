@@ -11,7 +11,7 @@ fit the critic, log. Subclasses differ only where the methods differ:
 - ``collect_rollouts``: how samples are gathered.
 """
 
-from collections.abc import Callable
+import time
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -19,7 +19,7 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.distributions import DiagGaussianDistribution, Distribution, StateDependentNoiseDistribution
+from stable_baselines3.common.distributions import DiagGaussianDistribution, StateDependentNoiseDistribution
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import (
     ActorCriticCnnPolicy,
@@ -33,10 +33,10 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_trpo_ext.common.backends import choose_backends
 from sb3_trpo_ext.common.critic import fit_critic
-from sb3_trpo_ext.common.distributions import SUPPORTED_DISTRIBUTIONS, actor_parameters, detach_distribution, kl_per_state
-from sb3_trpo_ext.common.fisher import make_fisher_vector_product
-from sb3_trpo_ext.common.natural_gradient import StepOutcome, conjugate_gradient, flat_grad, full_step_scale
-from sb3_trpo_ext.common.policy_batch import AdvantageBatch, PolicyBatch, index_observations
+from sb3_trpo_ext.common.direction import natural_direction
+from sb3_trpo_ext.common.distributions import SUPPORTED_DISTRIBUTIONS
+from sb3_trpo_ext.common.natural_gradient import StepOutcome, full_step_scale
+from sb3_trpo_ext.common.policy_batch import AdvantageBatch, PolicyBatch
 from sb3_trpo_ext.common.rollouts import collect_rollouts_fast
 from sb3_trpo_ext.common.trust_region import (
     TrustRegionUnits,
@@ -77,6 +77,9 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
         KL: both are multiplied by the action dimension, so sb3-contrib's hyperparameters carry over unchanged)
     :param sub_sampling_factor: use only every k-th sample of the rollout for the policy step (as in sb3-contrib)
     :param fisher_sample_fraction: fraction of the policy batch used for the Fisher-vector products (the paper uses 0.1)
+    :param damped_step_length: scale the full step by ``sqrt(2 delta / s^T (F + damping I) s)`` as sb3-contrib does,
+        instead of the paper's undamped ``s^T F s`` (off by default: no better on Acrobot, CartPole and Walker2d in
+        ``benchmarks/ablation.py``, variant ``damped-full-step``)
     :param stats_window_size: window size of the rollout logging (episodes)
     :param tensorboard_log: the log location for tensorboard (if None, no logging)
     :param policy_kwargs: additional arguments passed to the policy on creation
@@ -113,6 +116,7 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
         trust_region_units: TrustRegionUnits = "distribution",
         sub_sampling_factor: int = 1,
         fisher_sample_fraction: float = 1.0,
+        damped_step_length: bool = False,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -167,6 +171,7 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
         self.trust_region_units = trust_region_units
         self.sub_sampling_factor = sub_sampling_factor
         self.fisher_sample_fraction = fisher_sample_fraction
+        self.damped_step_length = damped_step_length
         self.skipped_updates = 0
 
         if _init_setup_model:
@@ -238,7 +243,8 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
 
     def _natural_gradient_step(self, batch: PolicyBatch) -> dict[str, float]:
         """
-        One trust-region step on ``batch``; the step rule comes from :meth:`_apply_step`.
+        One trust-region step on ``batch``: the direction from :func:`~sb3_trpo_ext.common.direction.natural_direction`,
+        the step rule from :meth:`_apply_step`.
 
         A non-finite value anywhere (weights, gradient, Fisher-vector product, CG solution) skips the step and
         leaves the parameters untouched.
@@ -246,42 +252,28 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
         :param batch: the samples
         :return: diagnostics to log
         """
-        policy = self.policy
-        distribution = policy.get_distribution(batch.observations)
-        old_distribution = detach_distribution(distribution)
-        log_prob = distribution.log_prob(batch.actions)
-        old_log_prob = log_prob.detach()
-        if self._actor_params is None:
-            self._actor_params = actor_parameters(policy, distribution)
-        params = self._actor_params
-
-        objective = batch.surrogate(log_prob, old_log_prob)
-        gradient = flat_grad(objective, params, retain_graph=True)
-        old_objective = float(objective.item())
-        stats: dict[str, float] = {"policy_objective": old_objective}
-        if not (batch.is_finite() and th.isfinite(gradient).all()):
-            return self._skip_step(stats, "non-finite advantages or gradient")
-
-        fisher_vector_product = self._fisher_vector_product(batch, distribution, old_distribution, params)
-        cg = conjugate_gradient(fisher_vector_product, gradient, self.cg_max_steps)
-        direction = cg.solution
-        stats.update(cg_residual=cg.residual_norm, cg_iterations=float(cg.iterations))
-        if not th.isfinite(direction).all():
-            return self._skip_step(stats, "non-finite conjugate-gradient solution")
-        fisher_direction = fisher_vector_product(direction) - self.fisher_damping * direction
-        beta = full_step_scale(direction, fisher_direction, self.max_kl)
+        found = natural_direction(
+            self.policy,
+            batch,
+            self.backends.fisher,
+            self.fisher_damping,
+            self.cg_max_steps,
+            self.fisher_sample_fraction,
+            self._actor_params,
+        )
+        self._actor_params = found.params
+        stats: dict[str, float] = {"policy_objective": found.objective, **found.diagnostics}
+        if found.failure is not None:
+            return self._skip_step(stats, found.failure)
+        assert found.direction is not None and found.fisher_direction is not None and found.evaluate is not None
+        curvature_direction = found.fisher_direction
+        if self.damped_step_length:  # sb3-contrib's step length: s^T (F + damping I) s
+            curvature_direction = curvature_direction + self.fisher_damping * found.direction
+        beta = full_step_scale(found.direction, curvature_direction, self.max_kl)
         if not np.isfinite(beta):
             return self._skip_step(stats, "non-positive or non-finite curvature s^T F s")
 
-        def evaluate() -> tuple[float, float]:
-            with th.no_grad():
-                new_distribution = policy.get_distribution(batch.observations)
-                new_log_prob = new_distribution.log_prob(batch.actions)
-                new_objective = batch.surrogate(new_log_prob, old_log_prob)
-                kl = kl_per_state(old_distribution, new_distribution).mean()
-            return float(new_objective.item()), float(kl.item())
-
-        outcome = self._apply_step(params, direction, beta, evaluate, old_objective)
+        outcome = self._apply_step(found.params, found.direction, beta, found.evaluate, found.objective)
         if outcome.non_finite:
             self.skipped_updates += 1
         stats.update(
@@ -289,30 +281,10 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
             is_line_search_success=float(outcome.accepted),
             line_search_iterations=float(outcome.line_search_iterations),
             step_size=outcome.step_size,
-            surrogate_improvement=outcome.objective - old_objective,
+            surrogate_improvement=outcome.objective - found.objective,
             **outcome.extra,
         )
         return stats
-
-    def _fisher_vector_product(
-        self,
-        batch: PolicyBatch,
-        distribution: Distribution,
-        old_distribution: Distribution,
-        params: list[th.nn.Parameter],
-    ) -> Callable[[th.Tensor], th.Tensor]:
-        """
-        ``v -> (F + fisher_damping I) v`` on the batch (or a ``fisher_sample_fraction`` subsample of it), the analytic
-        Fisher on the path of ``self.backends.fisher`` (:func:`~sb3_trpo_ext.common.fisher.make_fisher_vector_product`).
-        """
-        observations, n_samples = batch.observations, len(batch.actions)
-        n_fisher = max(1, round(self.fisher_sample_fraction * n_samples))
-        if n_fisher < n_samples:
-            index = th.randperm(n_samples, device=self.device)[:n_fisher]
-            observations, distribution = index_observations(observations, index), None  # type: ignore[assignment]
-        return make_fisher_vector_product(
-            self.backends.fisher, self.policy, observations, params, self.fisher_damping, distribution
-        )
 
     def save(self, path: Any, exclude: Any = None, include: Any = None) -> None:
         """
@@ -394,12 +366,17 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
         """
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
+        start = time.perf_counter()
         stats = self._natural_gradient_step(batch)
+        stepped = time.perf_counter()
         # the critic: n_critic_updates epochs of Adam on mini-batches of batch_size, on the path of backends.critic_fit
         value_losses = fit_critic(
             self.backends.critic_fit, self.policy, data.observations, data.returns, self.batch_size, self.n_critic_updates
         )
         self._n_updates += 1
+        # where an update's time goes (benchmarks/speed_atari.py reads these)
+        self.logger.record("time/policy_step_s", stepped - start, exclude="tensorboard")
+        self.logger.record("time/critic_fit_s", time.perf_counter() - stepped, exclude="tensorboard")
 
         explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
         for key, value in stats.items():

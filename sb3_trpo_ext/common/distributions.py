@@ -80,17 +80,6 @@ def kl_per_state(old: Distribution, new: Distribution) -> th.Tensor:
     return _kl(old.distribution, new.distribution)  # type: ignore[arg-type]
 
 
-def mean_kl(old: Distribution, new: Distribution) -> th.Tensor:
-    """
-    The paper's mean KL: the average over states of the whole-distribution KL.
-
-    :param old: the old policy's distribution on a batch of states
-    :param new: the new policy's distribution on the same states
-    :return: a scalar tensor
-    """
-    return kl_per_state(old, new).mean()
-
-
 def actor_parameters(policy: th.nn.Module, distribution: Distribution) -> list[th.nn.Parameter]:
     """
     The parameters the action distribution depends on (the actor's), found through autograd.

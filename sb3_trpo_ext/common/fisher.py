@@ -1,6 +1,7 @@
 """
-The Fisher-vector product ``v -> (F + cg_damping I) v`` of the trust-region step, where ``F`` is the analytic Fisher
-(the Hessian of the mean KL at the old parameters). Three paths, chosen by
+The Fisher-vector product ``v -> F v`` of the trust-region step, where ``F`` is the analytic Fisher (the Hessian of
+the mean KL at the old parameters), undamped: the step adds its damping once, where conjugate gradient is called
+(:func:`sb3_trpo_ext.common.direction.natural_direction`). Every path lives here; three of them, chosen by
 :func:`sb3_trpo_ext.common.backends.choose_backends`:
 
 - ``"gauss-newton"``: ``F v = J^T M J v`` (paper, Appendix C.1), ``J`` the Jacobian of the actor's output (Gaussian
@@ -11,7 +12,7 @@ The Fisher-vector product ``v -> (F + cg_damping I) v`` of the trust-region step
 - ``"numpy-gauss-newton"``: the same product for plain MLP actors on the CPU, with the forward and reverse passes of
   :class:`~sb3_trpo_ext.common.fast_mlp.NumpyMlp` (see :func:`_numpy_gauss_newton` for the measurement that keeps it);
 - ``"double-backprop"``: the Hessian of the mean KL times ``v`` by double back-propagation
-  (:func:`~sb3_trpo_ext.common.natural_gradient.fisher_vector_product_fn`): gSDE and any policy not covered above.
+  (:func:`kl_hessian_vector_product`): gSDE and any policy not covered above.
 """
 
 import warnings
@@ -35,7 +36,7 @@ from torch.func import functional_call, linearize, vjp
 
 from sb3_trpo_ext.common.distributions import detach_distribution, kl_per_state
 from sb3_trpo_ext.common.fast_mlp import NumpyMlp, mlp_input_keys, mlp_inputs, mlp_layers, single_threaded_blas
-from sb3_trpo_ext.common.natural_gradient import fisher_vector_product_fn
+from sb3_trpo_ext.common.natural_gradient import flat_grad
 
 FisherBackend = Literal["numpy-gauss-newton", "gauss-newton", "double-backprop"]
 """The Fisher-vector product's paths (chosen by :func:`~sb3_trpo_ext.common.backends.choose_backends`)."""
@@ -56,31 +57,50 @@ def make_fisher_vector_product(
     policy: ActorCriticPolicy,
     observations: PyTorchObs,
     params: Sequence[th.Tensor],
-    damping: float,
     distribution: Distribution | None = None,
 ) -> FisherVectorProduct:
     """
-    Build ``v -> (F + damping * I) v`` at the policy's current (old) parameters.
+    Build ``v -> F v`` at the policy's current (old) parameters.
 
     :param backend: the path, from :func:`~sb3_trpo_ext.common.backends.choose_backends`
     :param policy: the policy
     :param observations: the states the mean KL is averaged over
     :param params: the actor's parameters (everything the action distribution depends on), in the order of ``v``
-    :param damping: Tikhonov damping (``cg_damping``)
     :param distribution: the policy's distribution on ``observations`` with its autograd graph, if at hand
         (double back-propagation reuses it)
     :return: the Fisher-vector product function
     """
     if backend == "gauss-newton":
-        return _torch_func_gauss_newton(policy, observations, params, damping)
+        return _torch_func_gauss_newton(policy, observations, params)
     if backend == "numpy-gauss-newton":
-        return _numpy_gauss_newton(policy, observations, params, damping)  # type: ignore[arg-type]
+        return _numpy_gauss_newton(policy, observations, params)
     if backend == "double-backprop":
         if distribution is None:
             distribution = policy.get_distribution(observations)
         kl = kl_per_state(detach_distribution(distribution), distribution).mean()
-        return fisher_vector_product_fn(kl, params, damping)
+        return kl_hessian_vector_product(kl, params)
     raise ValueError(f"Unknown Fisher-vector-product backend {backend!r}")
+
+
+def kl_hessian_vector_product(mean_kl: th.Tensor, params: Sequence[th.Tensor]) -> FisherVectorProduct:
+    """
+    ``v -> F v`` with ``F`` the Hessian of ``mean_kl`` with respect to ``params``, by double back-propagation.
+
+    ``mean_kl`` must be the mean KL between the (detached) old distribution and the distribution at the current
+    parameters, evaluated at the old parameters: its Hessian there is the Fisher information matrix, computed
+    analytically by integrating over actions (not the empirical outer-product Fisher). The first gradient is built
+    once with ``create_graph=True``; each product then costs one extra backward pass.
+
+    :param mean_kl: scalar mean KL, as a function of ``params`` through the autograd graph
+    :param params: the policy parameters
+    :return: the Fisher-vector product function
+    """
+    kl_grad = flat_grad(mean_kl, params, create_graph=True)
+
+    def fisher_vector_product(vector: th.Tensor) -> th.Tensor:
+        return flat_grad(th.dot(kl_grad, vector.detach()), params, retain_graph=True)
+
+    return fisher_vector_product
 
 
 def output_metric(policy: ActorCriticPolicy, output: th.Tensor) -> Callable[[th.Tensor], th.Tensor]:
@@ -159,7 +179,7 @@ def _log_std(policy: ActorCriticPolicy) -> th.Tensor | None:
 
 
 def _torch_func_gauss_newton(
-    policy: ActorCriticPolicy, observations: PyTorchObs, params: Sequence[th.Tensor], damping: float
+    policy: ActorCriticPolicy, observations: PyTorchObs, params: Sequence[th.Tensor]
 ) -> FisherVectorProduct:
     """
     ``J^T M J v`` through ``torch.func``.
@@ -199,7 +219,7 @@ def _torch_func_gauss_newton(
         vector = vector.detach()
         tangents = {names[id(p)]: vector[slots[id(p)]].view_as(p) for p in network}
         (grads,) = output_vjp(metric(output_jvp(tangents)))
-        product = damping * vector
+        product = th.zeros_like(vector)
         for p in network:
             product[slots[id(p)]] += grads[names[id(p)]].reshape(-1)
         if log_std_slot is not None:
@@ -210,7 +230,7 @@ def _torch_func_gauss_newton(
 
 
 def _numpy_gauss_newton(
-    policy: ActorCriticPolicy, observations: PyTorchObs, params: Sequence[th.Tensor], damping: float
+    policy: ActorCriticPolicy, observations: PyTorchObs, params: Sequence[th.Tensor]
 ) -> FisherVectorProduct:
     """
     ``J^T M J v`` with :class:`~sb3_trpo_ext.common.fast_mlp.NumpyMlp`'s ``jvp`` and ``backward`` (a forward pass at
@@ -242,7 +262,7 @@ def _numpy_gauss_newton(
         with single_threaded_blas():
             output_tangent = mlp.jvp(outputs, vector[mlp_part].numpy())
             grad = mlp.backward(outputs, metric(th.from_numpy(output_tangent)).numpy())
-        product = damping * vector
+        product = th.zeros_like(vector)
         product[mlp_part] += th.from_numpy(grad)
         if log_std_slot is not None:
             product[log_std_slot] += 2.0 * vector[log_std_slot]

@@ -3,9 +3,7 @@ The natural-gradient engine shared by ``TRPO``, ``NaturalPG`` and ``VineTRPO``.
 
 Pure functions on tensors (no ``self``), so each piece can be checked against an explicit matrix:
 
-- :func:`flat_grad`, :func:`get_flat_params`, :func:`set_flat_params`: move between a list of parameters and one vector;
-- :func:`fisher_vector_product_fn`: the analytic Fisher-vector product, i.e. the Hessian of the mean KL at the old
-  parameters times a vector (paper, Appendix C), by double back-propagation with the first gradient cached;
+- :func:`flat_grad`, :func:`set_flat_params`: move between a list of parameters and one vector;
 - :func:`conjugate_gradient`: approximately solve ``A x = b`` with ``k`` steps;
 - :func:`full_step_scale`: ``beta = sqrt(2 delta / s^T F s)``, the step that meets the quadratic KL model;
 - :func:`backtracking_line_search`: shrink the step until the surrogate improves and the mean KL stays below
@@ -31,16 +29,6 @@ class StepOutcome:
     non_finite: bool = False
     """The step gave a non-finite result and was undone (counted as a skipped update)."""
     extra: dict[str, float] = field(default_factory=dict)
-
-
-def get_flat_params(params: Sequence[th.Tensor]) -> th.Tensor:
-    """
-    Concatenate parameters into one detached vector (a copy).
-
-    :param params: the parameters
-    :return: a 1-D tensor holding every parameter value
-    """
-    return th.cat([p.detach().reshape(-1) for p in params]).clone()
 
 
 def set_flat_params(params: Sequence[th.Tensor], flat: th.Tensor) -> None:
@@ -86,33 +74,6 @@ def flat_grad(
         output, params, retain_graph=retain_graph or create_graph, create_graph=create_graph, allow_unused=True
     )
     return th.cat([(th.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params, strict=True)])
-
-
-def fisher_vector_product_fn(
-    mean_kl: th.Tensor,
-    params: Sequence[th.Tensor],
-    damping: float = 0.0,
-) -> Callable[[th.Tensor], th.Tensor]:
-    """
-    Build ``v -> (F + damping * I) v`` where ``F`` is the Hessian of ``mean_kl`` with respect to ``params``.
-
-    ``mean_kl`` must be the mean KL between the (detached) old distribution and the distribution at the current
-    parameters, evaluated at the old parameters: its Hessian there is the Fisher information matrix, computed
-    analytically by integrating over actions (not the empirical outer-product Fisher). The first gradient is built
-    once with ``create_graph=True``; each product then costs one extra backward pass.
-
-    :param mean_kl: scalar mean KL, as a function of ``params`` through the autograd graph
-    :param params: the policy parameters
-    :param damping: Tikhonov damping added to the product (``cg_damping``)
-    :return: the Fisher-vector product function
-    """
-    kl_grad = flat_grad(mean_kl, params, create_graph=True)
-
-    def fisher_vector_product(vector: th.Tensor) -> th.Tensor:
-        product = flat_grad(th.dot(kl_grad, vector.detach()), params, retain_graph=True)
-        return product + damping * vector
-
-    return fisher_vector_product
 
 
 @dataclass

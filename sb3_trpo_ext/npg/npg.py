@@ -8,8 +8,8 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 
 from sb3_trpo_ext.common.base import NaturalGradientAlgorithm
-from sb3_trpo_ext.common.trust_region import TrustRegionUnits
 from sb3_trpo_ext.common.natural_gradient import StepOutcome, apply_fixed_step
+from sb3_trpo_ext.common.trust_region import TrustRegionUnits
 from sb3_trpo_ext.common.validation import check_positive
 
 STEP_MODES = ("kl", "constant")
@@ -45,13 +45,17 @@ class NaturalPG(NaturalGradientAlgorithm):
     :param rollout_buffer_class: rollout buffer class (``None``: chosen from the observation space)
     :param rollout_buffer_kwargs: keyword arguments of the rollout buffer
     :param normalize_advantage: normalize the advantages
-    :param target_kl: the KL each ``step_mode="kl"`` update moves the policy by (whole-distribution mean KL) (``None``: 0.01 per action
-        dimension, sb3-contrib's default; see :mod:`sb3_trpo_ext.common.trust_region` for the runs that chose it)
+    :param target_kl: the KL each ``step_mode="kl"`` update moves the policy by (whole-distribution mean KL)
+        (``None``: 0.01 per action dimension, sb3-contrib's default; see :mod:`sb3_trpo_ext.common.trust_region`
+        for the runs that chose it)
     :param trust_region_units: how an explicit ``target_kl`` and ``cg_damping`` are read: ``"distribution"`` (the
         paper's whole-distribution KL) or ``"sb3-contrib"`` (per action dimension, as sb3-contrib's TRPO: both are
         multiplied by the action dimension, so sb3-contrib's hyperparameters carry over unchanged)
     :param sub_sampling_factor: use only every k-th sample of the rollout for the policy step (as in sb3-contrib)
     :param fisher_sample_fraction: fraction of the policy batch used for the Fisher-vector products (paper: 0.1)
+    :param damped_step_length: scale the full step by ``sqrt(2 delta / s^T (F + damping I) s)`` as sb3-contrib does,
+        instead of the paper's undamped ``s^T F s`` (off by default: no better on Acrobot, CartPole and Walker2d in
+        ``benchmarks/ablation.py``, variant ``damped-full-step``)
     :param stats_window_size: window size of the rollout logging (episodes)
     :param tensorboard_log: the log location for tensorboard (if None, no logging)
     :param policy_kwargs: additional arguments passed to the policy on creation
@@ -84,6 +88,7 @@ class NaturalPG(NaturalGradientAlgorithm):
         trust_region_units: TrustRegionUnits = "distribution",
         sub_sampling_factor: int = 1,
         fisher_sample_fraction: float = 1.0,
+        damped_step_length: bool = False,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -117,6 +122,7 @@ class NaturalPG(NaturalGradientAlgorithm):
             trust_region_units=trust_region_units,
             sub_sampling_factor=sub_sampling_factor,
             fisher_sample_fraction=fisher_sample_fraction,
+            damped_step_length=damped_step_length,
             stats_window_size=stats_window_size,
             tensorboard_log=tensorboard_log,
             policy_kwargs=policy_kwargs,

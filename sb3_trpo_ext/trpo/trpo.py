@@ -8,8 +8,8 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 
 from sb3_trpo_ext.common.base import NaturalGradientAlgorithm
-from sb3_trpo_ext.common.trust_region import TrustRegionUnits
 from sb3_trpo_ext.common.natural_gradient import StepOutcome, backtracking_line_search
+from sb3_trpo_ext.common.trust_region import TrustRegionUnits
 from sb3_trpo_ext.common.validation import check_in_range, check_int_at_least
 
 
@@ -39,6 +39,9 @@ class TRPO(NaturalGradientAlgorithm):
         sb3-contrib's default; see ``trust_region_units``)
     :param line_search_shrinking_factor: factor by which the step shrinks after a rejected try, in (0, 1)
     :param line_search_max_iter: maximal number of line-search tries
+    :param line_search_rescale_on_kl: after a try rejected for its KL, aim the next one at the trust region's
+        boundary (the quadratic KL model through the measured KL) instead of shrinking by the factor (off by default:
+        no better on Acrobot and CartPole in ``benchmarks/ablation.py``, variant ``kl-rescale``)
     :param n_critic_updates: epochs of critic updates per rollout
     :param gae_lambda: GAE trade-off of bias and variance
     :param use_sde: use generalized State Dependent Exploration
@@ -46,13 +49,17 @@ class TRPO(NaturalGradientAlgorithm):
     :param rollout_buffer_class: rollout buffer class (``None``: chosen from the observation space)
     :param rollout_buffer_kwargs: keyword arguments of the rollout buffer
     :param normalize_advantage: normalize the advantages
-    :param target_kl: the paper's ``delta``: bound on the mean whole-distribution KL of an update (``None``: 0.01 per action
-        dimension, sb3-contrib's default; see :mod:`sb3_trpo_ext.common.trust_region` for the runs that chose it)
+    :param target_kl: the paper's ``delta``: bound on the mean whole-distribution KL of an update
+        (``None``: 0.01 per action dimension, sb3-contrib's default; see :mod:`sb3_trpo_ext.common.trust_region`
+        for the runs that chose it)
     :param trust_region_units: how an explicit ``target_kl`` and ``cg_damping`` are read: ``"distribution"`` (the
         paper's whole-distribution KL) or ``"sb3-contrib"`` (per action dimension, as sb3-contrib's TRPO: both are
         multiplied by the action dimension, so sb3-contrib's hyperparameters carry over unchanged)
     :param sub_sampling_factor: use only every k-th sample of the rollout for the policy step (as in sb3-contrib)
     :param fisher_sample_fraction: fraction of the policy batch used for the Fisher-vector products (paper: 0.1)
+    :param damped_step_length: scale the full step by ``sqrt(2 delta / s^T (F + damping I) s)`` as sb3-contrib does,
+        instead of the paper's undamped ``s^T F s`` (off by default: no better on Acrobot, CartPole and Walker2d in
+        ``benchmarks/ablation.py``, variant ``damped-full-step``)
     :param stats_window_size: window size of the rollout logging (episodes)
     :param tensorboard_log: the log location for tensorboard (if None, no logging)
     :param policy_kwargs: additional arguments passed to the policy on creation
@@ -74,6 +81,7 @@ class TRPO(NaturalGradientAlgorithm):
         cg_damping: float | None = None,
         line_search_shrinking_factor: float = 0.8,
         line_search_max_iter: int = 10,
+        line_search_rescale_on_kl: bool = False,
         n_critic_updates: int = 10,
         gae_lambda: float = 0.95,
         use_sde: bool = False,
@@ -85,6 +93,7 @@ class TRPO(NaturalGradientAlgorithm):
         trust_region_units: TrustRegionUnits = "distribution",
         sub_sampling_factor: int = 1,
         fisher_sample_fraction: float = 1.0,
+        damped_step_length: bool = False,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -97,6 +106,7 @@ class TRPO(NaturalGradientAlgorithm):
         check_int_at_least("line_search_max_iter", line_search_max_iter, 1, " Peers use 10.")
         self.line_search_shrinking_factor = line_search_shrinking_factor
         self.line_search_max_iter = line_search_max_iter
+        self.line_search_rescale_on_kl = line_search_rescale_on_kl
         super().__init__(
             policy,
             env,
@@ -117,6 +127,7 @@ class TRPO(NaturalGradientAlgorithm):
             trust_region_units=trust_region_units,
             sub_sampling_factor=sub_sampling_factor,
             fisher_sample_fraction=fisher_sample_fraction,
+            damped_step_length=damped_step_length,
             stats_window_size=stats_window_size,
             tensorboard_log=tensorboard_log,
             policy_kwargs=policy_kwargs,
@@ -142,6 +153,7 @@ class TRPO(NaturalGradientAlgorithm):
             self.max_kl,
             self.line_search_shrinking_factor,
             self.line_search_max_iter,
+            rescale_on_kl=self.line_search_rescale_on_kl,
         )
         return StepOutcome(
             accepted=result.accepted,

@@ -17,15 +17,15 @@ import numpy as np
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecEnvWrapper
 
-from sb3_trpo_ext.common.rollouts import RolloutNoise, env_action_function
+from sb3_trpo_ext.common.rollout_policy import RolloutNoise, env_action_function
 from sb3_trpo_ext.vine.branches import (
     BRANCH_WORKER_ATTRIBUTE,
     BranchConfig,
-    BranchTransform,
     BranchWorker,
     Wave,
     call_subproc_workers,
 )
+from sb3_trpo_ext.vine.branch_transform import BranchTransform
 from sb3_trpo_ext.vine.rollout_set import RolloutSet
 from sb3_trpo_ext.vine.snapshot import Snapshot, SnapshotError
 
@@ -105,8 +105,7 @@ class BranchRunner:
         :param actions: the first action of each branch, shape ``(N, K, *action_shape)``
         :return: Q estimates of shape ``(N, K)`` and the number of simulator steps taken
         """
-        config = self.config
-        n_states, n_actions = actions.shape[:2]
+        config, (n_states, n_actions) = self.config, actions.shape[:2]
         n_branches = n_states * n_actions
         state_of = np.repeat(np.arange(n_states), n_actions)
         crn = config.common_random_numbers

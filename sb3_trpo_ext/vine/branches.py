@@ -11,12 +11,13 @@ That message is also the seam for running branches on other machines.
 
 Private SB3 internals used here, each in one small function tested in ``tests/test_vine.py``:
 ``SubprocVecEnv.remotes`` and its ``env_method`` message (:func:`call_subproc_workers`), ``Monitor.results_writer``
-(:func:`clone_without_bookkeeping`) and ``VecFrameStack.stacked_obs`` (:func:`frame_stack_state`).
+(:func:`clone_without_bookkeeping`) and ``VecFrameStack.stacked_obs``
+(:func:`~sb3_trpo_ext.vine.branch_transform.frame_stack_state`).
 """
 
 import copy
 import gc
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
@@ -27,29 +28,20 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import (
     SubprocVecEnv,
-    VecEnv,
-    VecEnvWrapper,
-    VecFrameStack,
-    VecMonitor,
-    VecNormalize,
-    VecTransposeImage,
 )
 
 from sb3_trpo_ext.common.backends import Backends
 from sb3_trpo_ext.common.policy_batch import index_observations
-from sb3_trpo_ext.common.rollouts import (
+from sb3_trpo_ext.common.rollout_policy import (
     RolloutNoise,
     RolloutPolicy,
     check_finite_observations,
     env_action_function,
     stack_observations,
 )
+from sb3_trpo_ext.vine.branch_transform import BranchTransform
 from sb3_trpo_ext.vine.snapshot import Snapshot, SnapshotError, capture, check_snapshottable, restore
 from sb3_trpo_ext.vine.snapshot.wrappers import VineWorkerWrapper as VineWorkerWrapper  # re-exported (0.1.0 API)
-
-Observation = np.ndarray | dict[str, np.ndarray]
-
-SUPPORTED_VEC_WRAPPERS = (VecNormalize, VecTransposeImage, VecFrameStack, VecMonitor)
 
 BRANCH_WORKER_ATTRIBUTE = "_sb3_trpo_ext_branch_worker"
 """Name of the attribute that holds a :class:`BranchWorker` on a ``SubprocVecEnv`` worker's env."""
@@ -112,96 +104,6 @@ class BranchPool:
             restore(clone, snapshot)
             if reseed is not None:
                 clone.unwrapped._np_random = np.random.default_rng(reseed)  # type: ignore[attr-defined]
-
-
-# ---------------------------------------------------------------------------------------------------- transforms
-
-
-def frame_stack_state(wrapper: VecFrameStack, index: int) -> tuple[np.ndarray, int]:
-    """
-    One env's frame-stack buffer and the axis frames are stacked on (SB3 internal: ``VecFrameStack.stacked_obs``).
-
-    :param wrapper: the ``VecFrameStack``
-    :param index: the env index
-    :return: a copy of the buffer and the stacking axis of a batch of observations
-    """
-    stacked = wrapper.stacked_obs
-    return stacked.stacked_obs[index].copy(), 1 if stacked.channels_first else -1
-
-
-@dataclass
-class BranchTransform:
-    """
-    The VecEnv wrappers' observation and reward transforms, replayed on branch transitions with frozen statistics,
-    as plain data that can be shipped to a worker.
-
-    :param steps: from the innermost wrapper out: ``("frame_stack", axis)``, ``("transpose", image keys or None)``,
-        ``("normalize", VecNormalize)`` (pickled without its venv, so only its statistics travel)
-    """
-
-    steps: list[tuple[str, Any]] = field(default_factory=list)
-
-    @classmethod
-    def of(cls, venv: VecEnv) -> "BranchTransform":
-        """
-        :param venv: the training environment
-        :return: its wrappers' transforms
-        :raises ValueError: for a VecEnv wrapper whose effect cannot be replayed
-        """
-        steps: list[tuple[str, Any]] = []
-        wrapper = venv
-        while isinstance(wrapper, VecEnvWrapper):
-            if isinstance(wrapper, VecFrameStack):
-                steps.append(("frame_stack", frame_stack_state(wrapper, 0)[1]))
-            elif isinstance(wrapper, VecTransposeImage):
-                steps.append(("transpose", getattr(wrapper, "image_space_keys", None)))
-            elif isinstance(wrapper, VecNormalize):
-                steps.append(("normalize", wrapper))
-            elif not isinstance(wrapper, VecMonitor):
-                names = ", ".join(w.__name__ for w in SUPPORTED_VEC_WRAPPERS)
-                raise ValueError(
-                    f"VineTRPO cannot replay the VecEnv wrapper {type(wrapper).__name__} in branch rollouts; "
-                    f"supported are {names}. Move its logic into a gymnasium wrapper of each env."
-                )
-            wrapper = wrapper.venv
-        return cls(list(reversed(steps)))
-
-    @staticmethod
-    def frame_stacks(venv: VecEnv, index: int) -> list[np.ndarray]:
-        """:param venv: the training environment
-        :param index: env index
-        :return: the current frame-stack buffers of that env, innermost first"""
-        stacks = []
-        wrapper = venv
-        while isinstance(wrapper, VecEnvWrapper):
-            if isinstance(wrapper, VecFrameStack):
-                stacks.append(frame_stack_state(wrapper, index)[0])
-            wrapper = wrapper.venv
-        return list(reversed(stacks))
-
-    def __call__(self, obs: Any, rewards: np.ndarray, stacks: list[np.ndarray]) -> tuple[Any, np.ndarray, list[np.ndarray]]:
-        """
-        :param obs: raw observations of a batch of branches
-        :param rewards: raw rewards
-        :param stacks: the branches' frame-stack buffers (updated copies are returned)
-        :return: the observations and rewards as the policy and critic see them, and the new stacks
-        """
-        new_stacks: list[np.ndarray] = []
-        for kind, setting in self.steps:
-            if kind == "frame_stack":
-                stacked = stacks[len(new_stacks)]
-                width = obs.shape[setting]
-                obs = np.concatenate([np.delete(stacked, np.s_[:width], axis=setting), obs], axis=setting)
-                new_stacks.append(obs)
-            elif kind == "transpose":
-                if setting is None:
-                    obs = VecTransposeImage.transpose_image(obs)
-                else:
-                    obs = {k: VecTransposeImage.transpose_image(v) if k in setting else v for k, v in obs.items()}
-            else:
-                obs = setting.normalize_obs(obs)
-                rewards = setting.normalize_reward(rewards)
-        return obs, rewards, new_stacks
 
 
 # ---------------------------------------------------------------------------------------------------- one wave
@@ -305,7 +207,7 @@ def run_wave(pools: list[BranchPool], wave: Wave, policy: ActorCriticPolicy) -> 
         going_on = ~(terminated | truncated)
         if last or not going_on.any():
             break
-        sampler.step = t
+        sampler.seek(t)
         next_actions, _, _ = sampler(index_observations(obs, going_on), rows=live[going_on])  # type: ignore[arg-type]
         live = live[going_on]
         actions[live] = to_env(next_actions)

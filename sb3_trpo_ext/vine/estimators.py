@@ -44,25 +44,6 @@ def importance_sampling_surrogate(log_prob: th.Tensor, log_q: th.Tensor, q_value
     return (weights * q_values).sum(dim=1).mean()
 
 
-def discounted_branch_returns(
-    rewards: th.Tensor,
-    alive: th.Tensor,
-    bootstrap_values: th.Tensor,
-    gamma: float,
-) -> th.Tensor:
-    """
-    ``Q(s, a) = sum_t gamma^t r_t + gamma^T V(s_T)`` for branch rollouts stopped at step ``T``.
-
-    :param rewards: rewards, shape ``(B, m)``, zero after a branch ended
-    :param alive: 1 where a branch was still running at step ``t`` (before that step's reward), shape ``(B, m)``
-    :param bootstrap_values: ``gamma^T V(s_T)`` already discounted, or 0 where not bootstrapped, shape ``(B,)``
-    :param gamma: the discount factor
-    :return: the Q estimates, shape ``(B,)``
-    """
-    discounts = gamma ** th.arange(rewards.shape[1], dtype=rewards.dtype, device=rewards.device)
-    return (rewards * alive * discounts).sum(dim=1) + bootstrap_values
-
-
 @dataclass
 class VineBatch(PolicyBatch):
     """

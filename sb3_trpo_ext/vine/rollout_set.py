@@ -16,10 +16,8 @@ from gymnasium import spaces
 from stable_baselines3.common.policies import ActorCriticPolicy
 
 from sb3_trpo_ext.common.backends import Backends
-from sb3_trpo_ext.common.rollouts import RolloutNoise, RolloutPolicy, stack_observations
+from sb3_trpo_ext.common.rollout_policy import Observation, RolloutNoise, RolloutPolicy, stack_observations
 from sb3_trpo_ext.vine.snapshot import Snapshot
-
-Observation = np.ndarray | dict[str, np.ndarray]
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """TRPO, vine method: Schulman et al. (2015), https://arxiv.org/abs/1502.05477, Section 5.2."""
 
+import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
@@ -13,12 +14,13 @@ from stable_baselines3.common.type_aliases import GymEnv, PyTorchObs, Schedule
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 
+from sb3_trpo_ext.common.rollout_policy import Observation
 from sb3_trpo_ext.common.trust_region import TrustRegionUnits
 from sb3_trpo_ext.common.validation import check_int_at_least
 from sb3_trpo_ext.trpo.trpo import TRPO
 from sb3_trpo_ext.vine.branch_runner import BranchConfig, BranchRunner
 from sb3_trpo_ext.vine.estimators import VineBatch
-from sb3_trpo_ext.vine.rollout_set import Observation, RolloutSet, sample_branch_actions, uses_all_actions
+from sb3_trpo_ext.vine.rollout_set import RolloutSet, sample_branch_actions, uses_all_actions
 
 ACTION_SAMPLING = ("policy", "uniform")
 
@@ -50,7 +52,8 @@ class VineTRPO(TRPO):
     :param policy: the policy model (``MlpPolicy``, ``CnnPolicy``, ``MultiInputPolicy``) or a policy class
     :param env: the environment to learn from (if registered in Gym, can be str); its envs must be snapshottable
         (see :mod:`sb3_trpo_ext.vine.snapshot`)
-    :param n_rollout_states: number ``N`` of rollout-set states per iteration (at most ``n_steps * n_envs``)
+    :param n_rollout_states: number ``N`` of rollout-set states per iteration (at most ``n_steps * n_envs``: a larger
+        value warns and takes every visited state)
     :param n_actions_per_state: number ``K`` of actions per state (for Discrete spaces, ``K >= n`` rolls out every
         action once and uses Eq. (15))
     :param rollout_length: length ``m`` of each branch rollout. The default 20 (shorter than the paper's 50/100, with
@@ -73,6 +76,9 @@ class VineTRPO(TRPO):
         sb3-contrib's default; see ``trust_region_units``)
     :param line_search_shrinking_factor: factor by which the step shrinks after a rejected try, in (0, 1)
     :param line_search_max_iter: maximal number of line-search tries
+    :param line_search_rescale_on_kl: after a try rejected for its KL, aim the next one at the trust region's
+        boundary (the quadratic KL model through the measured KL) instead of shrinking by the factor (off by default:
+        no better on Acrobot and CartPole in ``benchmarks/ablation.py``, variant ``kl-rescale``)
     :param n_critic_updates: epochs of critic updates per rollout (on the trunk's samples)
     :param gae_lambda: GAE trade-off of bias and variance (for the critic's targets on the trunk)
     :param use_sde: use generalized State Dependent Exploration
@@ -80,13 +86,17 @@ class VineTRPO(TRPO):
     :param rollout_buffer_class: rollout buffer class of the trunk (``None``: chosen from the observation space)
     :param rollout_buffer_kwargs: keyword arguments of the rollout buffer
     :param normalize_advantage: normalize the trunk's advantages (unused by the vine's surrogate, kept for symmetry)
-    :param target_kl: the paper's ``delta``: bound on the mean whole-distribution KL over the rollout-set states (``None``: 0.01 per action
-        dimension, sb3-contrib's default; see :mod:`sb3_trpo_ext.common.trust_region` for the runs that chose it)
+    :param target_kl: the paper's ``delta``: bound on the mean whole-distribution KL over the rollout-set states
+        (``None``: 0.01 per action dimension, sb3-contrib's default; see :mod:`sb3_trpo_ext.common.trust_region`
+        for the runs that chose it)
     :param trust_region_units: how an explicit ``target_kl`` and ``cg_damping`` are read: ``"distribution"`` (the
         paper's whole-distribution KL) or ``"sb3-contrib"`` (per action dimension, as sb3-contrib's TRPO: both are
         multiplied by the action dimension, so sb3-contrib's hyperparameters carry over unchanged)
     :param sub_sampling_factor: kept for symmetry with TRPO (the vine's policy batch is the rollout set)
     :param fisher_sample_fraction: fraction of the policy batch used for the Fisher-vector products (paper: 0.1)
+    :param damped_step_length: scale the full step by ``sqrt(2 delta / s^T (F + damping I) s)`` as sb3-contrib does,
+        instead of the paper's undamped ``s^T F s`` (off by default: no better on Acrobot, CartPole and Walker2d in
+        ``benchmarks/ablation.py``, variant ``damped-full-step``)
     :param stats_window_size: window size of the rollout logging (episodes)
     :param tensorboard_log: the log location for tensorboard (if None, no logging)
     :param policy_kwargs: additional arguments passed to the policy on creation
@@ -117,6 +127,7 @@ class VineTRPO(TRPO):
         cg_damping: float | None = None,
         line_search_shrinking_factor: float = 0.8,
         line_search_max_iter: int = 10,
+        line_search_rescale_on_kl: bool = False,
         n_critic_updates: int = 10,
         gae_lambda: float = 0.95,
         use_sde: bool = False,
@@ -128,6 +139,7 @@ class VineTRPO(TRPO):
         trust_region_units: TrustRegionUnits = "distribution",
         sub_sampling_factor: int = 1,
         fisher_sample_fraction: float = 1.0,
+        damped_step_length: bool = False,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -160,6 +172,7 @@ class VineTRPO(TRPO):
             cg_damping=cg_damping,
             line_search_shrinking_factor=line_search_shrinking_factor,
             line_search_max_iter=line_search_max_iter,
+            line_search_rescale_on_kl=line_search_rescale_on_kl,
             n_critic_updates=n_critic_updates,
             gae_lambda=gae_lambda,
             use_sde=use_sde,
@@ -171,6 +184,7 @@ class VineTRPO(TRPO):
             trust_region_units=trust_region_units,
             sub_sampling_factor=sub_sampling_factor,
             fisher_sample_fraction=fisher_sample_fraction,
+            damped_step_length=damped_step_length,
             stats_window_size=stats_window_size,
             tensorboard_log=tensorboard_log,
             policy_kwargs=policy_kwargs,
@@ -187,13 +201,21 @@ class VineTRPO(TRPO):
             raise ValueError("action_sampling='uniform' needs a discrete action space; use 'policy' for Box actions.")
         if self.env is not None:
             if n_rollout_states > n_steps * self.n_envs:
-                raise ValueError(
-                    f"n_rollout_states={n_rollout_states} exceeds the trunk's visited states "
-                    f"(n_steps * n_envs = {n_steps * self.n_envs}); lower it or raise n_steps."
+                warnings.warn(
+                    f"n_rollout_states={n_rollout_states} exceeds the trunk's visited states (n_steps * n_envs = "
+                    f"{n_steps} * {self.n_envs} = {n_steps * self.n_envs}): every visited state goes into the rollout "
+                    "set. Lower n_rollout_states or raise n_steps to choose among them.",
+                    UserWarning,
+                    stacklevel=2,
                 )
 
     def _setup_model(self) -> None:
         super()._setup_model()
+        self.branch_runner: BranchRunner | None = None
+        """The branch phase's runner on the training env (built on first use, kept across iterations)."""
+        self.vine_batch: VineBatch | None = None
+        """The last iteration's samples: set by ``collect_rollouts``, taken by ``train()`` (SB3's learn loop calls
+        them in turn with no way to hand data from one to the other)."""
         if self.env is not None:  # fail at construction, with the fix, when branches cannot be run on the env
             self._branch_runner(self.env).check()
 
@@ -204,7 +226,7 @@ class VineTRPO(TRPO):
 
     def _branch_runner(self, env: VecEnv) -> BranchRunner:
         """The runner of the branch phase on ``env`` (kept across iterations: its workers keep their clone pools)."""
-        runner: BranchRunner | None = getattr(self, "branch_runner", None)
+        runner = self.branch_runner
         config = BranchConfig(
             gamma=self.gamma,
             rollout_length=self.rollout_length,
@@ -240,7 +262,8 @@ class VineTRPO(TRPO):
         :return: True if collection finished, False if a callback stopped it
         """
         runner = self._branch_runner(env)
-        rollout_set = RolloutSet.choose(n_rollout_steps, env.num_envs, self.n_rollout_states, runner.rng)
+        n_states = min(self.n_rollout_states, n_rollout_steps * env.num_envs)  # at most every visited state
+        rollout_set = RolloutSet.choose(n_rollout_steps, env.num_envs, n_states, runner.rng)
 
         def take_snapshots(step: int, observations: Observation) -> None:
             for index in rollout_set.envs_at_step(step):
@@ -276,6 +299,7 @@ class VineTRPO(TRPO):
 
     def train(self) -> None:
         """One natural-gradient step on the vine's batch (Eq. 15 / 16), then the critic fitted on the trunk."""
+        assert self.vine_batch is not None, "train() runs after collect_rollouts()"
         self._update(self.vine_batch, self._rollout_samples())
 
     def _excluded_save_params(self) -> list[str]:

@@ -14,6 +14,7 @@ from typing import Any
 
 _EXPORTS = {
     "HyperparameterError": "sb3_trpo_ext.zoo.checks",
+    "MissingEntryError": "sb3_trpo_ext.zoo.checks",
     "check_config_file": "sb3_trpo_ext.zoo.checks",
     "check_hyperparams": "sb3_trpo_ext.zoo.checks",
     "ZOO_KEYS": "sb3_trpo_ext.zoo.registration",

@@ -35,6 +35,16 @@ from torch import nn
 class HyperparameterError(ValueError):
     """A zoo hyperparameter entry that the algorithm would not accept."""
 
+    exit_status = 2
+    """``python -m sb3_trpo_ext.train``'s exit status for it (that of a usage error)."""
+
+
+class MissingEntryError(HyperparameterError):
+    """A config file without an entry for the env (nor ``atari`` for an Atari env, nor ``default``)."""
+
+    exit_status = 1
+    """rl-zoo3's: its ``ValueError("Hyperparameters not found for ...")`` ends the script with status 1."""
+
 
 ZOO_KEYS: dict[str, str] = {
     "n_timesteps": "number",

@@ -22,7 +22,7 @@ from rl_zoo3.exp_manager import ExperimentManager as ZooExperimentManager
 from rl_zoo3.utils import ALGOS
 from stable_baselines3.common.base_class import BaseAlgorithm
 
-from sb3_trpo_ext.zoo.checks import HyperparameterError, check_hyperparams
+from sb3_trpo_ext.zoo.checks import HyperparameterError, MissingEntryError, check_hyperparams
 from sb3_trpo_ext.zoo.registration import ZOO_KEYS, default_config, register
 
 STUDY_SETUP_ATTEMPTS = 6
@@ -82,13 +82,17 @@ class ExperimentManager(ZooExperimentManager):
         """Whether this run's algorithm is one of ours (rl-zoo3's own keys keep rl-zoo3's behaviour)."""
         return self.algo in ZOO_KEYS
 
+    def config_entries(self) -> list[str]:
+        """The entries of a YAML config file (empty for a Python config, or a file that is not a mapping)."""
+        if self.config.endswith((".yml", ".yaml")) and Path(self.config).is_file():
+            loaded = yaml.safe_load(Path(self.config).read_text())
+            return [str(key) for key in loaded] if isinstance(loaded, dict) else []
+        return []
+
     def entry_name(self) -> str:
         """The config entry rl-zoo3 uses for this env: the env id, ``atari`` or ``default``."""
         gym_id = self.env_name.gym_id
-        keys: list[str] = []
-        if self.config.endswith((".yml", ".yaml")) and Path(self.config).is_file():
-            loaded = yaml.safe_load(Path(self.config).read_text())
-            keys = list(loaded) if isinstance(loaded, dict) else []
+        keys = self.config_entries()
         if not keys or gym_id in keys:
             return gym_id
         if self._is_atari and "atari" in keys:
@@ -96,6 +100,15 @@ class ExperimentManager(ZooExperimentManager):
         return "default" if "default" in keys else gym_id
 
     def read_hyperparameters(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        keys = self.config_entries()
+        gym_id = self.env_name.gym_id
+        fallback = "atari" if self._is_atari else "default"  # rl-zoo3 falls back on 'atari' for Atari envs
+        if self.checks_entries and keys and gym_id not in keys and fallback not in keys:
+            # where rl-zoo3 raises ValueError("Hyperparameters not found for ...") (KeyError('atari') for Atari)
+            raise MissingEntryError(
+                f"{self.config} has no entry for {gym_id} and no {fallback!r} entry to fall back on (its entries: "
+                f"{', '.join(keys)}). Add an entry {gym_id}: or {fallback}: to it, or pass another file with -conf."
+            )
         hyperparams, saved_hyperparams = super().read_hyperparameters()
         if self.checks_entries:
             check_hyperparams(

@@ -3,6 +3,10 @@
 
 Every rl-zoo3 option works as documented by ``python -m rl_zoo3.train --help``; ``--algo`` also accepts ``trpo_ext``,
 ``natural_pg`` and (once available) ``vine_trpo``, whose default config is our ``hyperparams/{algo}.yml``.
+
+For our keys, a config entry the algorithm would not accept ends the run before training with a message naming the
+file, entry and key (exit status 2); a config file without an entry for the env (nor ``default``, or ``atari`` for an
+Atari env) ends it with status 1, as rl-zoo3's ``ValueError("Hyperparameters not found ...")`` does.
 """
 
 import sys
@@ -28,9 +32,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.argv = [sys.argv[0], *argv]
     try:
         rl_zoo3.train.train()
-    except HyperparameterError as error:  # a bad config entry: say what is wrong, without a traceback
+    except HyperparameterError as error:  # a bad or missing config entry: say what is wrong, without a traceback
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(error.exit_status)
 
 
 if __name__ == "__main__":

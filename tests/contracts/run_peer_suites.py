@@ -4,12 +4,16 @@ Run the peers' own test suites with our classes dropped in (``make contract``; `
     python tests/contracts/run_peer_suites.py                         # every suite, every algorithm of ours
     python tests/contracts/run_peer_suites.py --suites sb3 --algos TRPO
     python tests/contracts/run_peer_suites.py --algos sb3_contrib:TRPO --no-expected   # the peer itself, for counts
+    python tests/contracts/run_peer_suites.py --suites rl-zoo3 --algos rl_zoo3:a2c --no-expected   # rl-zoo3 itself
 
-The sdists of the *installed* versions of stable-baselines3 and sb3-contrib (both ship ``tests/``) are downloaded
-once into ``.cache/peer-suites/`` (``pip download --no-binary :all: --no-deps NAME==VERSION``) and unpacked there;
-nothing of them is copied into this repository or edited. Each (suite, algorithm) runs as its own pytest process in
-the sdist's folder with the plugin :mod:`peer_dropin` (our class in the peer's class's place, only the tests that use
-it, the expected failures of ``tests/contracts/expected_failures.yml`` as strict xfails).
+The sdists of the *installed* versions of stable-baselines3, sb3-contrib and rl-zoo3 (all ship ``tests/``) are
+downloaded once into ``.cache/peer-suites/`` (``pip download --no-binary :all: --no-deps NAME==VERSION``) and unpacked
+there; nothing of them is copied into this repository or edited. Each (suite, algorithm) runs as its own pytest
+process in the sdist's folder with the plugin :mod:`peer_dropin` (our class in the peer's class's place, only the
+tests that use it, the expected failures of ``tests/contracts/expected_failures.yml`` as strict xfails), or for
+rl-zoo3's suite :mod:`zoo_dropin` (its tests' ``python train.py --algo a2c`` / ``enjoy.py`` run our zoo entry points
+with our key: ``TRPO`` -> ``trpo_ext``, ``NaturalPG`` -> ``natural_pg``, ``VineTRPO`` -> ``vine_trpo``;
+``sb3_contrib:TRPO`` -> rl-zoo3's ``trpo``, ``rl_zoo3:KEY`` -> rl-zoo3's own ``KEY``).
 
 Exit status: 0 when every run passed (expected failures included), 1 otherwise. A summary line per run gives
 the counts.
@@ -23,7 +27,9 @@ import re
 import subprocess
 import sys
 import tarfile
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -31,7 +37,8 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 CACHE = os.path.join(ROOT, ".cache", "peer-suites")
 EXPECTED = os.path.join(HERE, "expected_failures.yml")
 
-# the generic test files of each suite that exercise an on-policy algorithm (A2C in SB3's, TRPO in sb3-contrib's)
+# the generic test files of each suite that exercise an on-policy algorithm (A2C in SB3's, TRPO in sb3-contrib's,
+# the `a2c` key in rl-zoo3's)
 SUITES: dict[str, tuple[str, list[str]]] = {
     "sb3": (
         "stable-baselines3",
@@ -72,13 +79,17 @@ def sdist_folder(distribution: str) -> str:
     return folder
 
 
+_PRINTING = threading.Lock()
+
+
 def run_suite(suite: str, algo: str, expected: str | None, extra: Sequence[str]) -> tuple[int, str]:
     """Run one suite with one class; return pytest's exit code and its summary line."""
     distribution, files = SUITES[suite]
     folder = sdist_folder(distribution)
     plugin = PLUGINS.get(suite, "peer_dropin")
-    # -P: the pytest process imports the installed rl_zoo3 (as its subprocesses do), not the sdist's source folder
-    safe_path = ["-P"] if plugin == "zoo_dropin" else []
+    # -P (Python >= 3.11): the pytest process imports the installed rl_zoo3, as the tests' subprocesses do, rather than
+    # the source folder of the same version in the sdist
+    safe_path = ["-P"] if plugin == "zoo_dropin" and sys.version_info >= (3, 11) else []
     command = [sys.executable, *safe_path, "-m", "pytest", "-p", plugin, "-p", "no:cacheprovider", "--drop-in", algo]
     command += ["--drop-in-suite", suite, "-q", "-rfEX", "--timeout", "900", "--rootdir", folder]
     command += ["-c", os.path.join(folder, "pyproject.toml")]
@@ -87,9 +98,10 @@ def run_suite(suite: str, algo: str, expected: str | None, extra: Sequence[str])
     command += [*extra, *(os.path.join("tests", name) for name in files)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([HERE, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
     env.setdefault("OMP_NUM_THREADS", "1")
-    print(f"=== {suite} suite ({distribution} {version(distribution)}) with {algo}", flush=True)
     process = subprocess.run(command, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    print(process.stdout[-12000:], flush=True)
+    with _PRINTING:  # one run's output at a time
+        print(f"=== {suite} suite ({distribution} {version(distribution)}) with {algo}", flush=True)
+        print(process.stdout[-12000:], flush=True)
     summaries = [line for line in process.stdout.splitlines() if re.search(r"\d+ (passed|failed|xfailed|error)", line)]
     return process.returncode, summaries[-1].strip("= ") if summaries else "no summary"
 
@@ -99,12 +111,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--suites", nargs="+", choices=sorted(SUITES), default=sorted(SUITES))
     parser.add_argument("--algos", nargs="+", default=list(OURS), help="TRPO NaturalPG VineTRPO, or module:Class")
     parser.add_argument("--no-expected", action="store_true", help="ignore the expected failures (plain counts)")
+    parser.add_argument("--jobs", type=int, default=1, help="pytest processes at a time (one per core)")
     args, extra = parser.parse_known_args(argv)
-    results = []
-    for suite in args.suites:
-        for algo in args.algos:
-            code, summary = run_suite(suite, algo, None if args.no_expected else EXPECTED, extra)
-            results.append((suite, algo, code, summary))
+    for suite in args.suites:  # download before running in parallel
+        sdist_folder(SUITES[suite][0])
+    runs = [(suite, algo) for suite in args.suites for algo in args.algos]
+
+    def run(run: tuple[str, str]) -> tuple[str, str, int, str]:
+        code, summary = run_suite(run[0], run[1], None if args.no_expected else EXPECTED, extra)
+        return run[0], run[1], code, summary
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        results = list(pool.map(run, runs))
     print("\n=== peer suites")
     for suite, algo, code, summary in results:
         print(f"{'ok  ' if code == 0 else 'FAIL'} {suite:12} {algo:18} {summary}")
