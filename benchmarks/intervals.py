@@ -24,6 +24,7 @@ import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -147,10 +148,7 @@ def difference_interval(
     seed: int = SEED,
 ) -> Interval:
     """``IQM(x) - IQM(y)`` on one task and its bootstrap interval, the runs of x and y resampled independently."""
-    a, b = _array(x), _array(y)
-    if a.size == 0 or b.size == 0:
-        return Interval(float("nan"), None, None, 0)
-    return _bootstrap((a, b), _iqm_difference, float(iqm(a) - iqm(b)), confidence, n_resamples, seed)
+    return _two_samples(x, y, _iqm_difference, lambda a, b: float(iqm(a) - iqm(b)), confidence, n_resamples, seed)
 
 
 def probability_of_improvement(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:
@@ -169,10 +167,23 @@ def probability_interval(
     seed: int = SEED,
 ) -> Interval:
     """``P(X > Y)`` on one task and its bootstrap interval (x and y resampled independently)."""
+    return _two_samples(x, y, _pairs_probability, probability_of_improvement, confidence, n_resamples, seed)
+
+
+def _two_samples(
+    x: Sequence[float] | np.ndarray,
+    y: Sequence[float] | np.ndarray,
+    statistic: Callable[..., Any],
+    point: Callable[[np.ndarray, np.ndarray], float],
+    confidence: float,
+    n_resamples: int,
+    seed: int,
+) -> Interval:
+    """A two-sample statistic's point estimate and bootstrap interval (nan and no interval when a sample is empty)."""
     a, b = _array(x), _array(y)
     if a.size == 0 or b.size == 0:
         return Interval(float("nan"), None, None, 0)
-    return _bootstrap((a, b), _pairs_probability, probability_of_improvement(a, b), confidence, n_resamples, seed)
+    return _bootstrap((a, b), statistic, point(a, b), confidence, n_resamples, seed)
 
 
 def _stratified(

@@ -1,5 +1,8 @@
 """Shared helpers of the test-suite: the algorithms under test and tiny custom environments."""
 
+import importlib.util
+import sys
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -13,6 +16,20 @@ from torch import nn
 from sb3_trpo_ext import TRPO, NaturalPG
 
 ALGORITHMS = [TRPO, NaturalPG]
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str) -> Any:
+    """Import ``benchmarks/NAME.py`` (a script folder, not a package) as module ``benchmarks_NAME``, once."""
+    module_name = f"benchmarks_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, BENCHMARKS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses look the module up while the class is built
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(params=ALGORITHMS, ids=lambda cls: cls.__name__)

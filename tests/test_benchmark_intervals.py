@@ -4,30 +4,21 @@ class-defaults report (``benchmarks/defaults_report.py``) and the matrix summary
 README / docs sections they write.
 """
 
-import importlib.util
 import itertools
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_module(name: str):
-    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look the module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-intervals = load_module("intervals")
-results_io = load_module("results_io")
-report = load_module("report")
-defaults_report = load_module("defaults_report")
+intervals = load_benchmark("intervals")
+results_io = load_benchmark("results_io")
+report = load_benchmark("report")
+defaults_report = load_benchmark("defaults_report")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

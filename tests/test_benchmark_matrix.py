@@ -1,6 +1,5 @@
 """The benchmark matrix: the report's statistics, the runner's cells, commands and skipping, and one real tiny cell."""
 
-import importlib.util
 import json
 import math
 import os
@@ -12,20 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_module(name: str):
-    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look the module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-matrix = load_module("matrix")
-report = load_module("report")
+matrix = load_benchmark("matrix")
+report = load_benchmark("report")
 
 
 def write_cell(results: Path, algo: str, env: str, seed: int, steps, means, budget: int = 100, **extra) -> Path:
@@ -276,7 +268,7 @@ def test_variant_cell_trains_our_algorithm_with_params_from_sb3_contribs_setting
 
 
 def test_figure4_draws_one_panel_per_task_with_the_algorithms_present(tmp_path: Path) -> None:
-    figure4 = load_module("figure4")
+    figure4 = load_benchmark("figure4")
     results = tmp_path / "results"
     for seed in (0, 1):
         write_cell(results, "trpo_ext", "Hopper-v5", seed, [50, 100], [1.0 + seed, 2.0])
@@ -293,7 +285,7 @@ def test_figure4_draws_one_panel_per_task_with_the_algorithms_present(tmp_path: 
 
 
 def test_vine_vs_single_counts_updates_from_the_yaml_and_compares_at_equal_updates(tmp_path: Path) -> None:
-    vine_vs_single = load_module("vine_vs_single")
+    vine_vs_single = load_benchmark("vine_vs_single")
     results = tmp_path / "results"
     # single path: 100 steps per update; vine: 100 + 4 x 2 x 5 = 140 steps per update -> 1,000 // 140 = 7 updates,
     # where single path had 700 steps: its last evaluation at or before 700 is the one at 600

@@ -78,11 +78,13 @@ def test_checkpoint_callback_zips_load_and_predict(algorithm: type, tmp_path: Pa
     assert not np.array_equal(actions[0], actions[-1]), "checkpoints should reflect the training in between"
 
 
-def test_progress_bar_runs_to_the_requested_timesteps(algorithm: type) -> None:
+def test_progress_bar_is_drawn_to_the_requested_timesteps(algorithm: type, capsys: pytest.CaptureFixture) -> None:
     model = algorithm("MlpPolicy", make_vec_env("CartPole-v1", n_envs=2, seed=0), **SMALL)
     model.learn(256, progress_bar=True)
     assert model.num_timesteps == 256
     assert model._n_updates == 2
+    drawn = capsys.readouterr().out
+    assert "256/256" in drawn and "100%" in drawn  # SB3's ProgressBarCallback (rich) went to the end
 
 
 def test_tensorboard_log_contains_the_train_statistics(algorithm: type, tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ are skipped, saying so.
 """
 
 import html
-import importlib.util
 import inspect
 import re
 import subprocess
@@ -16,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_benchmark
 
 from sb3_trpo_ext import TRPO, NaturalPG, VineTRPO
 
@@ -104,16 +104,8 @@ def test_results_page_shows_the_benchmark_images(built_docs: Path) -> None:
         assert (built_docs / "misc" / src).resolve().is_file(), f"the results page shows a missing image {src}"
 
 
-def load_results_io():
-    spec = importlib.util.spec_from_file_location("benchmarks_results_io", ROOT / "benchmarks" / "results_io.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_readme_sections_reach_the_docs_page_with_paths_relative_to_it(tmp_path: Path) -> None:
-    results_io = load_results_io()
+    results_io = load_benchmark("results_io")
     results_io.ROOT = str(tmp_path)  # a repository of its own: README.md, hyperparams/, docs/misc/
     (tmp_path / "hyperparams").mkdir()
     (tmp_path / "hyperparams" / "trpo_ext.yml").write_text("default: {}\n")

@@ -8,7 +8,6 @@ The vine study (``benchmarks/vine_study.py``) on CartPole-v1 and Pendulum-v1 at 
 - the threshold interpolation, and a whole ``--quick`` run on one checkpoint: files, resuming, report, plot, README.
 """
 
-import importlib.util
 import json
 import sys
 from dataclasses import replace
@@ -17,19 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch as th
+from conftest import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_study():
-    spec = importlib.util.spec_from_file_location("benchmarks_vine_study", ROOT / "benchmarks" / "vine_study.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look the module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-study = load_study()
+study = load_benchmark("vine_study")
 CG_STEPS = 10
 
 

@@ -18,6 +18,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecEnvWrapper
 
 from sb3_trpo_ext.common.rollout_policy import RolloutNoise, env_action_function
+from sb3_trpo_ext.vine.branch_transform import BranchTransform
 from sb3_trpo_ext.vine.branches import (
     BRANCH_WORKER_ATTRIBUTE,
     BranchConfig,
@@ -25,7 +26,6 @@ from sb3_trpo_ext.vine.branches import (
     Wave,
     call_subproc_workers,
 )
-from sb3_trpo_ext.vine.branch_transform import BranchTransform
 from sb3_trpo_ext.vine.rollout_set import RolloutSet
 from sb3_trpo_ext.vine.snapshot import Snapshot, SnapshotError
 
