@@ -168,3 +168,14 @@ def test_vine_with_more_rollout_states_than_the_trunk_visits_warns_and_uses_ever
         model = VineTRPO("MlpPolicy", "CartPole-v1", n_steps=8, batch_size=8, n_actions_per_state=2, rollout_length=3)
     model.learn(8)
     assert model.vine_batch is not None and model.vine_batch.q_values.shape == (8, 2)
+
+
+def test_the_stock_policies_as_users_make_them_keep_the_fast_paths() -> None:
+    # the speed figures rest on these: MlpPolicy on a Box env, CnnPolicy (SB3's NatureCNN) on images
+    from conftest import TinyEnv
+
+    mlp = TRPO("MlpPolicy", "Pendulum-v1", n_steps=64, batch_size=32)
+    assert tuple(mlp.backends) == ("fast", "numpy-mlp", "numpy-mlp", "numpy-adam", "numpy-gauss-newton")
+    cnn = TRPO("CnnPolicy", TinyEnv(spaces.Discrete(3), "image"), n_steps=64, batch_size=32)
+    assert type(cnn.policy.features_extractor).__name__ == "NatureCNN"
+    assert cnn.backends.rollouts == "fast" and cnn.backends.fisher == "gauss-newton"

@@ -510,3 +510,27 @@ def test_a_saved_model_stores_the_decision_as_plain_json_and_decides_again_on_lo
     assert data["backends"] == list(model.backends)
     loaded = TRPO.load(tmp_path / "model.zip")
     assert isinstance(loaded.backends, Backends) and loaded.backends == model.backends == FAST_MLP
+
+
+@pytest.mark.parametrize("backend", ["numpy-gauss-newton", "double-backprop"])
+def test_natural_direction_solves_the_damped_system_and_returns_the_undamped_product(backend: str) -> None:
+    # s solves (F + damping I) s = g; F s is undamped (the step length uses s^T F s); g is the surrogate's gradient
+    from sb3_trpo_ext.common.direction import natural_direction
+    from sb3_trpo_ext.common.policy_batch import AdvantageBatch
+
+    policy = make_policy("mlp", ACTION_SPACES["gaussian"])
+    obs = sample_observations(policy)
+    with th.no_grad():
+        actions = policy.get_distribution(obs).sample()
+    advantages = th.randn(len(actions), generator=th.Generator().manual_seed(3))
+    batch = AdvantageBatch(obs, actions, advantages)
+    damping = 0.3
+    found = natural_direction(policy, batch, backend, damping, cg_max_steps=100)  # type: ignore[arg-type]
+    assert found.failure is None and found.direction is not None and found.fisher_direction is not None
+    fisher = explicit_fisher(policy, obs, found.params)
+    g, s = found.gradient.double(), found.direction.double()
+    expected = th.linalg.solve(fisher + damping * th.eye(len(g), dtype=th.float64), g)
+    assert th.allclose(s, expected, rtol=1e-3, atol=1e-4 * expected.abs().max().item())
+    assert th.allclose(found.fisher_direction.double(), fisher @ s, rtol=1e-4, atol=1e-5 * (fisher @ s).abs().max().item())
+    objective, kl = found.evaluate()  # at the old parameters: the same surrogate, no KL
+    assert objective == pytest.approx(found.objective, abs=1e-6) and kl == pytest.approx(0.0, abs=1e-7)
