@@ -152,14 +152,27 @@ PRESETS: dict[str, dict[str, Any]] = {
     "defaults": {
         "algos": ["trpo_ext-defaults", "sb3-contrib-defaults", "natural_pg-defaults", "vine_trpo-defaults"],
         "envs": [
-            "CartPole-v1", "Acrobot-v1", "Pendulum-v1",
-            "Hopper-v5", "Walker2d-v5", "HalfCheetah-v5", "Ant-v5", "Swimmer-v5", "Pusher-v5",
+            "CartPole-v1",
+            "Acrobot-v1",
+            "Pendulum-v1",
+            "Hopper-v5",
+            "Walker2d-v5",
+            "HalfCheetah-v5",
+            "Ant-v5",
+            "Swimmer-v5",
+            "Pusher-v5",
         ],  # fmt: skip
         "seeds": [0, 1, 2],
         "budgets": {
-            "CartPole-v1": 100_000, "Acrobot-v1": 100_000, "Pendulum-v1": 100_000,
-            "Hopper-v5": 500_000, "Walker2d-v5": 500_000, "HalfCheetah-v5": 500_000, "Ant-v5": 500_000,
-            "Swimmer-v5": 500_000, "Pusher-v5": 500_000,
+            "CartPole-v1": 100_000,
+            "Acrobot-v1": 100_000,
+            "Pendulum-v1": 100_000,
+            "Hopper-v5": 500_000,
+            "Walker2d-v5": 500_000,
+            "HalfCheetah-v5": 500_000,
+            "Ant-v5": 500_000,
+            "Swimmer-v5": 500_000,
+            "Pusher-v5": 500_000,
         },  # fmt: skip
     },
     "mujoco": {

@@ -1,5 +1,6 @@
 """
-Environments on a Ray cluster: :class:`RayVecEnv`, an SB3 ``VecEnv`` whose envs live in Ray actors.
+Environments on a Ray cluster: :class:`RayVecEnv`, an SB3 ``VecEnv`` whose envs live in Ray actors, and
+:class:`RayBranchPool`, Ray actors that run the vine's branch rollouts.
 
 Needs Ray: ``pip install "sb3-trpo-ext[ray]"``.
 """
@@ -12,7 +13,8 @@ except ImportError as error:  # pragma: no cover - depends on the installation
         f"(or pip install 'ray>=2.9')"
     ) from error
 
+from sb3_trpo_ext.distributed.branch_pool import BranchWorkerLost, RayBranchPool
 from sb3_trpo_ext.distributed.cluster import ActorPlace, EnvWorkerLost
 from sb3_trpo_ext.distributed.ray_vec_env import RayVecEnv
 
-__all__ = ["ActorPlace", "EnvWorkerLost", "RayVecEnv"]
+__all__ = ["ActorPlace", "BranchWorkerLost", "EnvWorkerLost", "RayBranchPool", "RayVecEnv"]

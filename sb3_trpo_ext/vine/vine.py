@@ -2,7 +2,7 @@
 
 import warnings
 from collections.abc import Callable
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import torch as th
@@ -21,6 +21,9 @@ from sb3_trpo_ext.trpo.trpo import TRPO
 from sb3_trpo_ext.vine.branch_runner import BranchConfig, BranchRunner
 from sb3_trpo_ext.vine.estimators import VineBatch
 from sb3_trpo_ext.vine.rollout_set import RolloutSet, sample_branch_actions, uses_all_actions
+
+if TYPE_CHECKING:  # Ray is optional: the pool is imported only by whoever builds one
+    from sb3_trpo_ext.distributed.branch_pool import RayBranchPool
 
 ACTION_SAMPLING = ("policy", "uniform")
 
@@ -67,6 +70,9 @@ class VineTRPO(TRPO):
         ``n_envs * branch_envs_per_worker`` run in successive waves. Few clones that stay in the CPU cache beat one big
         batch: on Hopper-v5 (N=64, K=4, m=50, another process on the second core) 32 clones gave about 10,000
         simulator steps/s against 5,600 for 256 (``benchmarks/speed.py``; the policy forward is cheap either way)
+    :param branch_pool: run the branches on Ray actors instead of the training env's workers
+        (:class:`~sb3_trpo_ext.distributed.RayBranchPool`, each actor keeping ``branch_envs_per_worker`` clones);
+        None: on the training env's workers
     :param learning_rate: learning rate of the critic's Adam optimizer (constant or schedule)
     :param n_steps: trunk steps per environment per iteration
     :param batch_size: mini-batch size of the critic's updates
@@ -119,6 +125,7 @@ class VineTRPO(TRPO):
         bootstrap_branches: bool = True,
         common_random_numbers: bool = True,
         branch_envs_per_worker: int = 32,
+        branch_pool: "RayBranchPool | None" = None,
         learning_rate: float | Schedule = 1e-3,
         n_steps: int = 1024,
         batch_size: int = 128,
@@ -161,6 +168,7 @@ class VineTRPO(TRPO):
         self.bootstrap_branches = bootstrap_branches
         self.common_random_numbers = common_random_numbers
         self.branch_envs_per_worker = branch_envs_per_worker
+        self.branch_pool = branch_pool
         super().__init__(
             policy,
             env,
@@ -238,7 +246,11 @@ class VineTRPO(TRPO):
         )
         if runner is None or runner.venv is not env or runner.config != config:
             rng = runner.rng if runner is not None else np.random.default_rng(self.seed)
-            runner = self.branch_runner = BranchRunner(env, config, rng)
+            if self.branch_pool is None:
+                runner = self.branch_runner = BranchRunner(env, config, rng)
+            else:  # on the pool's actors, its re-runs of lost actors' waves logged as rollout/branch_retries
+                record = lambda key, value: self.logger.record(key, value)  # noqa: E731 - the logger is set by learn
+                runner = self.branch_runner = self.branch_pool.runner(env, config, rng, record)
         return runner
 
     # ------------------------------------------------------------------ one iteration: trunk -> rollout set -> branches
