@@ -39,6 +39,8 @@ RESULTS = os.path.join(ROOT, "benchmarks", "results", "matrix")
 OURS = "trpo_ext-defaults"
 CONTRIB = "sb3-contrib-defaults"
 BEFORE = "trpo_ext-defaults-0.1.0"
+# discrete or 1-D action spaces (d = 1): 0.01 and 0.1 per action dimension are the 0.1.0 defaults themselves
+UNCHANGED = ("CartPole-v1", "Acrobot-v1", "Pendulum-v1")
 DETAIL = (OURS, BEFORE, "natural_pg-defaults", "vine_trpo-defaults", CONTRIB)
 """The algorithms of the detail table, in its order (pilots such as ``trpo_ext-defaults-cg10`` are left out)."""
 VINE = "vine_trpo-defaults"
@@ -119,7 +121,9 @@ def headline(found: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
             reaches += 1
         before = runs(algos.get(BEFORE, []), "final")
         now = runs(ours, "final")
-        if before.size and now.size:
+        if env in UNCHANGED:
+            row.append("unchanged (d = 1: the same settings)")
+        elif before.size and now.size:
             change = intervals.compare(now, before)
             row.append(f"{report.fmt(float(intervals.iqm(before)))} -> {report.fmt(float(intervals.iqm(now)))} ({change})")
         else:

@@ -148,7 +148,7 @@ def defaults_cells(tmp_path: Path) -> Path:
         # CartPole-v1: ours far ahead in both; Hopper-v5: overlapping seeds, so even
         write_cell(results, "trpo_ext-defaults", "CartPole-v1", seed, [400.0 + seed, 480.0 + seed, 500.0 - seed])
         write_cell(results, "sb3-contrib-defaults", "CartPole-v1", seed, [100.0 + seed, 150.0 + seed, 200.0 + seed])
-        write_cell(results, "trpo_ext-defaults-0.1.0", "CartPole-v1", seed, [50.0, 60.0, 70.0 + seed])
+        write_cell(results, "trpo_ext-defaults-0.1.0", "Hopper-v5", seed, [5.0, 6.0, 70.0 + seed], budget=500)
         write_cell(results, "trpo_ext-defaults", "Hopper-v5", seed, [10.0, 20.0 * seed, 1000.0 * seed], budget=500)
         write_cell(results, "sb3-contrib-defaults", "Hopper-v5", seed, [10.0, 20.0, 500.0 + 600.0 * seed], budget=500)
         write_cell(results, "vine_trpo-defaults", "Hopper-v5", seed, [5.0, 6.0, 7.0 + seed], budget=500)
@@ -170,9 +170,10 @@ def test_defaults_report_tables(defaults_cells: Path) -> None:
     cartpole = row(headline, "CartPole-v1")
     assert cartpole[1:3] == ["100", "3 / 3"]
     assert cartpole[3] == "499 [498, 500]" and cartpole[5] == "ahead" and cartpole[8] == "ahead"
-    assert cartpole[9] == "71.0 -> 499 (ahead)"  # 0.1.0 defaults -> now, final return
+    assert cartpole[9] == "unchanged (d = 1: the same settings)"  # discrete actions: 0.1.0 defaults = now
     hopper = row(headline, "Hopper-v5")
-    assert hopper[2] == "3 / 3" and hopper[5] == "even" and hopper[9] == "-"
+    assert hopper[2] == "3 / 3" and hopper[5] == "even"
+    assert hopper[9] == "71.0 -> 1,000 (even)"  # 0.1.0 defaults -> now, final return
     acrobot = row(headline, "Acrobot-v1")
     assert acrobot[2] == "1 / 1" and acrobot[3] == "-100 [n/a]" and acrobot[5] == "mean only"
     assert row(headline, "Ant-v5")[2] == "0 / 0"  # preset tasks without cells are listed

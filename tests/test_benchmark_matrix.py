@@ -303,3 +303,13 @@ def test_vine_vs_single_counts_updates_from_the_yaml_and_compares_at_equal_updat
     assert cells[4] == "6.00 ± 1.41 / 2.00" and cells[6] == "4.00 ± 1.41"
     vine_vs_single.plot(found, entries, str(tmp_path / "v.png"))
     assert (tmp_path / "v.png").stat().st_size > 1000
+
+
+def test_one_entry_point_runs_each_tool_as_its_script(capsys: pytest.CaptureFixture) -> None:
+    import runpy
+
+    entry = runpy.run_path(str(Path(__file__).resolve().parents[1] / "benchmarks" / "__main__.py"))
+    missing = [script for script, _ in entry["TOOLS"].values() if not (Path(entry["HERE"]) / script).exists()]
+    assert missing == [] or set(missing) <= {"ray_vine.py", "ray_report.py"}, missing
+    assert entry["main"]([]) == 0 and "defaults-report" in capsys.readouterr().out
+    assert entry["main"](["no-such-tool"]) == 2
