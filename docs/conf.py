@@ -32,6 +32,8 @@ autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 autodoc_typehints_description_target = "documented"
 autodoc_class_signature = "mixed"
+# Ray is an extra (sb3-trpo-ext[ray]) that the docs build does not install: sb3_trpo_ext.distributed imports a mock
+autodoc_mock_imports = ["ray"]
 
 # Nitpicky mode checks every cross-reference (also where a build runs without -n, as on Read the Docs). intersphinx
 # cannot fetch the inventories of SB3, gymnasium, torch and NumPy where these docs are built offline, so references
@@ -40,7 +42,7 @@ autodoc_class_signature = "mixed"
 # renamed class) still fails the build.
 nitpicky = True
 nitpick_ignore_regex = [
-    (r"py:.*", r"(stable_baselines3|gymnasium|gym|torch|th|numpy|np|optuna|rl_zoo3)(\..*)?"),
+    (r"py:.*", r"(stable_baselines3|gymnasium|gym|torch|th|numpy|np|optuna|rl_zoo3|ray)(\..*)?"),
     # Python's own inventory is not reachable offline either: the standard-library types of SB3's signatures
     (r"py:.*", r"(collections\.abc|pathlib|io|typing|types)\.\w+"),
     # the ``Self...`` TypeVars of ``learn``'s return annotation (SB3's idiom): type variables have no page to link to

@@ -128,6 +128,8 @@ class BranchActor:
     def __init__(self, payload: bytes) -> None:
         th.set_num_threads(1)
         self.env = cloudpickle.loads(payload)()
+        self.env.reset()  # as the training envs are: wrappers that check steps against the last reset (gymnasium's
+        # PassiveEnvChecker) are not part of a snapshot, and the clones copy them from this env
         self.worker = BranchWorker([self.env])
 
     def describe(self) -> dict[str, Any]:

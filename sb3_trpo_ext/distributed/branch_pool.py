@@ -123,7 +123,7 @@ class RayBranchPool:
             raise ValueError(f"n_actors={n_actors} must be >= 1 (or None: one actor per free CPU of the cluster)")
         if max_retries < 0:
             raise ValueError(f"max_retries={max_retries} must be >= 0")
-        self.settings = dict(
+        self.settings: dict[str, Any] = dict(
             env=env, n_actors=n_actors, env_kwargs=dict(env_kwargs or {}), monitor=monitor, ray_address=ray_address,
             scheduling=scheduling, num_cpus_per_actor=num_cpus_per_actor, wave_timeout_s=wave_timeout_s,
             max_retries=max_retries, startup_timeout_s=startup_timeout_s, ray_init_kwargs=ray_init_kwargs,
@@ -137,21 +137,22 @@ class RayBranchPool:
                 f"The branch env builder cannot be pickled ({type(error).__name__}: {error}): the envs are built on "
                 f"the Ray actors. Pass an env id or a function that builds the env, not an env object."
             ) from error
-        self._reset_state()
-
-    def _reset_state(self) -> None:
         self.actors: list[Any] = []
+        """The actors' handles (empty until started)."""
         self.places: list[ActorPlace] = []
-        """Where each actor runs (replaced actors included)."""
+        """Where each actor runs (for a replaced actor: where its replacement runs)."""
         self.chain: list[tuple[str, str]] = []
         """The wrapper chain of the actors' env: ``(layer class, adapter)``, outermost first."""
         self.placement_group: PlacementGroup | None = None
         self.retries = 0
-        """Shares of waves re-run after a lost actor, since the pool started."""
+        """Shares of waves re-run after a lost actor, since the pool was made."""
         self.measure_bytes = False
-        """When True, :meth:`run_wave` adds the pickled sizes of the messages to :attr:`timing`."""
-        self.timing: dict[str, float] = dict(waves=0, wave_s=0.0, actor_s=0.0, bytes_shared=0, bytes_parts=0, bytes_replies=0)
-        """Totals over the waves: wall time, the slowest actor's compute time, and (with measure_bytes) bytes."""
+        """When True, each wave adds the pickled sizes of its messages to :attr:`timing`."""
+        self.timing: dict[str, float] = dict(
+            waves=0, wave_s=0.0, actor_s=0.0, bytes_shared=0, bytes_policy=0, bytes_parts=0, bytes_replies=0
+        )
+        """Totals over the waves: wall time, the slowest actor's compute time, and (with measure_bytes) the pickled
+        sizes of the shared objects (of which the policy), the per-actor parts and the replies."""
 
     # ------------------------------------------------------------------ life cycle
 
@@ -221,7 +222,7 @@ class RayBranchPool:
                 ray.kill(actor)
             if self.placement_group is not None:
                 remove_placement_group(self.placement_group)
-        self._reset_state()
+        self.actors, self.places, self.chain, self.placement_group = [], [], [], None
 
     def __enter__(self) -> RayBranchPool:
         return self.start()
@@ -258,11 +259,16 @@ class RayBranchPool:
         if [tuple(layer) for layer in chain] == [tuple(layer) for layer in self.chain]:
             return
         ours, theirs = " > ".join(layer for layer, _ in self.chain), " > ".join(layer for layer, _ in chain)
+        patched = "" if "Patched" not in theirs + ours else (
+            " A Patched... layer comes from a module that replaced a gymnasium wrapper where it was imported (rl_zoo3 "
+            "patches TimeLimit when imported): import that module in the env function given to the pool too."
+        )  # fmt: skip
         raise SnapshotError(
             f"The RayBranchPool's env ({ours}) is not the training env's kind ({theirs}), so the training env's "
             f"snapshots cannot be restored on the actors. Build both from the same env id or function: "
             f"RayBranchPool(env=..., env_kwargs=..., monitor=...) as the training env's envs are built (monitor=True "
-            f"matches make_vec_env; a function that applies the same wrappers, with monitor=False, matches any chain)."
+            f"matches make_vec_env; a function that applies the same wrappers, with monitor=False, matches any "
+            f"chain).{patched}"
         )
 
     # ------------------------------------------------------------------ waves
@@ -311,25 +317,28 @@ class RayBranchPool:
                     replies[index], seconds[index] = ray.get(ref, timeout=0 if timed_out else self.settings["wave_timeout_s"])
                 except LOST_ERRORS as error:
                     lost.append((index, error))
-            for index, error in lost:
+            for index, cause in lost:
                 retries += 1
                 self.retries += 1
-                self._replace(index, error, retries)
+                self._replace(index, cause, retries)
                 pending[self._submit(index, shared_ref, parts[index])] = index  # type: ignore[arg-type]
         self._count_wave(start, seconds, shared, parts, replies)
         return replies
 
     def _replace(self, index: int, cause: BaseException, retries: int) -> None:
-        """Replace lost actor ``index`` by a new one in the same bundle (or raise when the wave used up its retries)."""
+        """
+        Replace lost actor ``index`` by a new one in the same bundle; then raise when the wave has used up its
+        retries (the pool stays whole for the next wave).
+        """
         place = self.places[index]
-        if retries > self.settings["max_retries"]:
-            raise BranchWorkerLost("run_wave", [place], cause) from cause
         ray.kill(self.actors[index])  # a timed-out actor may still be running
         self.actors[index] = self._new_actor(index)
         try:
             self.places[index] = self._describe(index, self.actors[index])
         except RuntimeError as error:
             raise BranchWorkerLost("run_wave (replacing a lost actor)", [place], error) from cause
+        if retries > self.settings["max_retries"]:
+            raise BranchWorkerLost("run_wave", [place], cause) from cause
 
     def _count_wave(
         self, start: float, seconds: list[float], shared: SharedWave, parts: list[WavePart | None], replies: list[Any]
@@ -339,5 +348,6 @@ class RayBranchPool:
         self.timing["actor_s"] += max(seconds)
         if self.measure_bytes:
             self.timing["bytes_shared"] += len(cloudpickle.dumps(shared))
+            self.timing["bytes_policy"] += len(cloudpickle.dumps(shared.policy))
             self.timing["bytes_parts"] += sum(len(cloudpickle.dumps(part)) for part in parts if part is not None)
             self.timing["bytes_replies"] += sum(len(cloudpickle.dumps(reply)) for reply in replies if reply is not None)

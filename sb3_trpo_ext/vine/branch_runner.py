@@ -57,7 +57,11 @@ class BranchRunner:
         elif isinstance(base, DummyVecEnv):
             self.local = BranchWorker(base.envs)
         else:
-            raise ValueError(f"VineTRPO supports DummyVecEnv and SubprocVecEnv, got {type(base).__name__}.")
+            raise ValueError(
+                f"VineTRPO runs its branches on a DummyVecEnv's or SubprocVecEnv's envs, got {type(base).__name__}: "
+                "for a RayVecEnv (or any other VecEnv) give VineTRPO a branch pool, "
+                "branch_pool=sb3_trpo_ext.distributed.RayBranchPool(env_id, n_actors=...)."
+            )
 
     # ------------------------------------------------------------------ talking to the workers
 

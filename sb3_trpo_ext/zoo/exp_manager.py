@@ -5,22 +5,34 @@ rl-zoo3's ``ExperimentManager`` with two additions for our algorithm keys (rl-zo
 - the entry is checked against the algorithm's constructor before anything is built, and errors raised while building
   say which file and entry they come from.
 
-And one for every key: with ``-optimize --storage <database URL>``, the storage's tables and the study are created once
-by :func:`prepare_study` (retrying) before rl-zoo3 opens them, so that several workers started at the same time on a
-fresh database do not race on Optuna's schema creation.
+And two for every key:
+
+- with ``-optimize --storage <database URL>``, the storage's tables and the study are created once by
+  :func:`prepare_study` (retrying) before rl-zoo3 opens them, so that several workers started at the same time on a
+  fresh database do not race on Optuna's schema creation;
+- ``vec_env_type="ray"`` (``--vec-env ray``, with ``--ray-address``): the training envs are a
+  :class:`~sb3_trpo_ext.distributed.RayVecEnv` (rl-zoo3's ``vec_env_class``, as ``"subproc"`` maps to
+  ``SubprocVecEnv``), the evaluation env stays a ``DummyVecEnv`` (it steps one env at a time between rollouts, where an
+  actor would hold a CPU of the cluster idle), and ``vine_trpo``'s branches run on a
+  :class:`~sb3_trpo_ext.distributed.RayBranchPool` (settings from the entry's ``branch_pool: dict(...)``).
 """
 
 import random
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import optuna
 import sqlalchemy.exc
 import yaml
 from rl_zoo3.exp_manager import ExperimentManager as ZooExperimentManager
 from rl_zoo3.utils import ALGOS
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from sb3_trpo_ext.zoo.checks import HyperparameterError, MissingEntryError, check_hyperparams
 from sb3_trpo_ext.zoo.registration import ZOO_KEYS, default_config, register
@@ -68,14 +80,120 @@ def prepare_study(storage: str, study_name: str | None, attempts: int = STUDY_SE
                 rdb_storage.engine.dispose()
 
 
+VEC_ENV_TYPES = ("dummy", "subproc", "ray")
+"""The choices of ``--vec-env``: rl-zoo3's and ``ray``."""
+
+
+def zoo_env(env_fn: Callable[[], gym.Env]) -> gym.Env:
+    """
+    :param env_fn: one of the env functions ``make_vec_env`` gives a VecEnv
+    :return: its env. Shipped to a Ray actor, this function is pickled by reference, so the actor imports this
+        module, hence rl-zoo3, whose import patches gymnasium's ``TimeLimit`` (``rl_zoo3.gym_patches``): the actors'
+        envs are those rl-zoo3 builds in its own process
+    """
+    return env_fn()
+
+
+def ray_vec_env(env_fns: list[Callable[[], gym.Env]], **kwargs: Any) -> VecEnv:
+    """
+    ``--vec-env ray``'s ``vec_env_class``: a :class:`~sb3_trpo_ext.distributed.RayVecEnv` of rl-zoo3's env functions.
+
+    :param env_fns: the env functions, one per env (Monitor and wrappers included, as ``make_vec_env`` makes them)
+    :param kwargs: keyword arguments of ``RayVecEnv`` (``ray_address``)
+    :return: the VecEnv
+    """
+    from sb3_trpo_ext.distributed import RayVecEnv  # Ray only for --vec-env ray
+
+    return RayVecEnv([partial(zoo_env, env_fn) for env_fn in env_fns], **kwargs)
+
+
+def branch_env(spec: gym.envs.registration.EnvSpec, wrapper: Any, **env_kwargs: Any) -> gym.Env:
+    """
+    One env as rl-zoo3's ``create_envs`` builds a training env (``make_vec_env`` of ``spec.make``: the env, SB3's
+    ``Monitor``, then the entry's ``env_wrapper``), without a Monitor file: the envs of a
+    :class:`~sb3_trpo_ext.distributed.RayBranchPool` only give their clones to branch rollouts. Pickled by reference
+    as :func:`zoo_env` is, so rl-zoo3's ``TimeLimit`` patch applies on the actors too.
+
+    :param spec: the env's registration
+    :param wrapper: the entry's ``env_wrapper`` as rl-zoo3 reads it (a function of the env), or None
+    :param env_kwargs: the env's keyword arguments (``--env-kwargs``)
+    :return: the env
+    """
+    env: gym.Env = Monitor(spec.make(**env_kwargs))
+    return wrapper(env) if wrapper is not None else env
+
+
 class ExperimentManager(ZooExperimentManager):
-    """rl-zoo3's experiment manager, aware of our default config folder and checking our entries."""
+    """rl-zoo3's experiment manager, aware of our default config folder, checking our entries, and with ``ray``."""
 
     def __init__(self, args: Any, algo: str, env_id: str, log_folder: str, *positional: Any, **kwargs: Any) -> None:
         register()
         if algo in ZOO_KEYS and kwargs.get("config") is None:
             kwargs["config"] = default_config(algo)
+        self.vec_env_type = kwargs.get("vec_env_type", "dummy")
+        if self.vec_env_type not in VEC_ENV_TYPES:
+            raise ValueError(f"vec_env_type={self.vec_env_type!r} is not one of {', '.join(VEC_ENV_TYPES)}")
+        if self.vec_env_type == "ray":
+            kwargs["vec_env_type"] = "dummy"  # rl-zoo3 knows dummy and subproc; the class is replaced below
         super().__init__(args, algo, env_id, log_folder, *positional, **kwargs)
+        self.ray_address: str | None = getattr(args, "ray_address", None)
+        """The Ray cluster of ``--vec-env ray`` (None: a local instance)."""
+        if self.vec_env_type == "ray":
+            self.vec_env_class = ray_vec_env  # type: ignore[assignment]
+            self.vec_env_kwargs = {"ray_address": self.ray_address}
+
+    @property
+    def uses_ray(self) -> bool:
+        """Whether this run's envs (and ``vine_trpo``'s branches) run on Ray (``--vec-env ray``)."""
+        return self.vec_env_type == "ray"
+
+    def create_envs(self, n_envs: int, eval_env: bool = False, no_log: bool = False) -> VecEnv:
+        """rl-zoo3's, with the evaluation env of a Ray run in a ``DummyVecEnv`` (see the module's docstring)."""
+        if not (eval_env and self.uses_ray):
+            return super().create_envs(n_envs, eval_env=eval_env, no_log=no_log)
+        ray_class, ray_kwargs = self.vec_env_class, self.vec_env_kwargs
+        self.vec_env_class, self.vec_env_kwargs = DummyVecEnv, {}
+        try:
+            return super().create_envs(n_envs, eval_env=eval_env, no_log=no_log)
+        finally:
+            self.vec_env_class, self.vec_env_kwargs = ray_class, ray_kwargs
+
+    def _preprocess_hyperparams(self, hyperparams: dict[str, Any]) -> tuple[dict[str, Any], Any, Any, Any]:
+        """rl-zoo3's, then, for ``vine_trpo`` with ``--vec-env ray``, the entry's ``branch_pool`` settings into a pool."""
+        hyperparams, env_wrapper, callbacks, vec_env_wrapper = super()._preprocess_hyperparams(hyperparams)
+        settings = hyperparams.get("branch_pool")
+        if self.algo == "vine_trpo" and self.uses_ray:
+            hyperparams["branch_pool"] = self.branch_pool(settings or {}, env_wrapper)
+        elif settings is not None:
+            raise HyperparameterError(
+                f"{self.config}, entry {self.entry_name()!r}: 'branch_pool' settings run vine_trpo's branches on Ray "
+                f"actors: add --vec-env ray (with --ray-address HEAD:6379 for a cluster), or remove the key."
+            )
+        return hyperparams, env_wrapper, callbacks, vec_env_wrapper
+
+    def branch_pool(self, settings: dict[str, Any], env_wrapper: Any) -> Any:
+        """
+        :param settings: keyword arguments of :class:`~sb3_trpo_ext.distributed.RayBranchPool` (the entry's
+            ``branch_pool``), without ``env``
+        :param env_wrapper: the entry's ``env_wrapper`` as rl-zoo3 reads it, or None
+        :return: the pool, whose actors build the training env's envs (:func:`branch_env`) and join ``--ray-address``
+        :raises HyperparameterError: for settings the pool does not take
+        """
+        from sb3_trpo_ext.distributed import RayBranchPool
+
+        if isinstance(settings, str):  # a YAML entry's "dict(...)", evaluated as rl-zoo3 evaluates policy_kwargs
+            settings = eval(settings)
+        if not isinstance(settings, dict) or "env" in settings:
+            raise HyperparameterError(
+                f"{self.config}, entry {self.entry_name()!r}: 'branch_pool' must be a dict of RayBranchPool keywords "
+                f"other than env (e.g. branch_pool: dict(n_actors=16)), got {settings!r}"
+            )
+        source = partial(branch_env, gym.spec(self.env_name.gym_id), env_wrapper)
+        options = dict(env_kwargs=self.env_kwargs, monitor=False, ray_address=self.ray_address, **settings)
+        try:
+            return RayBranchPool(source, **options)
+        except (TypeError, ValueError) as error:
+            raise HyperparameterError(f"{self.config}, entry {self.entry_name()!r}: branch_pool: {error}") from error
 
     @property
     def checks_entries(self) -> bool:
