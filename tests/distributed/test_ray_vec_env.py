@@ -219,7 +219,7 @@ def test_bad_arguments_are_explained() -> None:
 def test_env_that_fails_to_build_leaves_nothing_behind() -> None:
     free = ray.available_resources().get("CPU", 0)
     with pytest.raises(RuntimeError, match="Building the envs"):
-        RayVecEnv("NoSuchEnv-v0", n_envs=1, startup_timeout_s=60, **CPU)
+        RayVecEnv("NoSuchEnv-v0", n_envs=1, startup_timeout_s=300, **CPU)
     deadline = 30
     while ray.available_resources().get("CPU", 0) < free and deadline > 0:  # the placement group is removed
         ray.get(ray.remote(lambda: None).options(num_cpus=0).remote())
