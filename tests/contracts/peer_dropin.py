@@ -17,9 +17,9 @@ A pytest plugin that runs a peer's own test suite with one of our classes in pla
 
 from __future__ import annotations
 
-import fnmatch
 import importlib
 import inspect
+import re
 import types
 from typing import Any
 
@@ -82,6 +82,11 @@ def uses_class(item: pytest.Item, cls: type, target: str) -> bool:
     return target in _names_in(function.__code__)
 
 
+def matches(nodeid: str, pattern: str) -> bool:
+    """Whether a node id matches a pattern in which ``*`` is the only wildcard (ids hold ``[...]`` literally)."""
+    return re.fullmatch(".*".join(re.escape(part) for part in pattern.split("*")), nodeid) is not None
+
+
 def load_expected(path: str | None, suite: str, algo: str) -> list[dict[str, Any]]:
     """The entries of ``path`` for ``suite`` that apply to ``algo`` (an entry without ``algos`` applies to all)."""
     if path is None:
@@ -104,7 +109,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     unmatched = []
     for entry in entries:
         patterns = entry["tests"]
-        matched = [item for item in items if any(fnmatch.fnmatchcase(item.nodeid, pattern) for pattern in patterns)]
+        matched = [item for item in items if any(matches(item.nodeid, pattern) for pattern in patterns)]
         if not matched:
             unmatched.append(patterns)
         for item in matched:

@@ -54,6 +54,7 @@ def local_ray(isolated_network: None) -> Iterator[None]:
     """A local Ray instance on 127.0.0.1 for the module (2 CPUs: one per actor of a 4-env, 2-per-actor RayVecEnv)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # address="local": always a new instance of our own, never one that another process left running on this host
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
