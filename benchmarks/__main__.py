@@ -6,48 +6,66 @@ One entry point for the benchmark tools: ``python -m benchmarks TOOL [options]``
     python -m benchmarks matrix --preset defaults --workers 2
     python -m benchmarks defaults-report --readme
 
-Each tool is one script of this folder, run as if started directly (its ``--help`` describes it); every result
-file names its machine, date, commit and command (``benchmarks/results_io.py``).
+Each tool is a module of this package (or a subpackage, by its ``__main__``) with a ``main(argv)``, run as if started
+directly: ``python -m benchmarks speed ARGS`` records the command ``python benchmarks/speed.py ARGS`` (its ``--help``
+describes it). Every result file a tool writes names its machine, date, commit, versions and command in one schema
+(``benchmarks/results_io.py``).
 """
 
-import os
-import runpy
-import sys
+from __future__ import annotations
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+import importlib
+import importlib.util
+import sys
+from collections.abc import Sequence
 
 TOOLS = {
-    "speed": ("speed.py", "ours vs sb3-contrib env-steps/s on Hopper-v5 (and the vine's simulator steps/s)"),
-    "speed-atari": ("speed_atari.py", "ours vs sb3-contrib on Breakout, with where an update's time goes"),
-    "speed-report": ("speed_report.py", "the speed tables of the docs from the speed result files"),
-    "fisher-paths": ("fisher_paths.py", "the Fisher-vector product's paths timed against each other"),
-    "matrix": ("matrix.py", "train the benchmark matrix's cells (zoo YAML or class defaults), one result file each"),
-    "train-defaults": ("train_defaults.py", "one class-defaults run, as a user without the zoo writes it"),
-    "report": ("report.py", "the matrix's tables (IQM and intervals) and learning curves"),
-    "defaults-report": ("defaults_report.py", "the class-defaults table, ours vs sb3-contrib"),
-    "ablation": ("ablation.py", "one engine change at a time against our YAML"),
-    "figure4": ("figure4.py", "the paper's Figure 4 comparison from the matrix files"),
-    "vine-vs-single": ("vine_vs_single.py", "the vine against single path per simulator step and per update"),
-    "vine-study": ("vine_study.py", "the vine's gradient quality against a large-batch reference"),
-    "demo-seeds": ("demo_seeds.py", "the demo's returns over seeds"),
-    "ray-trunk": ("ray_trunk.py", "RayVecEnv vs SubprocVecEnv end to end (inside a network namespace)"),
-    "ray-vine": ("ray_vine.py", "the vine's branches on a Ray pool vs the SubprocVecEnv workers"),
-    "ray-report": ("ray_report.py", "the Ray page's measured numbers and scaling projection"),
+    "speed": ("speed", "ours vs sb3-contrib env-steps/s on Hopper-v5 (and the vine's simulator steps/s)"),
+    "speed-atari": ("speed_atari", "ours vs sb3-contrib on Breakout, with where an update's time goes"),
+    "speed-report": ("speed_report", "the speed tables of the docs from the speed result files"),
+    "fisher-paths": ("fisher_paths", "the Fisher-vector product's paths timed against each other"),
+    "matrix": ("matrix", "train the benchmark matrix's cells (zoo YAML or class defaults), one result file each"),
+    "train-defaults": ("train_defaults", "one class-defaults run, as a user without the zoo writes it"),
+    "report": ("report", "the matrix's tables (IQM and intervals) and learning curves"),
+    "defaults-report": ("defaults_report", "the class-defaults table, ours vs sb3-contrib"),
+    "ablation": ("ablation", "one engine change at a time against our YAML"),
+    "figure4": ("figure4", "the paper's Figure 4 comparison from the matrix files"),
+    "vine-vs-single": ("vine_vs_single", "the vine against single path per simulator step and per update"),
+    "vine-study": ("vine_study", "the vine's gradient quality against a large-batch reference"),
+    "demo-seeds": ("demo_seeds", "the demo's returns over seeds"),
+    "ray-trunk": ("ray_trunk", "RayVecEnv vs SubprocVecEnv end to end (inside a network namespace)"),
+    "ray-vine": ("ray_vine", "the vine's branches on a Ray pool vs the SubprocVecEnv workers"),
+    "ray-report": ("ray_report", "the Ray page's measured numbers and scaling projection"),
+    "results-io": ("results_io", "copy the README's generated sections into the docs' results page (--docs)"),
 }
+"""Tool name -> (module of this package, what it does)."""
 
 
-def main(argv: list[str]) -> int:
+def available() -> list[str]:
+    """:return: the tools whose module is present"""
+    return [name for name, (module, _) in TOOLS.items() if importlib.util.find_spec(f"benchmarks.{module}") is not None]
+
+
+def main(argv: Sequence[str]) -> int:
+    """
+    :param argv: ``TOOL [options]``; nothing, ``-h`` or ``--help`` lists the tools
+    :return: the tool's exit status (0 for the list, 2 for an unknown tool)
+    """
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in TOOLS:
-        known = [name for name, (script, _) in TOOLS.items() if os.path.exists(os.path.join(HERE, script))]
         print(__doc__)
         print("tools:")
-        for name in known:
+        for name in available():
             print(f"  {name:16} {TOOLS[name][1]}")
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
-    script = os.path.join(HERE, TOOLS[argv[0]][0])
-    sys.argv = [script, *argv[1:]]
-    runpy.run_path(script, run_name="__main__")
-    return 0
+    tool = importlib.import_module(f"benchmarks.{TOOLS[argv[0]][0]}")
+    if not hasattr(tool, "main"):  # a subpackage: its __main__ module
+        tool = importlib.import_module(f"{tool.__name__}.__main__")
+    saved, sys.argv = sys.argv, [str(tool.__file__), *argv[1:]]  # as if started directly: its usage and recorded command
+    try:
+        status = tool.main(list(argv[1:]))
+    finally:
+        sys.argv = saved
+    return status if isinstance(status, int) else 0
 
 
 if __name__ == "__main__":

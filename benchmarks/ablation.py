@@ -6,7 +6,8 @@ Every variant trains in this process, one after another, with the task's entry o
 (n_envs, VecNormalize when the entry says ``normalize``, and its keyword arguments; sb3-contrib gets rl-zoo3's
 ``trpo.yml`` entry), and is evaluated every ``--eval-every`` steps on 10 deterministic episodes (the eval env uses the
 training env's normalization statistics). Each (variant, seed) result is saved as it ends under
-``benchmarks/results/ablation/{env}/{variant}/seed_{S}.json`` and skipped when present; ``--report`` prints the table.
+``benchmarks/results/ablation/{env}/{variant}/seed_{S}.json`` (a result file of ``benchmarks/results_io.py``) and
+skipped when present; ``--report`` prints the table.
 
 Variants (each differs from ``ours`` in one thing):
 
@@ -24,21 +25,24 @@ Variants (each differs from ``ours`` in one thing):
     python benchmarks/ablation.py --report          # or --readme: into README.md between its markers
 """
 
+from __future__ import annotations
+
 import argparse
-import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch as th
 import yaml
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from results_io import machine, replace_readme_section  # noqa: E402  (benchmarks/ is not a package)
+if not __package__:  # run as a file, python benchmarks/ablation.py: import the package from the repository root
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchmarks.results_io import ROOT, read_result, replace_readme_section, write_result
+
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "ablation")
 VARIANTS = ("ours", "cg-15", "damped-full-step", "kl-rescale", "sb3-contrib")
 NOT_KEYWORDS = ("n_timesteps", "policy", "normalize", "n_envs", "env_wrapper", "frame_stack", "normalize_kwargs")
@@ -97,7 +101,7 @@ def run(variant: str, env_id: str, seed: int, budget: int, eval_every: int) -> d
         steps.append(int(model.num_timesteps))
         means.append(float(mean))
     return {"variant": variant, "env": env_id, "seed": seed, "steps": steps, "mean_return": means,
-            "wall_s": time.perf_counter() - start, "date": time.strftime("%Y-%m-%d"), "machine": machine()}  # fmt: skip
+            "wall_s": time.perf_counter() - start}  # fmt: skip
 
 
 def report(env_id: str) -> str:
@@ -114,12 +118,11 @@ def report(env_id: str) -> str:
         folder = os.path.join(RESULTS, env_id, variant)
         if not os.path.isdir(folder):
             continue
-        runs = []
-        for name in sorted(os.listdir(folder)):
-            with open(os.path.join(folder, name)) as f:
-                runs.append(json.load(f))
+        results = [read_result(os.path.join(folder, name)) for name in sorted(os.listdir(folder))]
+        runs = [result["data"] for result in results]
         budgets.update((run["steps"][-1], run["steps"][0]) for run in runs)
-        provenance.update((run.get("date", "date not recorded"), run.get("machine", "machine not recorded")) for run in runs)
+        for result in results:
+            provenance.add(((result["date"] or "")[:10] or "date not recorded", result["machine"] or "machine not recorded"))
         finals = np.array([run["mean_return"][-1] for run in runs])
         aucs = np.array([np.mean(run["mean_return"]) for run in runs])
         final_text = f"{finals.mean():.1f} ± {_spread(finals):.1f}"
@@ -134,7 +137,7 @@ def _spread(values: np.ndarray) -> float:
     return float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="Acrobot-v1")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -143,7 +146,7 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=5_000)
     parser.add_argument("--report", action="store_true", help="print the table and exit")
     parser.add_argument("--readme", action="store_true", help="write the table into README.md between its markers")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.report or args.readme:
         envs = sorted(os.listdir(RESULTS)) if args.readme else [args.env]
         text = "\n\n".join(report(env_id) for env_id in envs)
@@ -158,10 +161,7 @@ def main() -> None:
             if os.path.exists(path):
                 continue
             result = run(variant, args.env, seed, args.budget, args.eval_every)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path + ".tmp", "w") as f:
-                json.dump(result, f)
-            os.replace(path + ".tmp", path)
+            write_result(path, result)
             print(f"{variant} seed {seed}: final {result['mean_return'][-1]:.1f}, {result['wall_s']:.0f} s", flush=True)
     print(report(args.env))
 

@@ -27,15 +27,13 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import intervals  # noqa: E402  (benchmarks/ is not a package)
-from results_io import DOCS_RESULTS, README, load_sibling, replace_readme_section  # noqa: E402
+if not __package__:  # run as a file, python benchmarks/defaults_report.py: import the package from the repository root
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-report = load_sibling("report")
-matrix = load_sibling("matrix")
+from benchmarks import intervals, report
+from benchmarks.matrix_cells import PRESETS, RESULTS
+from benchmarks.results_io import DOCS_RESULTS, README, replace_readme_section
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESULTS = os.path.join(ROOT, "benchmarks", "results", "matrix")
 OURS = "trpo_ext-defaults"
 CONTRIB = "sb3-contrib-defaults"
 BEFORE = "trpo_ext-defaults-0.1.0"
@@ -44,7 +42,7 @@ UNCHANGED = ("CartPole-v1", "Acrobot-v1", "Pendulum-v1")
 DETAIL = (OURS, BEFORE, "natural_pg-defaults", "vine_trpo-defaults", CONTRIB)
 """The algorithms of the detail table, in its order (pilots such as ``trpo_ext-defaults-cg10`` are left out)."""
 VINE = "vine_trpo-defaults"
-PRESET = matrix.PRESETS["defaults"]
+PRESET = PRESETS["defaults"]
 COMMAND = "python benchmarks/matrix.py --preset defaults --workers 2"
 BEFORE_COMMAND = f"python benchmarks/matrix.py --preset defaults --algos {BEFORE} --workers 2"
 REPORT_COMMAND = "python benchmarks/defaults_report.py --readme"

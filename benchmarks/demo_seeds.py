@@ -5,8 +5,9 @@ A single seed's learning curve changes with floating-point details across machin
 This runs the demo itself (its own settings, only --seed and --output change) once per seed, one run at a time with
 one torch thread, and keeps each seed's result in benchmarks/results/demo_seeds/seed_S.json as soon as it finishes
 (seeds whose file exists are skipped, so an interrupted run resumes). It then writes summary.json there: mean, min,
-max and std over seeds of the reloaded model's 10-episode return and of the last training-time evaluation, with
-the machine, date and command. The demo reads summary.json to print its own result next to the range.
+max and std over seeds of the reloaded model's 10-episode return and of the last training-time evaluation. Both are
+result files of benchmarks/results_io.py (machine, date, commit, versions, command). The demo reads summary.json to
+print its own result next to the range.
 
     python benchmarks/demo_seeds.py                 # seeds 0..4, the demo's default 300K steps
     python benchmarks/demo_seeds.py --seeds 0 1 2   # other seeds
@@ -14,32 +15,30 @@ the machine, date and command. The demo reads summary.json to print its own resu
     python benchmarks/demo_seeds.py --readme        # the same, written into README.md between its markers
 """
 
+from __future__ import annotations
+
 import argparse
-import datetime
 import hashlib
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if not __package__:  # run as a file, python benchmarks/demo_seeds.py: import the package from the repository root
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+from benchmarks.results_io import ROOT, read_result, replace_readme_section, write_result
+
 DEMO = os.path.join(ROOT, "examples", "demo_hopper.py")
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "demo_seeds")
 OUTPUT = os.path.join(ROOT, "benchmarks", "output")
-
-
-def git_version() -> str:
-    try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True)
-        return out.stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
 
 
 def package_hash() -> str:
@@ -57,28 +56,7 @@ def package_hash() -> str:
     return digest.hexdigest()[:12]
 
 
-def machine() -> dict:
-    cpus = os.cpu_count()
-    model = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    import torch
-
-    return {
-        "description": f"a {cpus}-core {platform.system()} {platform.machine()} machine",
-        "platform": platform.platform(),
-        "cpu_count": cpus,
-        "cpu_model": model,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": 1,
-    }
-
-
-def run_seed(seed: int, timesteps: int | None, results_dir: str) -> dict:
+def run_seed(seed: int, timesteps: int | None) -> dict[str, Any]:
     """Runs the demo for one seed in its own process and returns its result.json plus the process's wall time."""
     out_dir = os.path.join(OUTPUT, f"demo_seed_{seed}")
     cmd = [sys.executable, DEMO, "--seed", str(seed), "--output", out_dir]
@@ -98,18 +76,16 @@ def run_seed(seed: int, timesteps: int | None, results_dir: str) -> dict:
         if proc.wait() != 0:
             raise RuntimeError(f"seed {seed}: the demo exited with {proc.returncode}; see {log.name}")
     with open(os.path.join(out_dir, "result.json")) as f:
-        result = json.load(f)
+        result = json.load(f)  # the demo's own output, not a result file of the benchmarks
     result["wall_seconds"] = round(time.perf_counter() - start, 1)
-    result["git"] = git_version()
     result["package_hash"] = code_before
     if package_hash() != code_before:
         result["package_changed_during_run"] = True
         print(f"[seed {seed}] warning: sb3_trpo_ext's sources changed while this seed ran", flush=True)
-    result["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
     return result
 
 
-def stats(values: list[float]) -> dict:
+def stats(values: list[float]) -> dict[str, float]:
     a = np.asarray(values, dtype=float)
     return {
         "mean": float(a.mean()),
@@ -119,7 +95,11 @@ def stats(values: list[float]) -> dict:
     }
 
 
-def summarize(results: list[dict], command: str) -> dict:
+def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """
+    :param results: the seeds' results (their data)
+    :return: the summary's data: the statistics over seeds, and each seed's result
+    """
     settings = {(r["env"], r["requested_timesteps"]) for r in results}
     if len(settings) != 1:
         raise ValueError(f"seed results were measured with different settings: {sorted(settings)}")
@@ -138,15 +118,19 @@ def summarize(results: list[dict], command: str) -> dict:
             "final_eval_return: the last evaluation during training, 5 deterministic episodes; std over seeds with ddof=1"
         ),
         "package_hashes": sorted({r.get("package_hash", "unknown") for r in results}),  # more than one: mixed code
-        "machine": machine(),
-        "date": datetime.date.today().isoformat(),
-        "command": command,
+        "torch_threads": 1,
         "per_seed": results,
     }
 
 
-def report(summary: dict) -> str:
+def machine_text(machine: str | dict[str, Any]) -> str:
+    """:return: the machine a summary names (the summaries before the result schema describe it in a dict)"""
+    return machine["description"] if isinstance(machine, dict) else machine
+
+
+def report(result: dict[str, Any]) -> str:
     """summary.json as a markdown paragraph and table, for the README."""
+    summary = result["data"]
     lr, fe = summary["loaded_return"], summary["final_eval_return"]
     seeds = summary["seeds"]
     consecutive = len(seeds) > 1 and seeds == list(range(seeds[0], seeds[-1] + 1))
@@ -155,7 +139,7 @@ def report(summary: dict) -> str:
         seed_text = f"seed {seeds[0]} only"
     paragraph = (
         f"`make demo` ({summary['env']}, {summary['timesteps']:,} steps) over {seed_text}, measured with the demo's own "
-        f"settings on {summary['machine']['description']} (one torch thread, {summary['date']}): the reloaded "
+        f"settings on {machine_text(result['machine'])} (one torch thread, {result['date'][:10]}): the reloaded "
         f"model's mean return over 10 episodes is {lr['mean']:,.0f} on average, range {lr['min']:,.0f}-{lr['max']:,.0f} "
         f"(std {lr['std']:,.0f}); the last evaluation during training averages {fe['mean']:,.0f}, range "
         f"{fe['min']:,.0f}-{fe['max']:,.0f}. Training takes about {summary['train_seconds']['mean']:,.0f} s per seed. "
@@ -181,61 +165,48 @@ def report(summary: dict) -> str:
     return "\n".join(lines)
 
 
-README_START, README_END = "<!-- demo-seeds:start -->", "<!-- demo-seeds:end -->"
-
-
-def replace_in_readme(text: str) -> None:
-    """Put ``text`` between the demo-seeds markers (README.md and the docs' results page, where each has them)."""
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from results_io import replace_readme_section  # benchmarks/ is not a package
-
-    replace_readme_section(text.strip(), "demo-seeds")
-
-
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--timesteps", type=int, default=None, help="override the demo's default (for smoke tests)")
     parser.add_argument("--results-dir", default=RESULTS)
     parser.add_argument("--report", action="store_true", help="print summary.json as markdown and exit")
     parser.add_argument("--readme", action="store_true", help="write that markdown into README.md (between markers)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     summary_path = os.path.join(args.results_dir, "summary.json")
     if args.report or args.readme:
-        with open(summary_path) as f:
-            text = report(json.load(f))
-        if args.readme:
-            replace_in_readme(text)
+        text = report(read_result(summary_path))
+        if args.readme:  # README.md and the docs' results page, where each has the demo-seeds markers
+            replace_readme_section(text.strip(), "demo-seeds")
         else:
             print(text)
         return
-
-    os.makedirs(args.results_dir, exist_ok=True)
-    results = []
-    for seed in args.seeds:
-        path = os.path.join(args.results_dir, f"seed_{seed}.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                result = json.load(f)
-            if args.timesteps is not None and result["requested_timesteps"] != args.timesteps:
-                raise SystemExit(f"{path} was measured at {result['requested_timesteps']} steps; remove it first")
-            print(f"[seed {seed}] done before: {path}", flush=True)
-        else:
-            result = run_seed(seed, args.timesteps, args.results_dir)
-            with open(path, "w") as f:
-                json.dump(result, f, indent=2)
-        print(
-            f"[seed {seed}] reloaded model {result['loaded_return']:.1f}, last eval {result['final_eval_return']:.1f}, "
-            f"train {result['train_seconds']:.0f} s, wall {result['wall_seconds']:.0f} s",
-            flush=True,
-        )
-        results.append(result)
-
-    summary = summarize(results, shlex.join(["python", os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]]))
-    with open(summary_path, "w") as f:
-        json.dump(summary, f, indent=2)
+    results = [seed_result(seed, args.timesteps, args.results_dir) for seed in args.seeds]
+    summary = write_result(summary_path, summarize(results))
     print(f"Wrote {summary_path}\n")
     print(report(summary))
+
+
+def seed_result(seed: int, timesteps: int | None, results_dir: str) -> dict[str, Any]:
+    """
+    :return: one seed's result data: from its file when it exists (measured at ``timesteps``), else from a new run
+        (written to its file)
+    """
+    path = os.path.join(results_dir, f"seed_{seed}.json")
+    if os.path.exists(path):
+        result = read_result(path)["data"]
+        if timesteps is not None and result["requested_timesteps"] != timesteps:
+            raise SystemExit(f"{path} was measured at {result['requested_timesteps']} steps; remove it first")
+        print(f"[seed {seed}] done before: {path}", flush=True)
+    else:
+        result = run_seed(seed, timesteps)
+        write_result(path, result, git_paths=("sb3_trpo_ext",))
+    print(
+        f"[seed {seed}] reloaded model {result['loaded_return']:.1f}, last eval {result['final_eval_return']:.1f}, "
+        f"train {result['train_seconds']:.0f} s, wall {result['wall_seconds']:.0f} s",
+        flush=True,
+    )
+    return result
 
 
 if __name__ == "__main__":

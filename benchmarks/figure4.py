@@ -18,10 +18,12 @@ import os
 import sys
 from collections.abc import Sequence
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from results_io import load_sibling  # noqa: E402  (benchmarks/ is not a package)
+if not __package__:  # run as a file, python benchmarks/figure4.py: import the package from the repository root
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchmarks import report
+from benchmarks.results_io import README, ROOT
+
 TASKS = ("Swimmer-v5", "Hopper-v5", "Walker2d-v5")
 ALGOS = {"trpo_ext": "single path (TRPO)", "vine_trpo": "vine (TRPO)", "natural_pg": "natural gradient, fixed step"}
 
@@ -40,7 +42,6 @@ def plot(results: str, path: str, tasks: Sequence[str] = TASKS) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    report = load_sibling("report")
     found = report.load(results, tasks)
     figure, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.8))
     summary = []
@@ -73,7 +74,6 @@ def table(results: str, tasks: Sequence[str] = TASKS) -> str:
     :param tasks: the env ids
     :return: a markdown table
     """
-    report = load_sibling("report")
     found = report.load(results, tasks)
     lines = [
         "| task | method | seeds | 25% | 50% | final | AUC |",
@@ -102,10 +102,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     text = table(args.results)
     print(text)
     if args.readme:
-        load_sibling("report").write_readme(
+        report.write_readme(
             "Made by `python benchmarks/figure4.py --readme` from the matrix files (budgets and evaluations as in the "
             "matrix tables; mean ± std over seeds):\n\n" + text,
-            os.path.join(ROOT, "README.md"),
+            README,
             "figure4",
         )
 

@@ -15,6 +15,7 @@ The Fisher-vector-product paths of :mod:`sb3_trpo_ext.common.fisher` side by sid
 import argparse
 import statistics
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import torch as th
@@ -56,13 +57,13 @@ def report(title: str, results: dict[str, tuple[float, float]], n_products: int)
         print(f"{backend:>20} {1000 * setup:>10.1f} {1000 * product:>15.2f} {1000 * (setup + n_products * product):>26.1f}")
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--cnn", action="store_true", help="also the NatureCNN measurement (minutes)")
     parser.add_argument("--cnn-batch", type=int, default=1024)
     parser.add_argument("--cnn-products", type=int, default=3)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     th.set_num_threads(1)
     th.manual_seed(0)
     print(f"torch {th.__version__}, 1 thread")

@@ -11,18 +11,20 @@ out with the table (:data:`ASSUMPTIONS`).
 
 from __future__ import annotations
 
-import json
+import argparse
 import math
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+if not __package__:  # run as a file, python benchmarks/ray_report.py: import the package from the repository root
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-import results_io  # noqa: E402
+from benchmarks.results_io import README, ROOT, read_result, replace_readme_section
 
-RESULTS = os.path.join(results_io.ROOT, "benchmarks", "results")
-DOCS_PAGE = os.path.join(results_io.ROOT, "docs", "guide", "distributed.md")
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+DOCS_PAGE = os.path.join(ROOT, "docs", "guide", "distributed.md")
 CORES = (16, 64, 256)
 BATCH = 50_000
 """The paper's single-path batch on Hopper (simulator steps per update)."""
@@ -53,8 +55,8 @@ Assumptions of the projection (each number from the two result files above unles
 
 
 def load(name: str) -> dict[str, Any]:
-    with open(os.path.join(RESULTS, f"{name}.json")) as f:
-        return json.load(f)
+    """:return: the result file ``benchmarks/results/{name}.json`` (:func:`~benchmarks.results_io.read_result`)"""
+    return read_result(os.path.join(RESULTS, f"{name}.json"))
 
 
 def trunk_costs(trunk: dict[str, Any]) -> dict[str, float]:
@@ -158,25 +160,32 @@ def projection_table(trunk: dict[str, Any], vine_run: dict[str, Any]) -> str:
 
 
 def section(trunk: dict[str, Any], vine_run: dict[str, Any]) -> str:
+    """
+    :param trunk: the ``ray_trunk.py`` result
+    :param vine_run: the ``ray_vine.py`` result
+    :return: the markdown of the page's section
+    """
+    trunk_data, vine_data = trunk["data"], vine_run["data"]
     return "\n\n".join(
         [
-            f"Measured on {vine_run['machine']} (load average about {trunk['load_average_before_after'][0]:.0f} "
-            f"during the trunk run, {vine_run['load_average_before_after'][0]:.0f} during the vine run: other jobs "
-            f"shared the cores), {vine_run['date']}, Ray {vine_run['versions']['ray']}, one local Ray instance; commands: "
-            f"`{trunk['command']}` and `{vine_run['command']}` (results in `benchmarks/results/ray_trunk.json` and "
-            f"`benchmarks/results/ray_vine.json`).",
-            measured_table(trunk, vine_run),
+            f"Measured on {vine_run['machine']} (load average about {trunk_data['load_average_before_after'][0]:.0f} "
+            f"during the trunk run, {vine_data['load_average_before_after'][0]:.0f} during the vine run: other jobs "
+            f"shared the cores), {vine_run['date'][:10]}, Ray {vine_run['versions']['ray']}, one local Ray instance; "
+            f"commands: `{trunk['command']}` and `{vine_run['command']}` (results in `benchmarks/results/ray_trunk.json` "
+            "and `benchmarks/results/ray_vine.json`).",
+            measured_table(trunk_data, vine_data),
             "**Projection** to a cluster (Hopper-v5: single path at the paper's 50K-step batch; vine at the paper's "
             "settings, 16K trunk + 250K branch steps per update):",
-            projection_table(trunk, vine_run),
+            projection_table(trunk_data, vine_data),
             ASSUMPTIONS,
         ]
     )
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     text = section(load("ray_trunk"), load("ray_vine"))
-    results_io.replace_readme_section(text, "ray", readme=results_io.README, docs=DOCS_PAGE)
+    replace_readme_section(text, "ray", readme=README, docs=DOCS_PAGE)
     print(text)
 
 

@@ -18,48 +18,55 @@ Writes ``benchmarks/results/ray_trunk.json``.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import socket
 import statistics
 import sys
 import time
-from importlib.metadata import version
+from collections.abc import Sequence
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import numpy as np
+import torch as th
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import SubprocVecEnv, VecEnv
 
-import numpy as np  # noqa: E402
-import results_io  # noqa: E402
-import torch as th  # noqa: E402
-from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
-from stable_baselines3.common.vec_env import SubprocVecEnv, VecEnv  # noqa: E402
+if not __package__:  # run as a file, python benchmarks/ray_trunk.py: import the package from the repository root
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from sb3_trpo_ext import TRPO  # noqa: E402
+from benchmarks.results_io import ROOT, command_line, write_result
+from sb3_trpo_ext import TRPO
 
 N_ENVS, ENVS_PER_ACTOR, ENV_ID = 16, 8, "Hopper-v5"
 
 
-def check_namespace() -> None:
-    """:raises SystemExit: outside a loopback-only network namespace (Ray must not bind an outside interface)"""
+def check_namespace(script: str) -> None:
+    """
+    :param script: the tool's file, for the message (``benchmarks/ray_trunk.py``)
+    :raises SystemExit: outside a loopback-only network namespace (Ray must not bind an outside interface)
+    """
     interfaces = [name for _, name in socket.if_nameindex()]
     if interfaces != ["lo"] or os.environ.get("RAY_USAGE_STATS_ENABLED") != "0":
         raise SystemExit(
-            f"ray_trunk.py starts Ray, which must run here only in a private network namespace with "
+            f"{os.path.basename(script)} starts Ray, which must run here only in a private network namespace with "
             f"RAY_USAGE_STATS_ENABLED=0 (interfaces now: {', '.join(interfaces)}). Run it as: unshare -n sh -c "
-            f"'ip link set lo up; RAY_USAGE_STATS_ENABLED=0 .venv/bin/python benchmarks/ray_trunk.py'"
+            f"'ip link set lo up; RAY_USAGE_STATS_ENABLED=0 .venv/bin/python {script}'"
         )
 
 
-def parse_args() -> argparse.Namespace:
+def namespace_command() -> str:
+    """:return: this process's command as run in its network namespace (the command a result records)"""
+    return f"unshare -n sh -c 'ip link set lo up; RAY_USAGE_STATS_ENABLED=0 .venv/bin/{command_line()}'"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n-steps", type=int, default=128, help="TRPO's n_steps (per env): 16 x 128 = 2048 a rollout")
     parser.add_argument("--rollouts", type=int, default=3, help="rollouts per timed learn()")
     parser.add_argument("--rounds", type=int, default=3, help="timed learn() calls per VecEnv, alternating")
     parser.add_argument("--profile-steps", type=int, default=300, help="random-action steps of the round-trip profile")
-    parser.add_argument("--output", default=os.path.join(results_io.ROOT, "benchmarks", "results", "ray_trunk.json"))
-    return parser.parse_args()
+    parser.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "results", "ray_trunk.json"))
+    return parser.parse_args(argv)
 
 
 def build_envs() -> dict[str, VecEnv]:
@@ -126,14 +133,9 @@ def profile_subproc_steps(env: VecEnv, n_steps: int) -> float:
     return 1e3 * (time.perf_counter() - start) / n_steps
 
 
-def versions() -> dict[str, str]:
-    names = ["ray", "stable_baselines3", "torch", "gymnasium", "mujoco", "numpy"]
-    return {"python": platform.python_version(), **{name: version(name) for name in names}}
-
-
-def main() -> None:
-    check_namespace()
-    args = parse_args()
+def main(argv: Sequence[str] | None = None) -> None:
+    check_namespace("benchmarks/ray_trunk.py")
+    args = parse_args(argv)
     th.set_num_threads(1)
     load_before = os.getloadavg()
     envs = build_envs()
@@ -148,14 +150,7 @@ def main() -> None:
         for env in envs.values():
             env.close()
     medians = {name: statistics.median(values) for name, values in rates.items()}
-    results = {
-        "machine": results_io.machine(),
-        "date": datetime.date.today().isoformat(),
-        "git": results_io.git_commit(["sb3_trpo_ext", "benchmarks/ray_trunk.py"]),
-        "versions": versions(),
-        "command": "unshare -n sh -c 'ip link set lo up; RAY_USAGE_STATS_ENABLED=0 .venv/bin/python "
-        + " ".join(["benchmarks/ray_trunk.py", *sys.argv[1:]])
-        + "'",
+    data = {
         "load_average_before_after": [load_before[0], os.getloadavg()[0]],
         "setup": {
             "env": ENV_ID,
@@ -178,8 +173,8 @@ def main() -> None:
         "ray_step_random_actions": ray_steps,
         "subproc_step_random_actions_ms": subproc_ms,
     }
-    results_io.write_json_atomic(args.output, results)
-    print(f"ratio Ray / Subproc (median env steps/s of learn): {results['ratio_ray_over_subproc']:.3f}")
+    write_result(args.output, data, command=namespace_command(), git_paths=["sb3_trpo_ext", "benchmarks/ray_trunk.py"])
+    print(f"ratio Ray / Subproc (median env steps/s of learn): {data['ratio_ray_over_subproc']:.3f}")
     print(f"Ray step: {ray_steps}; Subproc step: {subproc_ms:.2f} ms; wrote {args.output}")
 
 

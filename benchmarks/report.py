@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -33,13 +32,13 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import intervals  # noqa: E402  (benchmarks/ is not a package)
-from results_io import load_sibling, replace_readme_section  # noqa: E402
+if not __package__:  # run as a file, python benchmarks/report.py: import the package from the repository root
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESULTS = os.path.join(ROOT, "benchmarks", "results", "matrix")
-README = os.path.join(ROOT, "README.md")
+from benchmarks import intervals
+from benchmarks.matrix_cells import DEFAULTS, RESULTS
+from benchmarks.results_io import README, ROOT, read_result, replace_readme_section
+
 FRACTIONS = (0.25, 0.5, 1.0)
 ALGO_ORDER = (
     "trpo_ext",
@@ -65,14 +64,14 @@ ENV_ORDER = (
 
 def load(results: str = RESULTS, envs: Sequence[str] | None = None) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """
-    :return: ``{env: {algo: [cell, ...]}}`` sorted by seed; unreadable files are reported and left out
+    :return: ``{env: {algo: [cell, ...]}}`` (cells as :func:`cell_of` gives them) sorted by seed; unreadable files are
+        reported and left out
     """
     found: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for path in sorted(glob.glob(os.path.join(results, "*", "*", "seed_*.json"))):
         try:
-            with open(path) as f:
-                cell = json.load(f)
-        except (OSError, ValueError) as error:
+            cell = cell_of(read_result(path))
+        except (OSError, ValueError, KeyError) as error:
             print(f"warning: skipping {path}: {error}", file=sys.stderr)
             continue
         if envs and cell["env"] not in envs:
@@ -82,6 +81,20 @@ def load(results: str = RESULTS, envs: Sequence[str] | None = None) -> dict[str,
         for cells in algos.values():
             cells.sort(key=lambda cell: cell["seed"])
     return found
+
+
+def cell_of(result: dict[str, Any]) -> dict[str, Any]:
+    """
+    A matrix cell as the tables read it: the result's data (``command``: the cell's training command) with its
+    machine, date, commit and versions beside, and the runner's command as ``runner_command`` (the flat layout the
+    runner wrote before the schema).
+
+    :param result: a matrix result (:func:`~benchmarks.results_io.read_result`)
+    :return: the cell
+    """
+    provenance = {key: result[key] for key in ("machine", "date", "git", "versions") if result[key] is not None}
+    runner = {"runner_command": result["command"]} if result["command"] is not None else {}
+    return {**result["data"], **provenance, **runner}
 
 
 def ordered(keys: Sequence[str], order: Sequence[str]) -> list[str]:
@@ -297,8 +310,7 @@ def summary_table(found: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
 
 def without_defaults(found: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """The matrix without its class-defaults cells (``benchmarks/defaults_report.py`` reports those)."""
-    defaults = load_sibling("matrix").DEFAULTS
-    kept = {env: {algo: cells for algo, cells in algos.items() if algo not in defaults} for env, algos in found.items()}
+    kept = {env: {algo: cells for algo, cells in algos.items() if algo not in DEFAULTS} for env, algos in found.items()}
     return {env: algos for env, algos in kept.items() if algos}
 
 

@@ -1,33 +1,61 @@
 """
-What the benchmark scripts share about their result files: the machine and commit a run names, atomic JSON writes,
-the README sections written between markers (and their copies in the docs' results page), and loading a sibling
-script.
+What the benchmark tools share about their result files: one schema (:func:`write_result`, :func:`read_result`), the
+machine, commit, versions and command a result names, and the generated sections of the README and the docs.
 
-The scripts run as ``python benchmarks/NAME.py`` (``benchmarks/`` is not a package); each puts this folder on
-``sys.path`` and imports this module.
+Every result file is one JSON object::
+
+    {"schema": 1, "machine": ..., "date": ..., "git": {"commit": ..., "dirty": ..., "paths": [...]},
+     "versions": {...}, "command": ..., "data": {...the tool's own...}}
+
+written by :func:`write_result` (atomically: a reader never sees a partial file) and read by :func:`read_result`, which
+also reads the files written before the schema (one flat object: its provenance keys are moved out of ``data``, see
+:func:`upgrade`), so older result files are read as they are and never rewritten.
 
 The docs' results page (``docs/misc/results.md``) carries every generated section; the README, a front page, only the
 headline one (``defaults``). Writing a section with :func:`replace_readme_section` writes it into both where each has
-its markers; ``python benchmarks/results_io.py --docs`` copies every section the README has into the docs page.
+its markers; ``python -m benchmarks results-io --docs`` copies every section the README has into the docs page.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import argparse
+import datetime
 import json
 import os
 import platform
 import re
+import shlex
 import subprocess
 import sys
 import threading
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
 DOCS_RESULTS = os.path.join(ROOT, "docs", "misc", "results.md")
 """The docs' results page: every generated section, between its markers (the README has the headline one only)."""
+SCHEMA = 1
+"""The version of the result files' layout (:func:`write_result`)."""
+PROVENANCE = ("machine", "date", "git", "versions", "command")
+"""The keys of a result beside ``schema`` and ``data``: where, when, from which code and by which command."""
+PACKAGES = (
+    "sb3-trpo-ext",
+    "stable-baselines3",
+    "sb3-contrib",
+    "rl-zoo3",
+    "torch",
+    "gymnasium",
+    "mujoco",
+    "ale-py",
+    "numpy",
+    "ray",
+)
+"""The distributions whose versions a result records (those installed)."""
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Provenance
 
 
 def machine() -> str:
@@ -44,7 +72,8 @@ def machine() -> str:
 def git_commit(paths: Sequence[str] = ()) -> dict[str, Any]:
     """
     :param paths: the paths whose uncommitted changes count (default: the whole tree)
-    :return: ``{"commit": HEAD, "dirty": whether tracked files under ``paths`` differ from it}`` (``None`` outside git)
+    :return: ``{"commit": HEAD, "dirty": whether tracked files under ``paths`` differ from it, "paths": paths}``
+        (commit and dirty ``None`` outside git)
     """
 
     def git(*args: str) -> str:
@@ -52,21 +81,122 @@ def git_commit(paths: Sequence[str] = ()) -> dict[str, Any]:
 
     try:
         status = git("status", "--porcelain", "--untracked-files=no", "--", *paths)
-        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status)}
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status), "paths": list(paths)}
     except (OSError, subprocess.CalledProcessError):
-        return {"commit": None, "dirty": None}
+        return {"commit": None, "dirty": None, "paths": list(paths)}
 
 
-def write_json_atomic(path: str, data: dict[str, Any]) -> None:
+def versions() -> dict[str, str]:
+    """:return: the versions of Python and of the installed :data:`PACKAGES`, and the package's source version"""
+    found = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    with open(os.path.join(ROOT, "sb3_trpo_ext", "version.txt")) as f:
+        found["sb3_trpo_ext (source)"] = f.read().strip()
+    return found
+
+
+def now() -> str:
+    """:return: the time in UTC, ISO 8601 to the second"""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def command_line(argv: Sequence[str] | None = None) -> str:
+    """
+    The command that started this process as typed in the repository root: ``python benchmarks/NAME.py ARGS``,
+    ``python -m benchmarks TOOL ARGS`` (a package's ``__main__.py`` as ``-m PACKAGE``).
+
+    :param argv: the process's arguments (default: ``sys.argv``)
+    :return: the command line, quoted for a shell
+    """
+    script, *args = sys.argv if argv is None else argv
+    path = os.path.abspath(script)
+    if os.path.basename(path) == "__main__.py":
+        head = ["-m", os.path.relpath(os.path.dirname(path), ROOT).replace(os.sep, ".")]
+    elif path.startswith(ROOT + os.sep):
+        head = [os.path.relpath(path, ROOT)]
+    else:
+        head = [script]
+    return shlex.join(["python", *head, *args])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Result files
+
+
+def _write_json(path: str, content: dict[str, Any]) -> None:
     """Write to a temporary file in the same folder, then rename: readers never see a partial file."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp.{os.getpid()}.{threading.get_ident()}"
     with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
+        json.dump(content, f, indent=1)
         f.write("\n")
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write_result(path: str, data: dict[str, Any], command: str | None = None, git_paths: Sequence[str] = ()) -> dict[str, Any]:
+    """
+    Write one result file in the schema (atomically).
+
+    :param path: the JSON file (its folder is created)
+    :param data: the tool's own content
+    :param command: the command that made the result (default: this process's, :func:`command_line`)
+    :param git_paths: the paths whose uncommitted changes make the result's commit ``dirty`` (default: the whole tree)
+    :return: what was written
+    """
+    result = {
+        "schema": SCHEMA,
+        "machine": machine(),
+        "date": now(),
+        "git": git_commit(git_paths),
+        "versions": versions(),
+        "command": command_line() if command is None else command,
+        "data": data,
+    }
+    _write_json(path, result)
+    return result
+
+
+def upgrade(found: dict[str, Any]) -> dict[str, Any]:
+    """
+    A result as the schema has it. A file written before the schema is one flat object: its ``machine``, ``date``,
+    ``git``, ``versions`` and ``command`` become the result's (``None`` where it has none, values as recorded: older
+    files name the machine as a dict or the commit as a ``git describe`` string), everything else its ``data``, with
+    two moves: a matrix cell's ``runner_command`` is the command that wrote it (its ``command``, the cell's training
+    command, stays in ``data``), and a ``torch`` version string goes into ``versions``.
+
+    :param found: the file's JSON object
+    :return: ``{"schema", "machine", "date", "git", "versions", "command", "data"}``
+    :raises ValueError: for a schema this code does not know
+    """
+    if "schema" in found:
+        if found["schema"] != SCHEMA:
+            raise ValueError(f"result schema {found['schema']!r}: this code reads schema {SCHEMA} and the flat files before")
+        return found
+    data = dict(found)
+    provenance = {key: data.pop(key, None) for key in ("machine", "date", "git", "versions")}
+    provenance["command"] = data.pop("runner_command") if "runner_command" in data else data.pop("command", None)
+    if provenance["versions"] is None and isinstance(data.get("torch"), str):
+        provenance["versions"] = {"torch": data.pop("torch")}
+    return {"schema": SCHEMA, **provenance, "data": data}
+
+
+def read_result(path: str) -> dict[str, Any]:
+    """
+    :param path: a result file, in the schema or written before it
+    :return: the result in the schema (:func:`upgrade`); the file is left as it is
+    """
+    with open(path) as f:
+        return upgrade(json.load(f))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Generated sections of the README and the docs
 
 
 def _markers(markers: str) -> tuple[str, str]:
@@ -188,25 +318,15 @@ def sync_docs_results(readme: str = README, docs: str = DOCS_RESULTS) -> list[st
     return copied
 
 
-def load_sibling(name: str) -> Any:
-    """Load ``benchmarks/{name}.py`` as module ``benchmarks_{name}`` (once)."""
-    module_name = f"benchmarks_{name}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, os.path.join(ROOT, "benchmarks", f"{name}.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module  # dataclasses look the module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-if __name__ == "__main__":
-    import argparse
-
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Copy the README's generated sections into the docs' results page.")
     parser.add_argument("--docs", action="store_true", help=f"copy every marked README section into {DOCS_RESULTS}")
-    if parser.parse_args().docs:
+    if parser.parse_args(argv).docs:
         print(f"Updated {DOCS_RESULTS}: {', '.join(sync_docs_results()) or 'no section (the page has no markers)'}")
     else:
         parser.print_help()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -13,13 +13,13 @@ our 0.03 (the paper's whole-distribution KL).
     python benchmarks/speed.py --steps 20480 --rounds 3 [--normalize]
 """
 
+from __future__ import annotations
+
 import argparse
-import datetime
-import json
 import os
-import platform
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -29,6 +29,10 @@ from sb3_contrib import TRPO as ContribTRPO
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import VecNormalize
 
+if not __package__:  # run as a file, python benchmarks/speed.py: import the package from the repository root
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+from benchmarks.results_io import ROOT, write_result
 from sb3_trpo_ext import TRPO, VineTRPO
 
 ZOO_SETTINGS: dict[str, Any] = dict(
@@ -38,6 +42,27 @@ ZOO_SETTINGS: dict[str, Any] = dict(
 
 
 VINE_SETTINGS: dict[str, Any] = dict(n_rollout_states=64, n_actions_per_state=4, rollout_length=50)
+LIBRARIES = {"sb3-contrib": ContribTRPO, "sb3-trpo-ext": TRPO}
+
+
+def timed_class(cls: type) -> type:
+    """
+    :param cls: an algorithm class
+    :return: its subclass that keeps the wall time of each ``train()`` in ``train_seconds``
+    """
+
+    class Timed(cls):  # type: ignore[valid-type, misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.train_seconds: list[float] = []
+
+        def train(self) -> None:
+            start = time.perf_counter()
+            super().train()
+            self.train_seconds.append(time.perf_counter() - start)
+
+    Timed.__name__ = Timed.__qualname__ = f"Timed{cls.__name__}"
+    return Timed
 
 
 def make_env(n_envs: int, seed: int, normalize: bool) -> Any:
@@ -46,18 +71,8 @@ def make_env(n_envs: int, seed: int, normalize: bool) -> Any:
 
 
 def build(cls: type, n_envs: int, seed: int, target_kl: float, normalize: bool) -> Any:
-    env = make_env(n_envs, seed, normalize)
-    model = cls("MlpPolicy", env, seed=seed, target_kl=target_kl, **ZOO_SETTINGS)
-    model.train_seconds = []
-    original_train = model.train
-
-    def timed_train() -> None:
-        start = time.perf_counter()
-        original_train()
-        model.train_seconds.append(time.perf_counter() - start)
-
-    model.train = timed_train
-    return model
+    """:return: a timed ``cls`` (:func:`timed_class`) with the zoo's settings on Hopper-v5"""
+    return timed_class(cls)("MlpPolicy", make_env(n_envs, seed, normalize), seed=seed, target_kl=target_kl, **ZOO_SETTINGS)
 
 
 def timed_learn(model: Any, steps: int) -> float:
@@ -66,7 +81,7 @@ def timed_learn(model: Any, steps: int) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=20480, help="timed env steps per round and model")
     parser.add_argument("--rounds", type=int, default=3)
@@ -76,29 +91,38 @@ def main() -> None:
     parser.add_argument("--only-vine", action="store_true", help="only the VineTRPO vs TRPO table")
     parser.add_argument("--output", default=None, help="results JSON (default: benchmarks/results/speed[_normalize].json)")
     parser.add_argument("--label", default="", help="a name for this code version, stored in the results")
-    args = parser.parse_args()
-    results: dict[str, Any] = {
-        "date": datetime.date.today().isoformat(),
-        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores",
-        "torch": th.__version__,
-        "label": args.label,
-        "command": "python benchmarks/speed.py " + " ".join(sys.argv[1:]),
-        "normalize": args.normalize,
-        "steps": args.steps,
-        "rounds": args.rounds,
-        "rows": [],
-        "vine": [],
-    }
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
     th.set_num_threads(1)
-    gym.logger.min_level = 40
+    gym.logger.min_level = gym.logger.ERROR  # gymnasium's log level (its logger has no setter): errors only
     act_dim = 3  # Hopper-v5
     normalized = "with VecNormalize" if args.normalize else "no VecNormalize"
     print(f"torch {th.__version__}, 1 thread, Hopper-v5 ({normalized}), {args.steps} steps x {args.rounds} rounds per model")
+    data: dict[str, Any] = {
+        "label": args.label,
+        "normalize": args.normalize,
+        "steps": args.steps,
+        "rounds": args.rounds,
+        "rows": [] if args.only_vine else library_rows(args, act_dim),
+        "vine": [] if args.skip_vine else vine_vs_single_path(args, act_dim),
+    }
+    default = os.path.join(ROOT, "benchmarks", "results", "speed_normalize.json" if args.normalize else "speed.json")
+    write_result(args.output or default, data)
+    print(f"Wrote {args.output or default}")
+
+
+def library_rows(args: argparse.Namespace, act_dim: int) -> list[dict[str, Any]]:
+    """Env-steps/s end to end and the mean ``train()`` time of both libraries, per ``n_envs``, alternating in rounds."""
     print(f"{'n_envs':>6} {'lib':>12} {'steps/s':>9} {'train() ms':>11}")
-    for n_envs in [] if args.only_vine else args.n_envs:
+    rows: list[dict[str, Any]] = []
+    for n_envs in args.n_envs:
+        # equal trust regions: sb3-contrib's target_kl is averaged over the action dimensions
         models = {
-            "sb3-contrib": build(ContribTRPO, n_envs, 0, target_kl=0.01, normalize=args.normalize),
-            "sb3-trpo-ext": build(TRPO, n_envs, 0, target_kl=0.01 * act_dim, normalize=args.normalize),
+            name: build(cls, n_envs, 0, target_kl=0.01 * (act_dim if name == "sb3-trpo-ext" else 1), normalize=args.normalize)
+            for name, cls in LIBRARIES.items()
         }
         for model in models.values():
             timed_learn(model, 2 * 1024 * n_envs)  # warm-up
@@ -112,17 +136,12 @@ def main() -> None:
             rates[name] = args.rounds * args.steps / seconds[name]
             trains[name] = 1000 * float(np.mean(model.train_seconds))
             print(f"{n_envs:>6} {name:>12} {rates[name]:>9.0f} {trains[name]:>11.1f}")
-            results["rows"].append({"n_envs": n_envs, "lib": name, "steps_per_s": rates[name], "train_ms": trains[name]})
+            rows.append({"n_envs": n_envs, "lib": name, "steps_per_s": rates[name], "train_ms": trains[name]})
         print(
             f"{n_envs:>6} {'ratio':>12} {rates['sb3-trpo-ext'] / rates['sb3-contrib']:>8.2f}x "
             f"{trains['sb3-trpo-ext'] / trains['sb3-contrib']:>10.2f}x   (steps/s: higher is better; train(): lower)"
         )
-    if not args.skip_vine:
-        results["vine"] = vine_vs_single_path(args, act_dim)
-    default = os.path.join(os.path.dirname(__file__), "results", "speed_normalize.json" if args.normalize else "speed.json")
-    with open(args.output or default, "w") as f:
-        json.dump(results, f, indent=2)
-    print(f"Wrote {args.output or default}")
+    return rows
 
 
 def vine_vs_single_path(args: argparse.Namespace, act_dim: int) -> list[dict[str, Any]]:

@@ -18,21 +18,20 @@ the ratios ours / sb3-contrib, and where the time of one update goes:
   it differentiates is built in "rest of train()"), the rest of ``train()`` (critic fit included), the rest of
   ``learn()``.
 
-The other timers wrap the models' own methods (no library module is patched); their own cost is a few
-``perf_counter`` calls per update.
+The other timers are overrides in timing subclasses of the two classes (:class:`TimedParts`; no library module or
+instance is patched); their own cost is a few ``perf_counter`` calls per update.
 
     python benchmarks/speed_atari.py --steps 2048 --rounds 3   # the defaults, ~6 minutes on one core
 """
 
+from __future__ import annotations
+
 import argparse
-import datetime
-import json
 import os
-import platform
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import ale_py
@@ -43,6 +42,10 @@ from sb3_contrib import TRPO as ContribTRPO
 from stable_baselines3.common.env_util import make_atari_env
 from stable_baselines3.common.vec_env import VecFrameStack
 
+if not __package__:  # run as a file, python benchmarks/speed_atari.py: import the package from the repository root
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+from benchmarks.results_io import ROOT, write_result
 from sb3_trpo_ext import TRPO
 
 ENV_ID = "BreakoutNoFrameskip-v4"
@@ -68,46 +71,59 @@ PART_NAMES = {
 }
 
 
+class TimedParts:
+    """
+    Mixed into an algorithm class: the seconds of its ``collect_rollouts`` and ``train`` calls added to
+    ``timers[key]`` and counted in ``timers[key + "_calls"]``, each ``train()``'s seconds in ``train_seconds``, and,
+    for ours, the policy step's and critic fit's seconds the model logs itself (``time/policy_step_s``,
+    ``time/critic_fit_s``).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.timers: defaultdict[str, float] = defaultdict(float)
+        self.train_seconds: list[float] = []
+
+    def timed(self, key: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            self.timers[key] += time.perf_counter() - start
+            self.timers[key + "_calls"] += 1
+
+    def collect_rollouts(self, *args: Any, **kwargs: Any) -> bool:
+        return self.timed("rollout", super().collect_rollouts, *args, **kwargs)  # type: ignore[misc]
+
+    def train(self) -> None:
+        start = time.perf_counter()
+        self.timed("train", super().train)  # type: ignore[misc]
+        self.train_seconds.append(time.perf_counter() - start)
+        if isinstance(self, TRPO):  # the model's own timings of this update, recorded in train() and not dumped yet
+            logged = self.logger.name_to_value
+            self.timers["policy_step"] += logged["time/policy_step_s"]
+            self.timers["critic"] += logged["time/critic_fit_s"]
+
+
+class TimedTRPO(TimedParts, TRPO):
+    """Our TRPO, timed (:class:`TimedParts`)."""
+
+
+class TimedContribTRPO(TimedParts, ContribTRPO):
+    """sb3-contrib's TRPO, timed (:class:`TimedParts`), and the time inside its Fisher(-vector) products."""
+
+    def hessian_vector_product(self, *args: Any, **kwargs: Any) -> Any:
+        return self.timed("fisher_products", super().hessian_vector_product, *args, **kwargs)
+
+
 def make_env(seed: int) -> Any:
     gym.register_envs(ale_py)
     return VecFrameStack(make_atari_env(ENV_ID, n_envs=N_ENVS, seed=seed), n_stack=4)
 
 
-def timed(function: Callable[..., Any], timers: dict[str, float], key: str) -> Callable[..., Any]:
-    """``function`` with the seconds spent in it added to ``timers[key]`` and its calls counted."""
-
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            return function(*args, **kwargs)
-        finally:
-            timers[key] += time.perf_counter() - start
-            timers[key + "_calls"] += 1
-
-    return wrapper
-
-
 def build(name: str, seed: int) -> Any:
-    cls = TRPO if name == OURS else ContribTRPO
-    model: Any = cls("CnnPolicy", make_env(seed), seed=seed, device="cpu", **SETTINGS)
-    model.timers = defaultdict(float)
-    model.train_seconds = []
-    model.collect_rollouts = timed(model.collect_rollouts, model.timers, "rollout")
-    original_train = model.train
-
-    def timed_train() -> None:
-        start = time.perf_counter()
-        original_train()
-        model.train_seconds.append(time.perf_counter() - start)
-        if name == OURS:  # the model's own timings of this update, recorded in train() and not dumped yet
-            logged = model.logger.name_to_value
-            model.timers["policy_step"] += logged["time/policy_step_s"]
-            model.timers["critic"] += logged["time/critic_fit_s"]
-
-    model.train = timed(timed_train, model.timers, "train")
-    if name == CONTRIB:
-        model.hessian_vector_product = timed(model.hessian_vector_product, model.timers, "fisher_products")
-    return model
+    cls = TimedTRPO if name == OURS else TimedContribTRPO
+    return cls("CnnPolicy", make_env(seed), seed=seed, device="cpu", **SETTINGS)
 
 
 def timed_learn(model: Any, steps: int) -> float:
@@ -137,79 +153,69 @@ def breakdown(name: str, model: Any) -> dict[str, float]:
     return per_update
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=2048, help="timed env steps per round and model (1024 per update)")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--output", default=None, help="results table (default: benchmarks/results/speed_atari.txt)")
-    parser.add_argument("--label", default="", help="a name for this code version, stored in the results")
-    args = parser.parse_args()
-    th.set_num_threads(1)
-    gym.logger.min_level = 40
-    lines: list[str] = []
-
-    def report(line: str = "") -> None:
-        print(line, flush=True)
-        lines.append(line)
-
-    report(
-        f"torch {th.__version__}, 1 thread, {ENV_ID} (AtariWrapper, 4 stacked frames), n_envs {N_ENVS}, CnnPolicy "
-        f"(separate actor and critic CNNs), n_steps 128, {SETTINGS['cg_max_steps']} CG steps, "
-        f"{SETTINGS['n_critic_updates']} critic epochs; {args.steps} steps x {args.rounds} rounds per model"
-    )
+def measure(steps: int, rounds: int) -> dict[str, Any]:
+    """:return: both models after a warm-up update and ``rounds`` timed rounds of ``steps`` steps, alternating"""
     models = {CONTRIB: build(CONTRIB, 0), OURS: build(OURS, 0)}
     for model in models.values():
         timed_learn(model, SAMPLES_PER_UPDATE)  # warm-up: one update
         model.timers.clear()
         model.train_seconds.clear()
-    for round_index in range(args.rounds):
+    for round_index in range(rounds):
         for name, model in models.items():
-            seconds = timed_learn(model, args.steps)
-            print(f"  round {round_index + 1}: {name} {args.steps / seconds:.1f} steps/s", flush=True)
+            seconds = timed_learn(model, steps)
+            print(f"  round {round_index + 1}: {name} {steps / seconds:.1f} steps/s", flush=True)
+    return models
 
-    report(f"{'lib':>12} {'steps/s':>9} {'train() s':>10}")
-    rates, trains = {}, {}
-    for name, model in models.items():
-        rates[name] = args.rounds * args.steps / model.timers["learn"]
-        trains[name] = float(np.mean(model.train_seconds))
-        report(f"{name:>12} {rates[name]:>9.1f} {trains[name]:>10.2f}")
-    report(
+
+def tables(models: dict[str, Any], steps: int, rounds: int) -> tuple[list[str], dict[str, Any]]:
+    """:return: the lines of the results table, and the results' data (rates, train() times, parts per update)"""
+    lines = [f"{'lib':>12} {'steps/s':>9} {'train() s':>10}"]
+    rates = {name: rounds * steps / model.timers["learn"] for name, model in models.items()}
+    trains = {name: float(np.mean(model.train_seconds)) for name, model in models.items()}
+    lines += [f"{name:>12} {rates[name]:>9.1f} {trains[name]:>10.2f}" for name in models]
+    lines.append(
         f"{'ratio':>12} {rates[OURS] / rates[CONTRIB]:>8.2f}x {trains[OURS] / trains[CONTRIB]:>9.2f}x"
         "   (steps/s: higher is better; train(): lower)"
     )
-
-    report()
-    report(f"Seconds per update ({SAMPLES_PER_UPDATE} env steps), timed rounds:")
+    lines += ["", f"Seconds per update ({SAMPLES_PER_UPDATE} env steps), timed rounds:"]
     parts = {name: breakdown(name, model) for name, model in models.items()}
-    report(f"{'part':>28} {CONTRIB:>12} {OURS:>12}")
+    lines.append(f"{'part':>28} {CONTRIB:>12} {OURS:>12}")
     for key in PARTS[OURS] + [k for k in PARTS[CONTRIB] if k not in PARTS[OURS]]:
         cells = []
         for name in models:
             value = parts[name].get(key)
             cells.append("-" if value is None else f"{value:6.2f} ({100 * value / parts[name]['total']:3.0f}%)")
-        report(f"{PART_NAMES[key]:>28} {cells[0]:>12} {cells[1]:>12}")
-    report(f"{'total':>28} {parts[CONTRIB]['total']:>12.2f} {parts[OURS]['total']:>12.2f}")
-    report(f"{'Fisher products / update':>28} {parts[CONTRIB]['products_per_update']:>12.1f}")
-    report(f"backends (ours): {models[OURS].backends}")
+        lines.append(f"{PART_NAMES[key]:>28} {cells[0]:>12} {cells[1]:>12}")
+    lines.append(f"{'total':>28} {parts[CONTRIB]['total']:>12.2f} {parts[OURS]['total']:>12.2f}")
+    lines.append(f"{'Fisher products / update':>28} {parts[CONTRIB]['products_per_update']:>12.1f}")
+    lines.append(f"backends (ours): {models[OURS].backends}")
+    rows = [{"lib": name, "steps_per_s": rates[name], "train_s": trains[name]} for name in models]
+    return lines, {"rows": rows, "seconds_per_update": parts}
 
-    default = os.path.join(os.path.dirname(__file__), "results", "speed_atari.txt")
-    output = args.output or default
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=2048, help="timed env steps per round and model (1024 per update)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--output", default=None, help="results table (default: benchmarks/results/speed_atari.txt)")
+    parser.add_argument("--label", default="", help="a name for this code version, stored in the results")
+    args = parser.parse_args(argv)
+    th.set_num_threads(1)
+    gym.logger.min_level = gym.logger.ERROR  # gymnasium's log level (its logger has no setter): errors only
+    title = (
+        f"torch {th.__version__}, 1 thread, {ENV_ID} (AtariWrapper, 4 stacked frames), n_envs {N_ENVS}, CnnPolicy "
+        f"(separate actor and critic CNNs), n_steps 128, {SETTINGS['cg_max_steps']} CG steps, "
+        f"{SETTINGS['n_critic_updates']} critic epochs; {args.steps} steps x {args.rounds} rounds per model"
+    )
+    print(title, flush=True)
+    lines, data = tables(measure(args.steps, args.rounds), args.steps, args.rounds)
+    print("\n".join(lines), flush=True)
+    output = args.output or os.path.join(ROOT, "benchmarks", "results", "speed_atari.txt")
     with open(output, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    results = {
-        "date": datetime.date.today().isoformat(),
-        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores",
-        "torch": th.__version__,
-        "label": args.label,
-        "command": "python benchmarks/speed_atari.py " + " ".join(sys.argv[1:]),
-        "steps": args.steps,
-        "rounds": args.rounds,
-        "rows": [{"lib": name, "steps_per_s": rates[name], "train_s": trains[name]} for name in models],
-        "seconds_per_update": parts,
-    }
-    with open(os.path.splitext(output)[0] + ".json", "w") as f:
-        json.dump(results, f, indent=2)
-    print(f"Wrote {output} and {os.path.splitext(output)[0]}.json")
+        f.write("\n".join([title, *lines]) + "\n")
+    results = os.path.splitext(output)[0] + ".json"
+    write_result(results, {"label": args.label, "steps": args.steps, "rounds": args.rounds, **data})
+    print(f"Wrote {output} and {results}")
 
 
 if __name__ == "__main__":

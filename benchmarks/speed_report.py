@@ -9,25 +9,31 @@ Reads ``benchmarks/results/speed.json`` (the current code, ``benchmarks/speed.py
 ``benchmarks/results/speed_vine.json`` (``speed.py --only-vine --output ...``) for the vine table.
 """
 
+from __future__ import annotations
+
 import argparse
-import json
 import os
 import sys
+from collections.abc import Sequence
+from typing import Any
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if not __package__:  # run as a file, python benchmarks/speed_report.py: import the package from the repository root
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+from benchmarks.results_io import ROOT, read_result, replace_readme_section
+
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
-START, END = "<!-- speed:start -->", "<!-- speed:end -->"
 
 
-def load(name: str) -> dict | None:
+def load(name: str) -> dict[str, Any] | None:
+    """:return: the result file ``benchmarks/results/{name}`` (:func:`~benchmarks.results_io.read_result`), if present"""
     path = os.path.join(RESULTS, name)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    return read_result(path) if os.path.exists(path) else None
 
 
-def library_rows(results: dict) -> list[str]:
+def library_rows(result: dict[str, Any]) -> list[str]:
+    """:return: one row per ``n_envs`` of a ``speed.py`` result: both libraries' steps/s and train() times, the ratios"""
+    results = result["data"]
     rows = []
     by_envs: dict[int, dict[str, dict]] = {}
     for row in results["rows"]:
@@ -43,30 +49,31 @@ def library_rows(results: dict) -> list[str]:
 
 
 def report() -> str:
+    """:return: the markdown of the speed section"""
     current = load("speed.json")
     if current is None:
         raise SystemExit("no benchmarks/results/speed.json: run benchmarks/speed.py first")
     lines = [
-        f"Measured {current['date']} on {current['machine']}, torch {current['torch']}, one thread, "
-        f"{current['rounds']} x {current['steps']:,} timed steps per model (`{current['command']}`):",
+        f"Measured {current['date'][:10]} on {current['machine']}, torch {current['versions']['torch']}, one thread, "
+        f"{current['data']['rounds']} x {current['data']['steps']:,} timed steps per model (`{current['command']}`):",
         "",
         "| code | n_envs | sb3-contrib steps/s | ours steps/s | end-to-end ratio | sb3-contrib train() | ours train() "
         "| train() ratio |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for results in (load("speed_0.1.0.json"), current):
-        if results is not None:
-            lines += library_rows(results)
+    for result in (load("speed_0.1.0.json"), current):
+        if result is not None:
+            lines += library_rows(result)
     vine_run = load("speed_vine.json") or current  # a separate `--only-vine` run, when there is one
-    if vine_run.get("vine"):
+    if vine_run["data"].get("vine"):
         lines += [
             "",
             "VineTRPO vs single-path TRPO, simulator steps per second (trunk plus branches), N=64, K=4, m=50 "
-            f"(`{vine_run['command']}`, {vine_run['date']}):",
+            f"(`{vine_run['command']}`, {vine_run['date'][:10]}):",
             "",
         ]
         lines += ["| n_envs | TRPO | VineTRPO | ratio |", "|---|---|---|---|"]
-        for row in vine_run["vine"]:
+        for row in vine_run["data"]["vine"]:
             ratio = row["vine_steps_per_s"] / row["trpo_steps_per_s"]
             lines.append(
                 f"| {row['n_envs']} | {row['trpo_steps_per_s']:,.0f} | {row['vine_steps_per_s']:,.0f} | **{ratio:.2f}x** |"
@@ -77,13 +84,14 @@ def report() -> str:
     return "\n".join(lines)
 
 
-def atari_table(results: dict) -> str:
+def atari_table(result: dict[str, Any]) -> str:
     """The Breakout row (``benchmarks/speed_atari.py``) and where each library's time goes per update."""
+    results = result["data"]
     rows = {row["lib"]: row for row in results["rows"]}
     ours, peer = rows["sb3-trpo-ext"], rows["sb3-contrib"]
     parts = results["seconds_per_update"]
     lines = [
-        f"Atari, BreakoutNoFrameskip-v4 (`{results['command'].strip()}`, {results['date']}, {results['rounds']} x "
+        f"Atari, BreakoutNoFrameskip-v4 (`{result['command'].strip()}`, {result['date'][:10]}, {results['rounds']} x "
         f"{results['steps']:,} timed steps per model; settings in the script's docstring):",
         "",
         "| sb3-contrib steps/s | ours steps/s | end-to-end ratio | sb3-contrib train() | ours train() | train() ratio |",
@@ -108,17 +116,14 @@ def atari_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--readme", action="store_true", help="write the tables into README.md between the markers")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     text = report()
     if not args.readme:
         print(text)
         return
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from results_io import replace_readme_section  # benchmarks/ is not a package
-
     replace_readme_section(text, "speed")  # README.md and the docs' results page, where each has the markers
 
 

@@ -22,10 +22,13 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from results_io import load_sibling  # noqa: E402  (benchmarks/ is not a package)
+if not __package__:  # run as a file, python benchmarks/vine_vs_single.py: import the package from the repository root
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchmarks import report
+from benchmarks.matrix_cells import config_entry
+from benchmarks.results_io import README, ROOT
+
 SINGLE, VINE = "trpo_ext", "vine_trpo"
 
 
@@ -47,7 +50,6 @@ def compare(found: dict[str, dict[str, list[dict[str, Any]]]], entries: dict[tup
     :param entries: the YAML entry of each ``(algo, env)``
     :return: the markdown table
     """
-    report = load_sibling("report")
     lines = [
         "| env | budget | seeds (single / vine) | updates (single / vine) | final: single / vine | AUC: single / vine "
         "| single path after the vine's number of updates |",
@@ -78,7 +80,6 @@ def plot(found: dict[str, dict[str, list[dict[str, Any]]]], entries: dict[tuple[
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    report = load_sibling("report")
     envs = [env for env, algos in found.items() if SINGLE in algos and VINE in algos]
     if not envs:
         return
@@ -105,10 +106,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "vine_vs_single.png"))
     parser.add_argument("--readme", action="store_true", help="write the table into README.md between its markers")
     args = parser.parse_args(argv)
-    report, matrix = load_sibling("report"), load_sibling("matrix")
     found = {env: algos for env, algos in report.load(args.results).items() if SINGLE in algos and VINE in algos}
     found = {env: found[env] for env in report.ordered(list(found), report.ENV_ORDER)}
-    entries = {(algo, env): matrix.config_entry(algo, env) for env in found for algo in (SINGLE, VINE)}
+    entries = {(algo, env): config_entry(algo, env) for env in found for algo in (SINGLE, VINE)}
     text = compare(found, entries)
     plot(found, entries, args.out)
     print(text)
@@ -116,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         report.write_readme(
             "Made by `python benchmarks/vine_vs_single.py --readme` from the matrix files (each method's YAML; mean ± "
             "std over seeds; updates from the YAML entries):\n\n" + text,
-            os.path.join(ROOT, "README.md"),
+            README,
             "vine-vs-single",
         )
 

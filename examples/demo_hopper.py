@@ -111,11 +111,12 @@ with open(os.path.join(args.output, "result.json"), "w") as f:
 # Compare with the return range measured over seeds (benchmarks/demo_seeds.py), when this run used its settings.
 if os.path.exists(SUMMARY):
     with open(SUMMARY) as f:
-        ref = json.load(f)
+        summary = json.load(f)
+    ref = summary.get("data", summary)  # a benchmark result file: {"machine", ..., "data"} (older ones: flat)
+    machine = summary["machine"]["description"] if isinstance(summary["machine"], dict) else summary["machine"]
     r = ref["loaded_return"]
     expected = (
-        f"Expected on {ref['machine']['description']} over {ref['n_seeds']} seeds: "
-        f"mean {r['mean']:,.0f}, range {r['min']:,.0f}-{r['max']:,.0f}"
+        f"Expected on {machine} over {ref['n_seeds']} seeds: mean {r['mean']:,.0f}, range {r['min']:,.0f}-{r['max']:,.0f}"
     )
     if (args.env, args.timesteps) != (ref["env"], ref["timesteps"]):
         print(f"{expected} at {ref['timesteps']:,} steps on {ref['env']}; this run used other settings, so no comparison")

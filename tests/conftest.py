@@ -1,9 +1,6 @@
 """Shared helpers of the test-suite: the algorithms under test and tiny custom environments."""
 
-import importlib.util
-import sys
-from pathlib import Path
-from typing import Any
+from typing import Any, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
@@ -13,29 +10,71 @@ from gymnasium import spaces
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
-from sb3_trpo_ext import TRPO, NaturalPG
+from sb3_trpo_ext import TRPO, NaturalPG, VineTRPO
 
-ALGORITHMS = [TRPO, NaturalPG]
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def load_benchmark(name: str) -> Any:
-    """Import ``benchmarks/NAME.py`` (a script folder, not a package) as module ``benchmarks_NAME``, once."""
-    module_name = f"benchmarks_{name}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, BENCHMARKS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module  # dataclasses look the module up while the class is built
-    spec.loader.exec_module(module)
-    return module
+ALGORITHMS = [TRPO, VineTRPO, NaturalPG]
 
 
 @pytest.fixture(params=ALGORITHMS, ids=lambda cls: cls.__name__)
 def algorithm(request: pytest.FixtureRequest) -> type:
-    """Each algorithm of the package (TRPO and NaturalPG)."""
+    """Each algorithm of the package (TRPO, VineTRPO and NaturalPG)."""
     return request.param
+
+
+# ---------------------------------------------------------------------------------------------------- short runs
+
+SMALL = dict(n_steps=64, batch_size=32, n_critic_updates=2, seed=0)
+"""Settings of the short runs shared by the three algorithms."""
+VINE_BRANCHES = dict(n_rollout_states=4, n_actions_per_state=2, rollout_length=3)
+"""The vine's branch phase in short runs: 4 states x 2 actions x 1 to 3 steps, 8 to 24 simulator steps per iteration."""
+
+
+def small(algorithm: type, **overrides: Any) -> dict[str, Any]:
+    """``SMALL`` (plus ``VINE_BRANCHES`` for the vine), then ``overrides``."""
+    return {**SMALL, **(VINE_BRANCHES if algorithm is VineTRPO else {}), **overrides}
+
+
+def branch_steps_range(algorithm: type, iterations: int) -> tuple[int, int]:
+    """
+    The least and the most branch steps of ``iterations`` iterations with ``VINE_BRANCHES``: each branch takes its
+    first action, and at most ``rollout_length`` steps (fewer when its episode ends). ``(0, 0)`` for TRPO and
+    NaturalPG, whose ``num_timesteps`` counts the trunk (the steps callbacks see) alone.
+    """
+    if algorithm is not VineTRPO:
+        return 0, 0
+    branches = VINE_BRANCHES["n_rollout_states"] * VINE_BRANCHES["n_actions_per_state"]
+    return iterations * branches, iterations * branches * VINE_BRANCHES["rollout_length"]
+
+
+def budget(algorithm: type, iterations: int, trunk_steps: int) -> int:
+    """
+    A ``learn(total_timesteps)`` that runs exactly ``iterations`` iterations of ``trunk_steps`` (``n_steps *
+    n_envs``) each. The vine's budget counts its branch steps too, whose number depends on where episodes end: one
+    step more than ``iterations - 1`` iterations can take, which ``iterations`` iterations always reach.
+    """
+    least, most = branch_steps_range(algorithm, 1)
+    total = (iterations - 1) * (trunk_steps + most) + (1 if least else trunk_steps)
+    assert total <= iterations * (trunk_steps + least), "trunk_steps too small for an exact number of vine iterations"
+    return total
+
+
+class SimulatorSteps:
+    """
+    Counts every step of an env and of its copies (the vine's branches step deep copies of the training env, which
+    share the wrapper's class and so this tally), in this process. Pass ``wrapper`` as ``make_vec_env``'s
+    ``wrapper_class``.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        tally = self
+
+        class CountSteps(gym.Wrapper):
+            def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+                tally.count += 1
+                return self.env.step(action)
+
+        self.wrapper = CountSteps
 
 
 class TinyEnv(gym.Env):

@@ -10,15 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import load_benchmark
+
+from benchmarks import defaults_report, intervals, report, results_io
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-intervals = load_benchmark("intervals")
-results_io = load_benchmark("results_io")
-report = load_benchmark("report")
-defaults_report = load_benchmark("defaults_report")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

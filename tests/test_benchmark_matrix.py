@@ -1,4 +1,7 @@
-"""The benchmark matrix: the report's statistics, the runner's cells, commands and skipping, and one real tiny cell."""
+"""
+The benchmark matrix: the report's statistics (on hand-made files in the flat layout the runner wrote before the result
+schema), the runner's cells, commands and skipping, and one real tiny cell (written in the schema).
+"""
 
 import json
 import math
@@ -11,16 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import load_benchmark
+
+from benchmarks import figure4, matrix, matrix_cells, report, results_io, vine_vs_single
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-matrix = load_benchmark("matrix")
-report = load_benchmark("report")
-
-
 def write_cell(results: Path, algo: str, env: str, seed: int, steps, means, budget: int = 100, **extra) -> Path:
+    """A cell's file in the flat layout of the runner before the result schema (the report reads both)."""
     path = results / algo / env / f"seed_{seed}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     cell = {
@@ -124,7 +125,7 @@ def test_readme_markers(hand_made: Path, tmp_path: Path) -> None:
 
 
 def test_commands_and_budgets(tmp_path: Path) -> None:
-    ours = matrix.make_cells(["trpo_ext"], ["CartPole-v1"], [3], results=str(tmp_path), logs=str(tmp_path / "logs"))[0]
+    ours = matrix_cells.make_cells(["trpo_ext"], ["CartPole-v1"], [3], results=str(tmp_path), logs=str(tmp_path / "logs"))[0]
     assert ours.budget == 100_000 and ours.eval_freq == 5_000  # our YAML's n_timesteps, 20 evaluations
     command = ours.command()
     assert command[1:5] == ["-m", "sb3_trpo_ext.train", "--algo", "trpo_ext"]
@@ -132,27 +133,27 @@ def test_commands_and_budgets(tmp_path: Path) -> None:
     assert "--env CartPole-v1 --seed 3 -n 100000 --eval-freq 5000 --eval-episodes 10 --num-threads 1 -f" in text
     assert "-conf" not in command
 
-    contrib_classic, contrib_mujoco = matrix.make_cells(["sb3-contrib"], ["Acrobot-v1", "Hopper-v5"], [0])
+    contrib_classic, contrib_mujoco = matrix_cells.make_cells(["sb3-contrib"], ["Acrobot-v1", "Hopper-v5"], [0])
     assert contrib_classic.command()[1:5] == ["-m", "rl_zoo3.train", "--algo", "trpo"]
     assert "-conf" not in contrib_classic.command()  # rl-zoo3's own trpo.yml has Acrobot-v1
     assert contrib_mujoco.command()[-2:] == ["-conf", "benchmarks/matrix_configs/trpo_contrib.yml"]
     assert contrib_mujoco.budget == 1_000_000
-    hopper = matrix.config_entry("sb3-contrib", "Hopper-v5")
+    hopper = matrix_cells.config_entry("sb3-contrib", "Hopper-v5")
     assert (hopper["n_envs"], hopper["n_steps"], hopper["batch_size"], hopper["cg_max_steps"]) == (2, 1024, 128, 25)
-    assert matrix.config_entry("sb3-contrib", "Swimmer-v5")["gamma"] == 0.9999
-    assert matrix.config_entry("sb3-contrib", "HalfCheetah-v5")["target_kl"] == 0.04
+    assert matrix_cells.config_entry("sb3-contrib", "Swimmer-v5")["gamma"] == 0.9999
+    assert matrix_cells.config_entry("sb3-contrib", "HalfCheetah-v5")["target_kl"] == 0.04
 
     # presets fix the budgets (rl-zoo3's) for every algorithm; --budget and --eval-freq win
-    vine = matrix.make_cells(["vine_trpo"], ["CartPole-v1"], [0], budgets=matrix.PRESETS["classic"]["budgets"])[0]
+    vine = matrix_cells.make_cells(["vine_trpo"], ["CartPole-v1"], [0], budgets=matrix_cells.PRESETS["classic"]["budgets"])[0]
     assert vine.budget == 100_000
     # vine: callbacks on trunk steps only (512 per 512 + 64 x 2 x 10 simulator steps), at most one evaluation per trunk
-    assert matrix.zoo_eval_freq("vine_trpo", "CartPole-v1", 500) == 512
-    assert matrix.zoo_eval_freq("vine_trpo", "CartPole-v1", 50_000) == round(50_000 * 512 / 1792)
-    small = matrix.make_cells(["natural_pg"], ["Pendulum-v1"], [1], budget=3000, eval_freq=700)[0]
+    assert matrix_cells.zoo_eval_freq("vine_trpo", "CartPole-v1", 500) == 512
+    assert matrix_cells.zoo_eval_freq("vine_trpo", "CartPole-v1", 50_000) == round(50_000 * 512 / 1792)
+    small = matrix_cells.make_cells(["natural_pg"], ["Pendulum-v1"], [1], budget=3000, eval_freq=700)[0]
     assert (small.budget, small.eval_freq) == (3000, 700)
-    assert matrix.make_cells(["trpo_ext"], ["MountainCarContinuous-v0"], [0])[0].eval_freq == 2_500
+    assert matrix_cells.make_cells(["trpo_ext"], ["MountainCarContinuous-v0"], [0])[0].eval_freq == 2_500
 
-    cells = matrix.make_cells(["trpo_ext", "sb3-contrib"], ["CartPole-v1", "Acrobot-v1"], [0, 1])
+    cells = matrix_cells.make_cells(["trpo_ext", "sb3-contrib"], ["CartPole-v1", "Acrobot-v1"], [0, 1])
     assert [(c.seed, c.env, c.algo) for c in cells[:4]] == [
         (0, "CartPole-v1", "trpo_ext"),
         (0, "CartPole-v1", "sb3-contrib"),
@@ -160,7 +161,7 @@ def test_commands_and_budgets(tmp_path: Path) -> None:
         (0, "Acrobot-v1", "sb3-contrib"),
     ]
     assert ours.display_command().startswith("python -m sb3_trpo_ext.train --algo trpo_ext")
-    default = matrix.make_cells(["trpo_ext"], ["CartPole-v1"], [0])[0]
+    default = matrix_cells.make_cells(["trpo_ext"], ["CartPole-v1"], [0])[0]
     assert default.display_command().endswith("-f benchmarks/output/matrix/trpo_ext/CartPole-v1/seed_0")
 
 
@@ -171,7 +172,9 @@ def dead_pid() -> int:
 
 
 def test_skips_done_and_locked_cells(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    cells = matrix.make_cells(["trpo_ext"], ["CartPole-v1"], [0, 1, 2, 3], results=str(tmp_path), logs=str(tmp_path / "l"))
+    cells = matrix_cells.make_cells(
+        ["trpo_ext"], ["CartPole-v1"], [0, 1, 2, 3], results=str(tmp_path), logs=str(tmp_path / "l")
+    )
     done, locked, stale, todo = cells
     write_cell(tmp_path, "trpo_ext", "CartPole-v1", 0, [1], [1.0])
     Path(locked.lock_path).parent.mkdir(parents=True, exist_ok=True)
@@ -191,7 +194,7 @@ def test_skips_done_and_locked_cells(tmp_path: Path, monkeypatch: pytest.MonkeyP
     def slow_train(cell) -> str:
         trained.append(cell.seed)
         time.sleep(0.2)
-        matrix.write_json_atomic(cell.result_path, {"seed": cell.seed})
+        results_io.write_result(cell.result_path, {"seed": cell.seed})
         return "ok"
 
     trained.clear()
@@ -203,10 +206,10 @@ def test_skips_done_and_locked_cells(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert sorted(trained) == [1, 2, 3] and counts["ok"] == 3 and counts["done"] + counts["locked"] == 5
 
 
-def test_atomic_write(tmp_path: Path) -> None:
+def test_result_files_are_written_atomically(tmp_path: Path) -> None:
     path = tmp_path / "a" / "b.json"
-    matrix.write_json_atomic(str(path), {"x": 1})
-    assert json.loads(path.read_text()) == {"x": 1}
+    results_io.write_result(str(path), {"x": 1})
+    assert results_io.read_result(str(path))["data"] == {"x": 1}
     assert [p.name for p in path.parent.iterdir()] == ["b.json"]
 
 
@@ -219,12 +222,16 @@ def test_tiny_cell_end_to_end(tmp_path: Path) -> None:
     argv = ["--algos", "trpo_ext", "--envs", "CartPole-v1", "--seeds", "0", "--budget", "2000", "--eval-freq", "1000"]
     argv += ["--results", str(results), "--logs", str(logs)]
     assert matrix.main(argv) == 0
-    cell = json.loads((results / "trpo_ext" / "CartPole-v1" / "seed_0.json").read_text())
+    result = results_io.read_result(str(results / "trpo_ext" / "CartPole-v1" / "seed_0.json"))
+    assert result["schema"] == 1 and result["git"]["commit"] and result["versions"]["stable-baselines3"]
+    assert result["command"].startswith("python benchmarks/matrix.py --algos trpo_ext --envs CartPole-v1")  # the runner's
+    cell = result["data"]
     assert (cell["algo"], cell["env"], cell["seed"], cell["budget"]) == ("trpo_ext", "CartPole-v1", 0, 2000)
     assert cell["steps"] == [1000, 2000] and cell["eval_episodes"] == 10
     assert all(9 <= value <= 500 for value in cell["mean"]) and all(value >= 0 for value in cell["std"])
-    assert cell["wall_s"] > 0 and cell["git"]["commit"] and cell["versions"]["stable-baselines3"]
-    assert "--seed 0 -n 2000 --eval-freq 1000 --eval-episodes 10 --num-threads 1" in cell["command"]
+    assert cell["wall_s"] > 0
+    assert "--seed 0 -n 2000 --eval-freq 1000 --eval-episodes 10 --num-threads 1" in cell["command"]  # the training's
+    assert report.cell_of(result)["runner_command"] == result["command"]
     assert not (logs / "trpo_ext" / "CartPole-v1" / "seed_0").exists()  # the big logs are deleted
     assert not list(results.rglob("*.lock")) and not list(results.rglob("*.tmp*"))
 
@@ -258,17 +265,16 @@ def test_summary_table_compares_each_of_ours_with_sb3_contrib(hand_made: Path) -
 
 def test_variant_cell_trains_our_algorithm_with_params_from_sb3_contribs_settings() -> None:
     # Hopper-v5 has 3 action dimensions and sb3-contrib's default target_kl 0.01; HalfCheetah-v5 6 and rl-zoo3's 0.04
-    hopper = matrix.Cell("trpo_ext-equal-tr", "Hopper-v5", 1, 1000, 100).command()
+    hopper = matrix_cells.Cell("trpo_ext-equal-tr", "Hopper-v5", 1, 1000, 100).command()
     assert hopper[hopper.index("--algo") + 1] == "trpo_ext"
     assert hopper[hopper.index("-params") + 1 :] == ["target_kl:0.03"]
-    cheetah = matrix.Cell("trpo_ext-contrib-engine", "HalfCheetah-v5", 0, 1000, 100).command()
+    cheetah = matrix_cells.Cell("trpo_ext-contrib-engine", "HalfCheetah-v5", 0, 1000, 100).command()
     assert cheetah[cheetah.index("-params") + 1 :] == ["target_kl:0.24", "cg_damping:0.6", "fisher_sample_fraction:1.0"]
-    assert matrix.config_path("trpo_ext-equal-tr", "Hopper-v5") == os.path.join("hyperparams", "trpo_ext.yml")
-    assert "-params" not in matrix.Cell("trpo_ext", "Hopper-v5", 0, 1000, 100).command()
+    assert matrix_cells.config_path("trpo_ext-equal-tr", "Hopper-v5") == os.path.join("hyperparams", "trpo_ext.yml")
+    assert "-params" not in matrix_cells.Cell("trpo_ext", "Hopper-v5", 0, 1000, 100).command()
 
 
 def test_figure4_draws_one_panel_per_task_with_the_algorithms_present(tmp_path: Path) -> None:
-    figure4 = load_benchmark("figure4")
     results = tmp_path / "results"
     for seed in (0, 1):
         write_cell(results, "trpo_ext", "Hopper-v5", seed, [50, 100], [1.0 + seed, 2.0])
@@ -285,7 +291,6 @@ def test_figure4_draws_one_panel_per_task_with_the_algorithms_present(tmp_path: 
 
 
 def test_vine_vs_single_counts_updates_from_the_yaml_and_compares_at_equal_updates(tmp_path: Path) -> None:
-    vine_vs_single = load_benchmark("vine_vs_single")
     results = tmp_path / "results"
     # single path: 100 steps per update; vine: 100 + 4 x 2 x 5 = 140 steps per update -> 1,000 // 140 = 7 updates,
     # where single path had 700 steps: its last evaluation at or before 700 is the one at 600
@@ -303,13 +308,3 @@ def test_vine_vs_single_counts_updates_from_the_yaml_and_compares_at_equal_updat
     assert cells[4] == "6.00 ± 1.41 / 2.00" and cells[6] == "4.00 ± 1.41"
     vine_vs_single.plot(found, entries, str(tmp_path / "v.png"))
     assert (tmp_path / "v.png").stat().st_size > 1000
-
-
-def test_one_entry_point_runs_each_tool_as_its_script(capsys: pytest.CaptureFixture) -> None:
-    import runpy
-
-    entry = runpy.run_path(str(Path(__file__).resolve().parents[1] / "benchmarks" / "__main__.py"))
-    missing = [script for script, _ in entry["TOOLS"].values() if not (Path(entry["HERE"]) / script).exists()]
-    assert missing == [] or set(missing) <= {"ray_vine.py", "ray_report.py"}, missing
-    assert entry["main"]([]) == 0 and "defaults-report" in capsys.readouterr().out
-    assert entry["main"](["no-such-tool"]) == 2

@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import load_benchmark
 
+from benchmarks import results_io
 from sb3_trpo_ext import TRPO, NaturalPG, VineTRPO
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,9 +104,10 @@ def test_results_page_shows_the_benchmark_images(built_docs: Path) -> None:
         assert (built_docs / "misc" / src).resolve().is_file(), f"the results page shows a missing image {src}"
 
 
-def test_readme_sections_reach_the_docs_page_with_paths_relative_to_it(tmp_path: Path) -> None:
-    results_io = load_benchmark("results_io")
-    results_io.ROOT = str(tmp_path)  # a repository of its own: README.md, hyperparams/, docs/misc/
+def test_readme_sections_reach_the_docs_page_with_paths_relative_to_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(results_io, "ROOT", str(tmp_path))  # a repository of its own: README.md, hyperparams/, docs/misc/
     (tmp_path / "hyperparams").mkdir()
     (tmp_path / "hyperparams" / "trpo_ext.yml").write_text("default: {}\n")
     section = (

@@ -179,3 +179,17 @@ def test_the_stock_policies_as_users_make_them_keep_the_fast_paths() -> None:
     cnn = TRPO("CnnPolicy", TinyEnv(spaces.Discrete(3), "image"), n_steps=64, batch_size=32)
     assert type(cnn.policy.features_extractor).__name__ == "NatureCNN"
     assert cnn.backends.rollouts == "fast" and cnn.backends.fisher == "gauss-newton"
+
+
+@pytest.mark.parametrize("rollouts", ["fast", "sb3"])
+def test_vine_branches_from_every_trunk_state_exactly_once_on_either_rollout_loop(rollouts: str) -> None:
+    # the per-step hook (rollouts.AfterStep) reaches SB3's own loop through its callback; with as many rollout
+    # states as trunk states, a hook called at the wrong step would miss one state and take another twice
+    model = VineTRPO("MlpPolicy", "CartPole-v1", n_steps=32, batch_size=32, n_rollout_states=32, n_actions_per_state=2)
+    model.backends = model.backends._replace(rollouts=rollouts)
+    model.learn(32)
+    trunk = model.rollout_buffer.observations.reshape(-1, 4)
+    starts = model.vine_batch.observations[::2].numpy()
+    assert starts.shape == trunk.shape == (32, 4)
+    matches = (starts[:, None, :] == trunk[None, :, :]).all(axis=2)  # floats, matched exactly
+    assert (matches.sum(axis=0) == 1).all() and (matches.sum(axis=1) == 1).all()

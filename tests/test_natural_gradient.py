@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 import torch as th
 from gymnasium import spaces
@@ -31,12 +32,12 @@ from torch.func import functional_call
 from sb3_trpo_ext.common.backends import choose_backends
 from sb3_trpo_ext.common.distributions import detach_distribution, kl_per_state
 from sb3_trpo_ext.common.fisher import kl_hessian_vector_product, make_fisher_vector_product
+from sb3_trpo_ext.common.flat_params import FlatLayout, set_flat_params
 from sb3_trpo_ext.common.natural_gradient import (
     apply_fixed_step,
     backtracking_line_search,
     conjugate_gradient,
     full_step_scale,
-    set_flat_params,
 )
 
 DTYPE = th.float64
@@ -571,6 +572,27 @@ def test_set_flat_params_writes_the_layout_of_the_parameter_list() -> None:
 
     set_flat_params(params, flat)
     assert th.equal(get_flat_params(params), flat)
+
+
+def test_flat_layout_is_torch_parameters_to_vector_layout_for_tensors_and_arrays() -> None:
+    net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2, bias=False))
+    params = list(net.parameters())
+    layout = FlatLayout.of(params)
+    reference = th.nn.utils.parameters_to_vector(params).detach()
+    assert layout.size == reference.numel() == 3 * 4 + 4 + 4 * 2
+    for part, param in zip(layout.split(reference), params, strict=True):
+        assert th.equal(part, param.detach())
+    for part, param in zip(layout.split(reference.numpy()), params, strict=True):
+        np.testing.assert_array_equal(part, param.detach().numpy())
+    slots = layout.slots(params)
+    assert [slots[id(p)] for p in params] == [slice(0, 12), slice(12, 16), slice(16, 24)]
+
+    new = th.randn(layout.size, generator=th.Generator().manual_seed(0))
+    expected = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2, bias=False))
+    th.nn.utils.vector_to_parameters(new, expected.parameters())
+    set_flat_params(params, new.numpy())
+    for mine, theirs in zip(params, expected.parameters(), strict=True):
+        assert th.equal(mine.detach(), theirs.detach())
 
 
 @pytest.mark.parametrize("size", [5, 8])

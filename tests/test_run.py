@@ -1,6 +1,9 @@
 """
-Learning runs of TRPO and NaturalPG on every supported action space, policy type and vectorized-env set-up, the
-semantics of the fast ``collect_rollouts`` (against SB3's), and the trust region of every TRPO update.
+Learning runs of TRPO, VineTRPO and NaturalPG on every supported action space, policy type and vectorized-env set-up,
+the semantics of the fast ``collect_rollouts`` (against SB3's), and the trust region of every TRPO update.
+
+The vine's ``num_timesteps`` (and ``learn``'s budget) counts its branch steps on top of the trunk's; its rollout
+buffer, Monitors, VecNormalize statistics and callbacks see the trunk alone.
 """
 
 import math
@@ -11,7 +14,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
-from conftest import TINY_CNN_KWARGS, TinyEnv
+from conftest import SMALL, TINY_CNN_KWARGS, SimulatorSteps, TinyEnv, branch_steps_range, budget, small
 from gymnasium import spaces
 from gymnasium.wrappers import TimeLimit
 from stable_baselines3.common.callbacks import BaseCallback
@@ -19,9 +22,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecNormalize
 
-from sb3_trpo_ext import TRPO, NaturalPG
-
-SMALL = dict(n_steps=64, batch_size=32, n_critic_updates=2, seed=0)
+from sb3_trpo_ext import TRPO, NaturalPG, VineTRPO
 
 ACTION_SPACE_ENVS: dict[str, Callable[[], gym.Env]] = {
     "box": lambda: gym.make("Pendulum-v1"),
@@ -76,6 +77,17 @@ def assert_learned(model: Any, before: dict[str, th.Tensor], stats: list[dict[st
     assert changed(before, model, "value_net"), "the critic did not move"
 
 
+def assert_counted(model: Any, steps: SimulatorSteps, trunk_steps: int, iterations: int) -> None:
+    """
+    ``num_timesteps`` is every simulator step taken (the vine's branches included), and the Monitors saw the trunk's
+    ``trunk_steps`` alone.
+    """
+    assert sum(model.env.get_attr("total_steps")) == trunk_steps
+    assert model.num_timesteps == steps.count
+    least, most = branch_steps_range(type(model), iterations)
+    assert least <= model.num_timesteps - trunk_steps <= most, (model.num_timesteps, trunk_steps)
+
+
 def collect_one_rollout(model: Any, callback: BaseCallback | None = None) -> bool:
     """Run the algorithm's ``collect_rollouts`` once, outside ``learn`` (the env is not reset if already running)."""
     _, callback = model._setup_learn(model.n_steps * model.n_envs, callback, reset_num_timesteps=False)
@@ -102,12 +114,15 @@ def buffer_batch(model: Any) -> tuple[Any, th.Tensor]:
 
 @pytest.mark.parametrize("space", list(ACTION_SPACE_ENVS))
 def test_learn_moves_actor_and_critic_with_finite_stats_on_each_action_space(algorithm: type, space: str) -> None:
-    env = make_vec_env(ACTION_SPACE_ENVS[space], n_envs=1, seed=0)
-    model = algorithm("MlpPolicy", env, **SMALL)
+    steps = SimulatorSteps()
+    env = make_vec_env(ACTION_SPACE_ENVS[space], n_envs=1, seed=0, wrapper_class=steps.wrapper)
+    model = algorithm("MlpPolicy", env, **small(algorithm))
     stats = record_train_stats(model)
     before = snapshot(model)
-    model.learn(128)
-    assert model.num_timesteps == 128
+    model.learn(budget(algorithm, 2, 64))
+    assert_counted(model, steps, trunk_steps=128, iterations=2)
+    if space == "box":  # Pendulum's episodes do not end within the vine's branches: every branch takes its 3 steps
+        assert model.num_timesteps == 128 + branch_steps_range(algorithm, 2)[1]
     assert_learned(model, before, stats, n_updates=2)
 
 
@@ -124,10 +139,10 @@ def test_learn_works_with_dict_and_image_observation_policies(
 ) -> None:
     env = make_vec_env(lambda: TinyEnv(spaces.Discrete(3), observation=observation, episode_length=10), n_envs=1, seed=0)
     policy_kwargs = dict(policy_kwargs, share_features_extractor=share_features_extractor)
-    model = algorithm(policy, env, policy_kwargs=policy_kwargs, **SMALL)
+    model = algorithm(policy, env, policy_kwargs=policy_kwargs, **small(algorithm))
     stats = record_train_stats(model)
     before = snapshot(model)
-    model.learn(128)
+    model.learn(budget(algorithm, 2, 64))
     assert_learned(model, before, stats, n_updates=2)
     if observation == "image":
         assert changed(before, model, "pi_features_extractor"), "the actor's CNN was not trained"
@@ -135,11 +150,11 @@ def test_learn_works_with_dict_and_image_observation_policies(
 
 @pytest.mark.parametrize("sde_sample_freq", [-1, 4])
 def test_learn_with_gsde_on_pendulum_moves_the_exploration_parameters(algorithm: type, sde_sample_freq: int) -> None:
-    model = algorithm("MlpPolicy", "Pendulum-v1", use_sde=True, sde_sample_freq=sde_sample_freq, **SMALL)
+    model = algorithm("MlpPolicy", "Pendulum-v1", use_sde=True, sde_sample_freq=sde_sample_freq, **small(algorithm))
     assert model.policy.use_sde
     stats = record_train_stats(model)
     before = snapshot(model)
-    model.learn(128)
+    model.learn(budget(algorithm, 2, 64))
     assert_learned(model, before, stats, n_updates=2)
     assert changed(before, model, "log_std"), "gSDE's log_std did not move"
     assert all(math.isfinite(update["train/std"]) and update["train/std"] > 0 for update in stats)
@@ -148,11 +163,13 @@ def test_learn_with_gsde_on_pendulum_moves_the_exploration_parameters(algorithm:
 def test_learn_with_subproc_vec_env_counts_both_envs(algorithm: type) -> None:
     env = make_vec_env("CartPole-v1", n_envs=2, seed=0, vec_env_cls=SubprocVecEnv, vec_env_kwargs=dict(start_method="fork"))
     try:
-        model = algorithm("MlpPolicy", env, **SMALL)
+        model = algorithm("MlpPolicy", env, **small(algorithm))
         stats = record_train_stats(model)
         before = snapshot(model)
-        model.learn(256)
-        assert model.num_timesteps == 256
+        model.learn(budget(algorithm, 2, 128))
+        assert env.get_attr("total_steps") == [128, 128]  # the Monitors in the workers saw the trunk alone
+        least, most = branch_steps_range(algorithm, 2)  # the vine's branches ran in the workers
+        assert least <= model.num_timesteps - 256 <= most, model.num_timesteps
         assert (model.rollout_buffer.buffer_size, model.rollout_buffer.n_envs) == (64, 2)
         assert_learned(model, before, stats, n_updates=2)
         assert len(model.ep_info_buffer) > 0
@@ -162,28 +179,38 @@ def test_learn_with_subproc_vec_env_counts_both_envs(algorithm: type) -> None:
 
 def test_learn_with_vec_normalize_trains_on_normalized_observations(algorithm: type) -> None:
     env = VecNormalize(make_vec_env("Pendulum-v1", n_envs=2, seed=0), clip_obs=5.0)
-    model = algorithm("MlpPolicy", env, **SMALL)
+    model = algorithm("MlpPolicy", env, **small(algorithm))
     assert model.get_vec_normalize_env() is env
+    obs_count, return_count = env.obs_rms.count, env.ret_rms.count
     stats = record_train_stats(model)
     before = snapshot(model)
-    model.learn(256)
+    model.learn(budget(algorithm, 2, 128))
     assert_learned(model, before, stats, n_updates=2)
-    assert env.obs_rms.count > 256  # the running statistics were updated by every step
+    # the running statistics were updated by the reset (2 observations) and every trunk step, never by a branch
+    # (Pendulum's vine branches take all their 2 x 24 steps)
+    assert model.num_timesteps == 256 + branch_steps_range(algorithm, 2)[1]
+    assert env.obs_rms.count == pytest.approx(obs_count + 2 + 256, abs=1e-9)
+    assert env.ret_rms.count == pytest.approx(return_count + 256, abs=1e-9)
     observations = model.rollout_buffer.observations
     assert np.abs(observations).max() <= 5.0 + 1e-6  # clipped: the buffer holds normalized observations
     assert abs(float(observations.mean())) < 1.0
     raw = env.get_original_obs()
     np.testing.assert_allclose(env.normalize_obs(raw), model._last_obs, rtol=1e-5, atol=1e-5)
+    if algorithm is VineTRPO:  # the rollout-set states are trunk states, as the policy saw them there (normalized)
+        visited = {row.tobytes() for row in observations.reshape(-1, 3)}
+        rollout_set = model.vine_batch.observations.cpu().numpy()
+        assert len(rollout_set) == 8 and all(row.tobytes() in visited for row in rollout_set)
 
 
 @pytest.mark.parametrize("n_envs", [1, 3])
 def test_learn_with_dummy_vec_env_fills_one_buffer_column_per_env(algorithm: type, n_envs: int) -> None:
-    env = make_vec_env("CartPole-v1", n_envs=n_envs, seed=0, vec_env_cls=DummyVecEnv)
-    model = algorithm("MlpPolicy", env, **SMALL)
+    steps = SimulatorSteps()
+    env = make_vec_env("CartPole-v1", n_envs=n_envs, seed=0, vec_env_cls=DummyVecEnv, wrapper_class=steps.wrapper)
+    model = algorithm("MlpPolicy", env, **small(algorithm))
     stats = record_train_stats(model)
     before = snapshot(model)
-    model.learn(2 * 64 * n_envs)
-    assert model.num_timesteps == 2 * 64 * n_envs
+    model.learn(budget(algorithm, 2, 64 * n_envs))
+    assert_counted(model, steps, trunk_steps=2 * 64 * n_envs, iterations=2)
     buffer = model.rollout_buffer
     assert (buffer.buffer_size, buffer.n_envs) == (64, n_envs)
     assert buffer.observations.shape == (64 * n_envs, 4)  # flattened by train()'s buffer.get()
@@ -357,10 +384,11 @@ def test_truncated_episodes_are_bootstrapped_with_the_terminal_value_and_termina
     np.testing.assert_allclose(buffer.advantages, advantages, rtol=1e-4, atol=1e-4)
 
 
-def test_ep_info_buffer_gets_the_monitor_episode_infos() -> None:
-    model = TRPO("MlpPolicy", make_counting_vec_env(), **{**SMALL, "n_steps": 32})
+def test_ep_info_buffer_gets_the_monitor_episode_infos_of_the_trunk(algorithm: type) -> None:
+    model = algorithm("MlpPolicy", make_counting_vec_env(), **small(algorithm, n_steps=32))
     recorder = StepRecorder()
-    model.learn(64, callback=recorder)
+    model.learn(budget(algorithm, 1, 64), callback=recorder)  # the vine's branches often end their 3- or 4-step episodes
+    assert model._n_updates == 1 and len(recorder.dones) == 32  # callbacks see the trunk steps alone
     n_episodes = int(np.stack(recorder.dones).sum())
     assert n_episodes > 0
     assert len(model.ep_info_buffer) == n_episodes

@@ -8,9 +8,13 @@ VineTRPO (sb3_trpo_ext.vine): the vine method of Schulman et al. (2015), Section
 - Q-values equal their closed form on a deterministic env, with and without bootstrapping at the cut;
 - common random numbers reduce the variance of ``Q(s, a_1) - Q(s, a_2)``;
 - construction errors (bad keywords, non-snapshottable envs); any SubprocVecEnv runs branches, errors name the cause;
-- short runs on every action space, Dict observations, images with frame stacking, VecNormalize, SubprocVecEnv,
-  save/load;
+- which surrogate each action space and ``action_sampling`` takes (Eq. 15 / Eq. 16, uniform ``q``), the batch layout
+  with Dict observations, images with frame stacking, SubprocVecEnv workers giving the in-process Q-values;
 - slow (``-m slow``): CartPole-v1 and Pendulum-v1 learning thresholds within a simulator-step budget, and Pong.
+
+The scenarios the vine shares with TRPO and NaturalPG (each action space and policy, gSDE, VecNormalize, vectorized
+envs, save/load, callbacks that stop training, logging) are in ``test_run.py``, ``test_save_load.py`` and
+``test_callbacks.py``, parametrized over the three algorithms.
 """
 
 import math
@@ -30,7 +34,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.logger import KVWriter, Logger
 from stable_baselines3.common.monitor import Monitor, load_results
-from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecFrameStack, VecNormalize
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecFrameStack
 
 import sb3_trpo_ext.vine.estimators as estimators_module
 from sb3_trpo_ext import VineTRPO
@@ -602,19 +606,6 @@ def test_discrete_with_fewer_actions_than_the_space_uses_eq16_with_uniform_q(mon
     assert model.vine_batch.actions.min() >= 0 and model.vine_batch.actions.max() <= 3
 
 
-def test_pendulum_box_actions_sampled_from_the_policy(monkeypatch: pytest.MonkeyPatch) -> None:
-    eq16 = _counting(monkeypatch, "importance_sampling_surrogate")
-    model = VineTRPO("MlpPolicy", make_vec_env("Pendulum-v1", n_envs=2, seed=0), seed=0, **SMALL)
-    before = parameters(model)
-    rows = learn_iterations(model, 2)
-    assert_short_run(model, before, rows, 2)
-    assert eq16
-    # every branch of a Pendulum runs its full m steps (no termination)
-    assert logged(rows, "rollout/branch_steps") == [8 * 2 * 5] * 2
-    # log q is the old policy's log-probability of the sampled actions
-    assert model.vine_batch.actions.shape == (16, 1)
-
-
 @pytest.mark.parametrize(
     "space, log_q",
     [
@@ -636,27 +627,17 @@ def test_multi_discrete_and_multi_binary_with_uniform_q(space: spaces.Space, log
     assert all(space.contains(a.astype(space.dtype)) for a in actions)
 
 
-def test_multi_binary_with_policy_q() -> None:
-    model = VineTRPO("MlpPolicy", make_vec_env(lambda: TinyEnv(spaces.MultiBinary(3)), n_envs=1, seed=0), seed=0, **SMALL)
-    before = parameters(model)
-    rows = learn_iterations(model, 2)
-    assert_short_run(model, before, rows, 2)
-    actions = model.vine_batch.actions.cpu().numpy()
-    assert actions.shape == (16, 3) and set(np.unique(actions)) <= {0.0, 1.0}
-
-
-def test_dict_observations_with_multi_input_policy() -> None:
+def test_dict_observations_of_the_rollout_set_are_repeated_once_per_action_in_the_batch() -> None:
     model = VineTRPO(
         "MultiInputPolicy", make_vec_env(lambda: TinyEnv(spaces.Discrete(2), "dict"), n_envs=2, seed=0), seed=0, **SMALL
     )
-    before = parameters(model)
-    rows = learn_iterations(model, 2)
-    assert_short_run(model, before, rows, 2)
+    collect_once(model)
     observations = model.vine_batch.observations
     assert set(observations) == {"vec", "mode"}
-    assert all(len(value) == 16 for value in observations.values())
-    # each rollout-set state is repeated K = 2 times
-    assert th.equal(observations["vec"][0::2], observations["vec"][1::2])
+    assert all(len(value) == 16 for value in observations.values())  # 8 states x K = 2
+    for key in ("vec", "mode"):  # each state's two rows are next to each other, as its two actions and Q-values
+        assert th.equal(observations[key][0::2], observations[key][1::2]), key
+    assert not th.equal(observations["vec"][0::2][:-1], observations["vec"][0::2][1:])  # and the states differ
 
 
 def test_images_with_frame_stack_and_cnn_policy() -> None:
@@ -673,24 +654,6 @@ def test_images_with_frame_stack_and_cnn_policy() -> None:
     assert th.isfinite(model.vine_batch.q_values.reshape(-1)).all()
     assert moved(before, model, "action_net")
     assert model.vine_batch.observations.shape == (8, 6, 36, 36)  # VecTransposeImage after the 2-frame stack
-
-
-def test_vec_normalize_statistics_grow_only_by_trunk_steps() -> None:
-    n_envs, iterations = 2, 2
-    venv = VecNormalize(make_vec_env("CartPole-v1", n_envs=n_envs, seed=0))
-    model = VineTRPO("MlpPolicy", venv, seed=0, **{**SMALL, "rollout_length": 20})
-    obs_count, ret_count = venv.obs_rms.count, venv.ret_rms.count
-    before = parameters(model)
-    rows = learn_iterations(model, iterations)
-    assert_short_run(model, before, rows, iterations)
-    trunk_steps = SMALL["n_steps"] * n_envs * iterations
-    assert sum(logged(rows, "rollout/branch_steps")) > trunk_steps / 2  # plenty of branch steps that must not count
-    # one reset (n_envs observations) and the trunk's steps; no branch step updates the statistics
-    assert venv.obs_rms.count == pytest.approx(obs_count + n_envs + trunk_steps, abs=1e-9)
-    assert venv.ret_rms.count == pytest.approx(ret_count + trunk_steps, abs=1e-9)
-    # the rollout set's observations are normalized ones (as the policy saw them in the trunk)
-    assert float(model.vine_batch.observations.abs().max()) <= venv.clip_obs
-    assert venv.training
 
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Hopper-v5"])
@@ -723,43 +686,6 @@ def test_subproc_vec_env_matches_dummy_vec_env(env_id: str, wrapper_class: Any) 
         assert venv.get_attr("total_steps") == [2 * 64, 2 * 64]  # Monitor: two trunks of 64 steps per env
     finally:
         close_subproc(venv)
-
-
-class StopAt(BaseCallback):
-    def __init__(self, calls: int) -> None:
-        super().__init__()
-        self.calls = calls
-
-    def _on_step(self) -> bool:
-        return self.n_calls < self.calls
-
-
-def test_callback_stopping_the_trunk_stops_learning_before_any_branch(monkeypatch: pytest.MonkeyPatch) -> None:
-    branch_calls = _counting(monkeypatch, "run", BranchRunner)
-    model = VineTRPO("MlpPolicy", make_vec_env("CartPole-v1", n_envs=2, seed=0), seed=0, **SMALL)
-    before = parameters(model)
-    model.learn(10_000, callback=StopAt(5))
-    assert model.num_timesteps == 5 * 2
-    assert not branch_calls and model._n_updates == 0
-    assert not moved(before, model, "action_net")
-
-
-def test_save_load_gives_identical_predictions_and_keeps_the_vine_keywords(tmp_path: Path) -> None:
-    settings = dict(SMALL, n_rollout_states=6, n_actions_per_state=3, rollout_length=7, bootstrap_branches=False)
-    model = VineTRPO("MlpPolicy", make_vec_env("Pendulum-v1", n_envs=1, seed=0), seed=0, **settings)
-    learn_iterations(model, 1)
-    model.save(tmp_path / "vine")
-    loaded = VineTRPO.load(tmp_path / "vine", env=make_vec_env("Pendulum-v1", n_envs=1, seed=1))
-    obs = np.random.default_rng(0).uniform(-1.0, 1.0, size=(10, 3)).astype(np.float32)
-    np.testing.assert_array_equal(model.predict(obs, deterministic=True)[0], loaded.predict(obs, deterministic=True)[0])
-    for key in ("n_rollout_states", "n_actions_per_state", "rollout_length", "bootstrap_branches", "n_steps"):
-        assert getattr(loaded, key) == settings[key], key
-    assert loaded.action_sampling == "policy" and loaded.common_random_numbers
-    # the loaded model goes on learning with its branches
-    before = parameters(loaded)
-    rows = learn_iterations(loaded, 1)
-    assert logged(rows, "rollout/branch_steps") == [6 * 3 * 7]
-    assert moved(before, loaded, "action_net")
 
 
 # ---------------------------------------------------------------------------------------------------- slow

@@ -37,7 +37,7 @@ from sb3_trpo_ext.common.direction import natural_direction
 from sb3_trpo_ext.common.distributions import SUPPORTED_DISTRIBUTIONS
 from sb3_trpo_ext.common.natural_gradient import StepOutcome, full_step_scale
 from sb3_trpo_ext.common.policy_batch import AdvantageBatch, PolicyBatch
-from sb3_trpo_ext.common.rollouts import collect_rollouts_fast
+from sb3_trpo_ext.common.rollouts import collect
 from sb3_trpo_ext.common.trust_region import (
     TrustRegionUnits,
     check_trust_region_units,
@@ -187,7 +187,7 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
             raise TypeError(f"{type(self).__name__} needs an ActorCriticPolicy, got {type(self.policy).__name__}")
         if not isinstance(self.policy.action_dist, SUPPORTED_DISTRIBUTIONS):
             raise ValueError(f"Unsupported action distribution {type(self.policy.action_dist).__name__}")
-        self._actor_params: list[th.nn.Parameter] | None = None
+        self._actor_params: list[th.Tensor] | None = None
         self.backends = choose_backends(self.policy)
         """The implementation each part runs (:func:`~sb3_trpo_ext.common.backends.choose_backends`)."""
         if self.verbose >= 1:
@@ -205,7 +205,7 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
         """
         Collect ``n_rollout_steps`` steps per environment with the current policy: SB3's own loop where
         ``self.backends.rollouts`` is ``"sb3"``, else the fast loop (same behaviour,
-        :func:`~sb3_trpo_ext.common.rollouts.collect_rollouts_fast`).
+        :func:`~sb3_trpo_ext.common.rollouts.collect_rollouts_fast`; both in :func:`~sb3_trpo_ext.common.rollouts.collect`).
 
         :param env: the training environment
         :param callback: callback called at each step
@@ -213,15 +213,13 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
         :param n_rollout_steps: number of experiences to collect per environment
         :return: True if collection finished, False if a callback stopped it
         """
-        if self.backends.rollouts == "sb3":
-            return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
-        return collect_rollouts_fast(self, env, callback, rollout_buffer, n_rollout_steps)
+        return collect(self, env, callback, rollout_buffer, n_rollout_steps)
 
     # ------------------------------------------------------------------ hooks for subclasses
 
     def _apply_step(
         self,
-        params: list[th.nn.Parameter],
+        params: list[th.Tensor],
         direction: th.Tensor,
         full_step_scale: float,
         evaluate: Any,

@@ -154,14 +154,12 @@ class NumpyAdam:
         self.exp_avg = np.zeros_like(mlp.flat)
         self.exp_avg_sq = np.zeros_like(mlp.flat)
         self.step_count = 0
-        offset = 0
-        for param in mlp.params:
-            part = slice(offset, offset + param.numel())
-            offset += param.numel()
+        moments = zip(mlp.params, mlp.layout.split(self.exp_avg), mlp.layout.split(self.exp_avg_sq), strict=True)
+        for param, exp_avg, exp_avg_sq in moments:
             state = optimizer.state.get(param, {})
             if state:
-                self.exp_avg[part] = state["exp_avg"].cpu().numpy().reshape(-1)
-                self.exp_avg_sq[part] = state["exp_avg_sq"].cpu().numpy().reshape(-1)
+                exp_avg[...] = state["exp_avg"].cpu().numpy()
+                exp_avg_sq[...] = state["exp_avg_sq"].cpu().numpy()
                 self.step_count = int(float(state["step"]))
 
     def step(self, x: np.ndarray, targets: np.ndarray) -> float:
@@ -188,12 +186,11 @@ class NumpyAdam:
     def write_back(self) -> None:
         """Copy the fitted parameters and the Adam moments into the torch parameters and optimizer state."""
         self.mlp.write_back()
-        offset = 0
-        for param in self.mlp.params:
-            part = slice(offset, offset + param.numel())
-            offset += param.numel()
+        layout = self.mlp.layout
+        moments = zip(self.mlp.params, layout.split(self.exp_avg), layout.split(self.exp_avg_sq), strict=True)
+        for param, exp_avg, exp_avg_sq in moments:
             self.optimizer.state[param] = {
                 "step": th.tensor(float(self.step_count), dtype=th.float32),
-                "exp_avg": th.from_numpy(self.exp_avg[part].reshape(param.shape).copy()),
-                "exp_avg_sq": th.from_numpy(self.exp_avg_sq[part].reshape(param.shape).copy()),
+                "exp_avg": th.from_numpy(exp_avg.copy()),
+                "exp_avg_sq": th.from_numpy(exp_avg_sq.copy()),
             }

@@ -7,13 +7,14 @@ parameters and returns the surrogate's gradient ``g``, the conjugate-gradient so
 ``s^T F s``), and a function that measures the surrogate and the mean KL at whatever parameters the policy holds,
 which the step rules call (:func:`~sb3_trpo_ext.common.natural_gradient.backtracking_line_search`,
 :func:`~sb3_trpo_ext.common.natural_gradient.apply_fixed_step`). ``NaturalGradientAlgorithm`` takes its step from
-it and ``benchmarks/vine_study.py`` measures gradient quality with it.
+it and ``benchmarks/vine_study/`` measures gradient quality with it.
 """
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch as th
+from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.policies import ActorCriticPolicy
 
 from sb3_trpo_ext.common.distributions import actor_parameters, detach_distribution, kl_per_state
@@ -66,7 +67,7 @@ def natural_direction(
     old_distribution = detach_distribution(distribution)
     log_prob = distribution.log_prob(batch.actions)
     old_log_prob = log_prob.detach()
-    params = list(params) if params is not None else actor_parameters(policy, distribution)
+    params = list(params) if params is not None else list(actor_parameters(policy, distribution))
     objective = batch.surrogate(log_prob, old_log_prob)
     gradient = flat_grad(objective, params, retain_graph=True)
     found = NaturalDirection(params=params, objective=float(objective.item()), gradient=gradient)
@@ -76,7 +77,7 @@ def natural_direction(
 
     observations, n_samples = batch.observations, len(batch.actions)
     n_fisher = max(1, round(fisher_sample_fraction * n_samples))
-    fisher_distribution = distribution
+    fisher_distribution: Distribution | None = distribution
     if n_fisher < n_samples:
         index = th.randperm(n_samples, device=gradient.device)[:n_fisher]
         observations, fisher_distribution = index_observations(observations, index), None

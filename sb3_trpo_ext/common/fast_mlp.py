@@ -31,6 +31,8 @@ from stable_baselines3.common.torch_layers import CombinedExtractor, FlattenExtr
 from threadpoolctl import ThreadpoolController
 from torch import nn
 
+from sb3_trpo_ext.common.flat_params import FlatLayout, set_flat_params
+
 
 @dataclass(frozen=True)
 class Activation:
@@ -144,8 +146,10 @@ class NumpyMlp:
     def __init__(self, layers: list[Layer]) -> None:
         self.params = [p for linear, _ in layers for p in (linear.weight, linear.bias) if p is not None]
         """The torch parameters, in the order of the flat vector."""
+        self.layout = FlatLayout.of(self.params)
+        """The flat layout of :attr:`params`."""
         self.flat = np.concatenate([p.detach().cpu().numpy().reshape(-1) for p in self.params]).astype(np.float32)
-        self._shapes = [(tuple(linear.weight.shape), linear.bias is not None) for linear, _ in layers]
+        self._has_bias = [linear.bias is not None for linear, _ in layers]
         self.activations = [activation for _, activation in layers]
         self.layers = self.views(self.flat)
         """``(weight, bias)`` of each layer, views into :attr:`flat`."""
@@ -158,15 +162,8 @@ class NumpyMlp:
         :param flat: a vector in the flat parameter layout
         :return: its ``(weight, bias)`` views per layer (bias ``None`` for a layer without one)
         """
-        views: _Views = []
-        offset = 0
-        for (n_out, n_in), has_bias in self._shapes:
-            weight = flat[offset : offset + n_out * n_in].reshape(n_out, n_in)
-            offset += n_out * n_in
-            bias = flat[offset : offset + n_out] if has_bias else None
-            offset += n_out if has_bias else 0
-            views.append((weight, bias))
-        return views
+        parts = iter(self.layout.split(flat))
+        return [(next(parts), next(parts) if has_bias else None) for has_bias in self._has_bias]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """
@@ -238,12 +235,7 @@ class NumpyMlp:
 
     def write_back(self) -> None:
         """Copy :attr:`flat` into the torch parameters."""
-        with th.no_grad():
-            offset = 0
-            for param in self.params:
-                numel = param.numel()
-                param.copy_(th.from_numpy(self.flat[offset : offset + numel].reshape(param.shape)))
-                offset += numel
+        set_flat_params(self.params, self.flat)
 
 
 _controller: ThreadpoolController | None = None

@@ -36,6 +36,7 @@ from torch.func import functional_call, linearize, vjp
 
 from sb3_trpo_ext.common.distributions import detach_distribution, kl_per_state
 from sb3_trpo_ext.common.fast_mlp import NumpyMlp, mlp_input_keys, mlp_inputs, mlp_layers, single_threaded_blas
+from sb3_trpo_ext.common.flat_params import FlatLayout
 from sb3_trpo_ext.common.natural_gradient import flat_grad
 
 FisherBackend = Literal["numpy-gauss-newton", "gauss-newton", "double-backprop"]
@@ -165,15 +166,6 @@ class ActorOutput(nn.Module):
         return self.action_net(self.mlp_extractor.forward_actor(self.features_extractor(observations)))
 
 
-def _slots(params: Sequence[th.Tensor]) -> dict[int, slice]:
-    """Where each parameter lives in the flat vector, by ``id``."""
-    slots, offset = {}, 0
-    for param in params:
-        slots[id(param)] = slice(offset, offset + param.numel())
-        offset += param.numel()
-    return slots
-
-
 def _log_std(policy: ActorCriticPolicy) -> th.Tensor | None:
     return policy.log_std if isinstance(policy.action_dist, DiagGaussianDistribution) else None
 
@@ -197,7 +189,7 @@ def _torch_func_gauss_newton(
     actor = ActorOutput(policy)
     names = {id(p): name for name, p in actor.named_parameters()}
     log_std = _log_std(policy)
-    slots = _slots(params)
+    slots = FlatLayout.of(params).slots(params)
     network = [p for p in params if p is not log_std]
     missing = [p for p in network if id(p) not in names]
     if missing:
@@ -245,7 +237,7 @@ def _numpy_gauss_newton(
     assert layers is not None, "the numpy-gauss-newton product needs a plain MLP actor"
     mlp = NumpyMlp(layers)
     log_std = _log_std(policy)
-    slots = _slots(params)
+    slots = FlatLayout.of(params).slots(params)
     if {id(p) for p in params} != {id(p) for p in mlp.params} | ({id(log_std)} if log_std is not None else set()):
         raise RuntimeError("The actor's parameters are not its MLP's (and log_std): the product needs another backend")
     index = np.concatenate([np.arange(slots[id(p)].start, slots[id(p)].stop) for p in mlp.params])

@@ -3,7 +3,8 @@ The natural-gradient engine shared by ``TRPO``, ``NaturalPG`` and ``VineTRPO``.
 
 Pure functions on tensors (no ``self``), so each piece can be checked against an explicit matrix:
 
-- :func:`flat_grad`, :func:`set_flat_params`: move between a list of parameters and one vector;
+- :func:`flat_grad`: the gradient as one vector (in the :class:`~sb3_trpo_ext.common.flat_params.FlatLayout`,
+  written back by :func:`~sb3_trpo_ext.common.flat_params.set_flat_params`);
 - :func:`conjugate_gradient`: approximately solve ``A x = b`` with ``k`` steps;
 - :func:`full_step_scale`: ``beta = sqrt(2 delta / s^T F s)``, the step that meets the quadratic KL model;
 - :func:`backtracking_line_search`: shrink the step until the surrogate improves and the mean KL stays below
@@ -15,6 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch as th
+
+from sb3_trpo_ext.common.flat_params import set_flat_params
 
 
 @dataclass
@@ -29,24 +32,6 @@ class StepOutcome:
     non_finite: bool = False
     """The step gave a non-finite result and was undone (counted as a skipped update)."""
     extra: dict[str, float] = field(default_factory=dict)
-
-
-def set_flat_params(params: Sequence[th.Tensor], flat: th.Tensor) -> None:
-    """
-    Write a flat vector back into the parameters, in place.
-
-    :param params: the parameters to overwrite
-    :param flat: a 1-D tensor with as many elements as all ``params`` together
-    """
-    expected = sum(param.numel() for param in params)
-    if flat.numel() != expected:
-        raise ValueError(f"flat vector has {flat.numel()} elements but the parameters need {expected}")
-    offset = 0
-    with th.no_grad():
-        for param in params:
-            numel = param.numel()
-            param.copy_(flat[offset : offset + numel].view_as(param))
-            offset += numel
 
 
 def _restore(params: Sequence[th.Tensor], saved: Sequence[th.Tensor]) -> None:

@@ -7,6 +7,7 @@ The trust-region step only needs what :class:`PolicyBatch` declares.
 """
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch as th
@@ -86,3 +87,18 @@ def index_observations(observations: PyTorchObs, index: th.Tensor | np.ndarray |
     if isinstance(observations, dict):
         return {key: value[index] for key, value in observations.items()}
     return observations[index]
+
+
+def repeat_observations(observations: Any, times: int) -> Any:
+    """
+    :param observations: a batch of observations: an array or tensor, or a dict of them
+    :param times: how often each row is repeated
+    :return: each row ``times`` times in a row (``[a, a, b, b]``), of the same kind
+    """
+
+    def repeat(rows: Any) -> Any:
+        return rows.repeat_interleave(times, dim=0) if isinstance(rows, th.Tensor) else np.repeat(rows, times, axis=0)
+
+    if isinstance(observations, dict):
+        return {key: repeat(value) for key, value in observations.items()}
+    return repeat(observations)

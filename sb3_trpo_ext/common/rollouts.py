@@ -17,13 +17,14 @@ A non-finite observation stops collection with an error that names it
 """
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 
@@ -37,16 +38,40 @@ from sb3_trpo_ext.common.rollout_policy import (
     stack_observations,
 )
 
-if TYPE_CHECKING:
-    from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+AfterStep = Callable[[int, Observation], None]
+"""``after_step(n, new_obs)``: called after rollout step ``n - 1`` (the envs are now in the state of step ``n``),
+before the callback's ``on_step``."""
 
 
-def collect_rollouts_fast(
-    algorithm: "OnPolicyAlgorithm",
+def collect(
+    algorithm: OnPolicyAlgorithm,
     env: VecEnv,
     callback: BaseCallback,
     rollout_buffer: RolloutBuffer,
     n_rollout_steps: int,
+    after_step: AfterStep | None = None,
+) -> bool:
+    """
+    Collect a rollout on the loop ``algorithm.backends.rollouts`` names: SB3's own
+    ``OnPolicyAlgorithm.collect_rollouts`` (``"sb3"``) or :func:`collect_rollouts_fast` (same behaviour).
+
+    :param after_step: an optional per-step hook (the vine's snapshots); SB3's loop calls it through
+        :class:`AfterStepCallback`, its only per-step entry
+    :return: False if a callback asked to stop, True otherwise (the other parameters: :func:`collect_rollouts_fast`)
+    """
+    if algorithm.backends.rollouts == "sb3":  # type: ignore[attr-defined]
+        callback = callback if after_step is None else AfterStepCallback(callback, after_step)
+        return OnPolicyAlgorithm.collect_rollouts(algorithm, env, callback, rollout_buffer, n_rollout_steps)
+    return collect_rollouts_fast(algorithm, env, callback, rollout_buffer, n_rollout_steps, after_step)
+
+
+def collect_rollouts_fast(
+    algorithm: OnPolicyAlgorithm,
+    env: VecEnv,
+    callback: BaseCallback,
+    rollout_buffer: RolloutBuffer,
+    n_rollout_steps: int,
+    after_step: AfterStep | None = None,
 ) -> bool:
     """
     Fill ``rollout_buffer`` with ``n_rollout_steps`` steps per env, as ``OnPolicyAlgorithm.collect_rollouts`` does.
@@ -56,17 +81,15 @@ def collect_rollouts_fast(
     :param callback: called after each step; returning False stops collection
     :param rollout_buffer: the buffer to fill
     :param n_rollout_steps: steps per environment
+    :param after_step: called after each step, before the callback (:data:`AfterStep`)
     :return: False if a callback asked to stop, True otherwise
     """
-    assert algorithm._last_obs is not None, "No previous observation was provided"
     rollout_policy = start_rollout(algorithm, env.num_envs, n_rollout_steps)
     rollout_buffer.reset()
     is_discrete = isinstance(algorithm.action_space, spaces.Discrete)
-    to_env = env_action_function(algorithm.policy, algorithm.action_space)
-    to_tensor = tensor_converter(algorithm.device)
+    to_env, to_tensor = env_action_function(algorithm.policy, algorithm.action_space), tensor_converter(algorithm.device)
     plain_buffer = type(rollout_buffer) is RolloutBuffer and isinstance(algorithm.observation_space, spaces.Box)
     truncated_terminals: list[tuple[int, int, Observation]] = []
-    check_finite_observations(algorithm._last_obs, "at the start of the rollout")  # type: ignore[arg-type]
     callback.on_rollout_start()
 
     for n_steps in range(n_rollout_steps):
@@ -82,6 +105,8 @@ def collect_rollouts_fast(
             n_steps=n_steps, obs_tensor=obs_tensor, actions=actions, values=values, log_probs=log_probs,
             clipped_actions=clipped_actions, new_obs=new_obs, rewards=rewards, dones=dones, infos=infos,
         ))  # fmt: skip
+        if after_step is not None:
+            after_step(n_steps + 1, new_obs)  # type: ignore[arg-type]
         if not callback.on_step():
             return False
         algorithm._update_info_buffer(infos, dones)
@@ -102,11 +127,46 @@ def collect_rollouts_fast(
     return True
 
 
-def start_rollout(algorithm: "OnPolicyAlgorithm", n_envs: int, n_rollout_steps: int) -> RolloutPolicy:
+class AfterStepCallback(BaseCallback):
+    """
+    ``after_step`` inside SB3's own rollout loop, whose only per-step entry is the callback: the user's callback
+    wrapped, ``after_step(n_steps + 1, new_obs)`` called from the loop's locals before the user's ``on_step``.
+    Everything else is forwarded, so the user's callback sees exactly what it would see without the wrapper.
+
+    :param callback: the user's callback
+    :param after_step: the hook (:data:`AfterStep`)
+    """
+
+    def __init__(self, callback: BaseCallback, after_step: AfterStep) -> None:
+        super().__init__()
+        self.callback = callback
+        self.after_step = after_step
+
+    def update_locals(self, locals_: dict[str, Any]) -> None:
+        self.locals = locals_
+        self.callback.update_locals(locals_)
+
+    def on_rollout_start(self) -> None:
+        self.callback.on_rollout_start()
+
+    def on_step(self) -> bool:
+        self.after_step(self.locals["n_steps"] + 1, self.locals["new_obs"])
+        return self.callback.on_step()
+
+    def on_rollout_end(self) -> None:
+        self.callback.on_rollout_end()
+
+    def _on_step(self) -> bool:  # unused: on_step above forwards to the user's callback
+        return True
+
+
+def start_rollout(algorithm: OnPolicyAlgorithm, n_envs: int, n_rollout_steps: int) -> RolloutPolicy:
     """
     The policy in evaluation mode, frozen for the rollout with its noise drawn (gSDE: ``reset_noise`` as SB3 does,
     though the rollout draws its own exploration matrices, one per env), on the paths of ``algorithm.backends``.
     """
+    assert algorithm._last_obs is not None, "No previous observation was provided"
+    check_finite_observations(algorithm._last_obs, "at the start of the rollout")  # type: ignore[arg-type]
     policy = algorithm.policy
     policy.set_training_mode(False)
     if algorithm.use_sde:

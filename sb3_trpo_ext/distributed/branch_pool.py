@@ -22,25 +22,25 @@ from __future__ import annotations
 
 import time
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cloudpickle
 import gymnasium as gym
-import numpy as np
 import ray
 from ray.util.placement_group import PlacementGroup, remove_placement_group
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from sb3_trpo_ext.distributed.actors import EnvSource, build_env
 from sb3_trpo_ext.distributed.branch_actor import BranchActor, SharedWave, WavePart
-from sb3_trpo_ext.distributed.cluster import LOST_ERRORS, ActorPlace, EnvWorkerLost, ensure_ray, reserve
+from sb3_trpo_ext.distributed.cluster import (
+    LOST_ERRORS,
+    ActorPlace,
+    EnvWorkerLost,
+    ensure_ray,
+    reserve,
+    start_actor,
+    wait_started,
+)
 from sb3_trpo_ext.vine.snapshot import SnapshotError
-
-if TYPE_CHECKING:
-    from stable_baselines3.common.vec_env import VecEnv
-
-    from sb3_trpo_ext.distributed.vine_runner import RayBranchRunner, Record
-    from sb3_trpo_ext.vine.branches import BranchConfig
 
 
 def describe_actor(place: ActorPlace) -> str:
@@ -61,12 +61,13 @@ class BranchWorkerLost(EnvWorkerLost):
     :param cause: the error Ray raised
     """
 
+    def _lost_places(self) -> str:
+        return "; ".join(describe_actor(place) for place in self.places)
+
     def _message(self) -> str:
-        lost = "; ".join(describe_actor(place) for place in self.places)
-        reason = (str(self.cause).strip().splitlines() or [""])[0][:300]
         return (
-            f"RayBranchPool lost branch actors during {self.operation}: {lost}. Ray said: {type(self.cause).__name__}: "
-            f"{reason}\nThe model is still at its last completed update (the branch phase changes no parameter): "
+            f"{self._what_happened('RayBranchPool lost branch actors')}"
+            f"\nThe model is still at its last completed update (the branch phase changes no parameter): "
             f"save it now with model.save(path). The pool replaces lost actors at its next wave, so "
             f"model.learn(total_timesteps, reset_num_timesteps=False) may simply go on; or resume later with "
             f"VineTRPO.load(path, env=env) (the saved pool starts new actors). If the actors are only slow, raise "
@@ -195,25 +196,14 @@ class RayBranchPool:
         return self
 
     def _new_actor(self, index: int) -> Any:
-        options: dict[str, Any] = dict(num_cpus=self.settings["num_cpus_per_actor"], max_restarts=0, max_concurrency=1)
-        if self.placement_group is not None:
-            options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(self.placement_group, index)
-        return ray.remote(BranchActor).options(**options).remote(self.payload)
+        return start_actor(BranchActor, (self.payload,), index, self.settings["num_cpus_per_actor"], self.placement_group)
 
     def _describe(self, index: int, actor: Any) -> ActorPlace:
         """Wait for a new actor's env to be built; :return: where it runs"""
-        timeout = self.settings["startup_timeout_s"]
-        try:
-            info = ray.get(actor.describe.remote(), timeout=timeout)
-        except ray.exceptions.GetTimeoutError as error:
-            raise RuntimeError(
-                f"Branch actor {index} did not start within startup_timeout_s={timeout:.0f} s: the cluster may lack "
-                f"CPUs for it (num_cpus_per_actor={self.settings['num_cpus_per_actor']}) or the env is slow to build."
-            ) from error
-        except ray.exceptions.RayActorError as error:
-            raise RuntimeError(f"Building the env on branch actor {index} failed (the cause is below): {error}") from error
+        settings = self.settings
+        (info,) = wait_started([actor], f"branch actor {index}", settings["num_cpus_per_actor"], settings["startup_timeout_s"])
         self.chain = info["chain"]
-        return ActorPlace(index, index, index + 1, actor._actor_id.hex(), info["node_id"], info["node_ip"], info["pid"])
+        return ActorPlace.of(index, index, index + 1, actor, info)
 
     def close(self) -> None:
         """Kill the actors and remove the placement group (the pool can be started again)."""
@@ -272,18 +262,6 @@ class RayBranchPool:
         )
 
     # ------------------------------------------------------------------ waves
-
-    def runner(self, venv: VecEnv, config: BranchConfig, rng: np.random.Generator, record: Record | None) -> RayBranchRunner:
-        """
-        :param venv: the training environment (where the snapshots are taken)
-        :param config: the branch settings
-        :param rng: the random generator of the branch phase
-        :param record: where ``rollout/branch_retries`` is logged (the model's ``logger.record``), or None
-        :return: the branch runner of ``VineTRPO`` on this pool
-        """
-        from sb3_trpo_ext.distributed.vine_runner import RayBranchRunner
-
-        return RayBranchRunner(venv, config, rng, self, record)
 
     def _submit(self, index: int, shared: ray.ObjectRef, part: WavePart) -> ray.ObjectRef:
         """Send actor ``index`` its share of a wave; :return: the pending reply"""

@@ -12,6 +12,7 @@ from typing import Any
 import ray
 import ray.exceptions
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 LOST_ERRORS: tuple[type[BaseException], ...] = (
     ray.exceptions.RayActorError,  # ActorDiedError, ActorUnavailableError
@@ -78,6 +79,46 @@ def reserve(n_actors: int, num_cpus: float, scheduling: str | None, timeout_s: f
     )
 
 
+def start_actor(actor_class: type, args: tuple[Any, ...], index: int, num_cpus: float, group: PlacementGroup | None) -> Any:
+    """
+    Start one actor (no restarts by Ray: a lost actor is replaced by our code, which knows what it held; one call at a
+    time), in bundle ``index`` of the placement group if there is one.
+
+    :param actor_class: the actor's class
+    :param args: its constructor's arguments
+    :param index: its index (and bundle)
+    :param num_cpus: CPUs it reserves
+    :param group: the placement group, or None
+    :return: the actor handle
+    """
+    options: dict[str, Any] = dict(num_cpus=num_cpus, max_restarts=0, max_concurrency=1)
+    if group is not None:
+        options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(group, index)
+    return ray.remote(actor_class).options(**options).remote(*args)
+
+
+def wait_started(actors: list[Any], what: str, num_cpus: float, timeout_s: float) -> list[dict[str, Any]]:
+    """
+    Wait for new actors to build their envs.
+
+    :param actors: the actor handles (each with a ``describe()`` method)
+    :param what: what they are, for the error (``"the 4 env actors"``, ``"branch actor 2"``)
+    :param num_cpus: CPUs per actor, for the error
+    :param timeout_s: how long to wait
+    :return: each actor's ``describe()`` reply
+    :raises RuntimeError: when they do not start in time, or building an env failed
+    """
+    try:
+        return ray.get([actor.describe.remote() for actor in actors], timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError as error:
+        raise RuntimeError(
+            f"{what[:1].upper()}{what[1:]} did not start within startup_timeout_s={timeout_s:.0f} s: the cluster may "
+            f"lack CPUs for them (num_cpus_per_actor={num_cpus}) or the env is slow to build; raise the timeout."
+        ) from error
+    except ray.exceptions.RayActorError as error:
+        raise RuntimeError(f"Building the envs on {what} failed (the cause is below): {error}") from error
+
+
 @dataclass(frozen=True)
 class ActorPlace:
     """Where one actor of a :class:`~sb3_trpo_ext.distributed.RayVecEnv` runs, and which envs it holds."""
@@ -92,6 +133,11 @@ class ActorPlace:
     node_id: str
     node_ip: str
     pid: int
+
+    @classmethod
+    def of(cls, index: int, start: int, stop: int, actor: Any, info: dict[str, Any]) -> ActorPlace:
+        """:return: the place of ``actor`` from its ``describe()`` reply ``info`` (``node_id``, ``node_ip``, ``pid``)"""
+        return cls(index, start, stop, actor._actor_id.hex(), info["node_id"], info["node_ip"], info["pid"])
 
     def describe(self) -> str:
         """:return: e.g. ``envs 2-3 on actor 1 (actor id ..., pid 123) on node 127.0.0.1 (node id ...)``"""
@@ -118,12 +164,18 @@ class EnvWorkerLost(RuntimeError):
         self.cause = cause
         super().__init__(self._message())
 
-    def _message(self) -> str:
-        lost = "; ".join(place.describe() for place in self.places)
+    def _what_happened(self, lost: str) -> str:
+        """:return: what was lost during which operation, and what Ray said (the first line, at most 300 characters)"""
         reason = (str(self.cause).strip().splitlines() or [""])[0][:300]
+        return f"{lost} during {self.operation}: {self._lost_places()}. Ray said: {type(self.cause).__name__}: {reason}"
+
+    def _lost_places(self) -> str:
+        return "; ".join(place.describe() for place in self.places)
+
+    def _message(self) -> str:
         return (
-            f"RayVecEnv lost env workers during {self.operation}: {lost}. Ray said: {type(self.cause).__name__}: "
-            f"{reason}\nThe model is still at its last completed update (an interrupted rollout changes no parameter), "
+            f"{self._what_happened('RayVecEnv lost env workers')}"
+            f"\nThe model is still at its last completed update (an interrupted rollout changes no parameter), "
             f"so save it now with model.save(path) (and a VecNormalize's statistics with vec_normalize.save(path)). "
             f"To resume: env = RayVecEnv(...) with the same arguments (its actors go to the nodes that remain), "
             f"model.set_env(env), then model.learn(total_timesteps, reset_num_timesteps=False). "

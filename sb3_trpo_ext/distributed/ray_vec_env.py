@@ -38,12 +38,20 @@ import gymnasium as gym
 import numpy as np
 import ray
 from ray.util.placement_group import remove_placement_group
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvObs, VecEnvStepReturn
 from stable_baselines3.common.vec_env.util import dict_to_obs, obs_space_info
 
 from sb3_trpo_ext.distributed.actors import EnvGroup, EnvSource, StepResult, build_env
-from sb3_trpo_ext.distributed.cluster import LOST_ERRORS, ActorPlace, EnvWorkerLost, ensure_ray, find_lost, reserve
+from sb3_trpo_ext.distributed.cluster import (
+    LOST_ERRORS,
+    ActorPlace,
+    EnvWorkerLost,
+    ensure_ray,
+    find_lost,
+    reserve,
+    start_actor,
+    wait_started,
+)
 
 EnvFns = EnvSource | Sequence[Callable[[], gym.Env]]
 
@@ -157,23 +165,11 @@ class RayVecEnv(VecEnv):
         self, payloads: list[bytes], bounds: list[tuple[int, int]], num_cpus: float, timeout_s: float
     ) -> tuple[gym.Space, gym.Space]:
         """Create the actors, build their envs, and learn where they run; :return: the observation and action spaces"""
-        remote_group = ray.remote(EnvGroup)
-        for index, (start, stop) in enumerate(bounds):
-            options: dict[str, Any] = dict(num_cpus=num_cpus, max_restarts=0, max_concurrency=1)
-            if self.placement_group is not None:
-                options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(self.placement_group, index)
-            self.actors.append(remote_group.options(**options).remote(payloads[start:stop]))
-        try:
-            descriptions = ray.get([actor.describe.remote() for actor in self.actors], timeout=timeout_s)
-        except ray.exceptions.GetTimeoutError as error:
-            raise RuntimeError(
-                f"The {len(self.actors)} env actors did not start within startup_timeout_s={timeout_s:.0f} s: the cluster "
-                f"may lack CPUs for them (num_cpus_per_actor={num_cpus}) or the env is slow to build; raise the timeout."
-            ) from error
-        except ray.exceptions.RayActorError as error:
-            raise RuntimeError(f"Building the envs on the Ray actors failed (the cause is below): {error}") from error
+        for index, (start, stop) in enumerate(bounds):  # one by one: close() stops those started if one fails
+            self.actors.append(start_actor(EnvGroup, (payloads[start:stop],), index, num_cpus, self.placement_group))
+        descriptions = wait_started(self.actors, f"the {len(self.actors)} env actors", num_cpus, timeout_s)
         self.places = [
-            ActorPlace(index, start, stop, actor._actor_id.hex(), info["node_id"], info["node_ip"], info["pid"])
+            ActorPlace.of(index, start, stop, actor, info)
             for index, ((start, stop), actor, info) in enumerate(zip(bounds, self.actors, descriptions, strict=True))
         ]
         for info in descriptions[1:]:

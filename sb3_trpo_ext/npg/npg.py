@@ -134,7 +134,7 @@ class NaturalPG(NaturalGradientAlgorithm):
 
     def _apply_step(
         self,
-        params: list[th.nn.Parameter],
+        params: list[th.Tensor],
         direction: th.Tensor,
         full_step_scale: float,
         evaluate: Any,

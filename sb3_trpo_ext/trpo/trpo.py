@@ -139,7 +139,7 @@ class TRPO(NaturalGradientAlgorithm):
 
     def _apply_step(
         self,
-        params: list[th.nn.Parameter],
+        params: list[th.Tensor],
         direction: th.Tensor,
         full_step_scale: float,
         evaluate: Any,

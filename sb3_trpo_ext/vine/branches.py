@@ -41,6 +41,7 @@ from sb3_trpo_ext.common.rollout_policy import (
 )
 from sb3_trpo_ext.vine.branch_transform import BranchTransform
 from sb3_trpo_ext.vine.snapshot import Snapshot, SnapshotError, capture, check_snapshottable, restore
+from sb3_trpo_ext.vine.snapshot.core import wrapper_layers
 from sb3_trpo_ext.vine.snapshot.wrappers import VineWorkerWrapper as VineWorkerWrapper  # re-exported (0.1.0 API)
 
 BRANCH_WORKER_ATTRIBUTE = "_sb3_trpo_ext_branch_worker"
@@ -58,7 +59,7 @@ def clone_without_bookkeeping(env: gym.Env) -> gym.Env:
     :param env: the env to clone (not modified)
     :return: the clone
     """
-    layers = _layers(env)
+    layers = wrapper_layers(env)
     memo: dict[int, Any] = {}
     for layer in layers:
         if BRANCH_WORKER_ATTRIBUTE in vars(layer):
@@ -66,18 +67,11 @@ def clone_without_bookkeeping(env: gym.Env) -> gym.Env:
         if isinstance(layer, Monitor) and layer.results_writer is not None:  # SB3 internal: Monitor's file writer
             memo[id(layer.results_writer)] = None
     clone = copy.deepcopy(env, memo)
-    for layer in _layers(clone):
+    for layer in wrapper_layers(clone):
         if isinstance(layer, (Monitor, gym.wrappers.RecordEpisodeStatistics)):
             vars(layer)["step"] = layer.env.step
             vars(layer)["reset"] = layer.env.reset
     return clone
-
-
-def _layers(env: gym.Env) -> list[Any]:
-    layers: list[Any] = [env]
-    while isinstance(layers[-1], gym.Wrapper):
-        layers.append(layers[-1].env)
-    return layers
 
 
 class BranchPool:

@@ -16,6 +16,7 @@ from gymnasium import spaces
 from stable_baselines3.common.policies import ActorCriticPolicy
 
 from sb3_trpo_ext.common.backends import Backends
+from sb3_trpo_ext.common.policy_batch import repeat_observations
 from sb3_trpo_ext.common.rollout_policy import Observation, RolloutNoise, RolloutPolicy, stack_observations
 from sb3_trpo_ext.vine.snapshot import Snapshot
 
@@ -113,11 +114,5 @@ def sample_branch_actions(
         raise ValueError("action_sampling='uniform' needs a discrete action space")
     # one noise row per branch: independent actions (with gSDE, each its own exploration matrix), log q their density
     sampler = RolloutPolicy(policy, RolloutNoise.draw(policy, n_states * n_actions, 1), backends)
-    actions, log_q, _ = sampler(_repeat(observations, n_actions))
+    actions, log_q, _ = sampler(repeat_observations(observations, n_actions))
     return actions.reshape(n_states, n_actions, *actions.shape[1:]), log_q.reshape(n_states, n_actions)
-
-
-def _repeat(observations: Observation, times: int) -> Observation:
-    if isinstance(observations, dict):
-        return {key: np.repeat(value, times, axis=0) for key, value in observations.items()}
-    return np.repeat(observations, times, axis=0)

@@ -1,20 +1,21 @@
 """TRPO, vine method: Schulman et al. (2015), https://arxiv.org/abs/1502.05477, Section 5.2."""
 
 import warnings
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
-from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, ProgressBarCallback
 from stable_baselines3.common.policies import ActorCriticPolicy
-from stable_baselines3.common.type_aliases import GymEnv, PyTorchObs, Schedule
+from stable_baselines3.common.type_aliases import GymEnv, Schedule
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 
+from sb3_trpo_ext.common.policy_batch import repeat_observations
 from sb3_trpo_ext.common.rollout_policy import Observation
+from sb3_trpo_ext.common.rollouts import collect
 from sb3_trpo_ext.common.trust_region import TrustRegionUnits
 from sb3_trpo_ext.common.validation import check_int_at_least
 from sb3_trpo_ext.trpo.trpo import TRPO
@@ -60,7 +61,7 @@ class VineTRPO(TRPO):
     :param n_actions_per_state: number ``K`` of actions per state (for Discrete spaces, ``K >= n`` rolls out every
         action once and uses Eq. (15))
     :param rollout_length: length ``m`` of each branch rollout. The default 20 (shorter than the paper's 50/100, with
-        ``bootstrap_branches``) comes from ``benchmarks/vine_study.py``: bootstrapped branches of 10-25 steps gave
+        ``bootstrap_branches``) comes from ``benchmarks/vine_study/``: bootstrapped branches of 10-25 steps gave
         gradient estimates as close to the reference as 50-step ones, at a half to a third of the simulator steps, on
         CartPole-v1, Pendulum-v1 and Hopper-v5
     :param action_sampling: ``"policy"`` (q = pi) or ``"uniform"`` (q uniform; discrete spaces only)
@@ -155,12 +156,7 @@ class VineTRPO(TRPO):
         device: th.device | str = "auto",
         _init_setup_model: bool = True,
     ) -> None:
-        check_int_at_least("n_rollout_states", n_rollout_states, 1, " The paper uses 125-625 for MuJoCo.")
-        check_int_at_least("n_actions_per_state", n_actions_per_state, 2, " The paper uses K = 4.")
-        check_int_at_least("rollout_length", rollout_length, 1, " The paper uses m = 50 or 100.")
-        check_int_at_least("branch_envs_per_worker", branch_envs_per_worker, 1)
-        if action_sampling not in ACTION_SAMPLING:
-            raise ValueError(f"action_sampling must be one of {ACTION_SAMPLING}, got {action_sampling!r}.")
+        _check_vine_keywords(n_rollout_states, n_actions_per_state, rollout_length, branch_envs_per_worker, action_sampling)
         self.n_rollout_states = n_rollout_states
         self.n_actions_per_state = n_actions_per_state
         self.rollout_length = rollout_length
@@ -201,21 +197,21 @@ class VineTRPO(TRPO):
             device=device,
             _init_setup_model=_init_setup_model,
         )
-        if (
-            getattr(self, "action_space", None) is not None
-            and action_sampling == "uniform"
-            and isinstance(self.action_space, spaces.Box)
-        ):
-            raise ValueError("action_sampling='uniform' needs a discrete action space; use 'policy' for Box actions.")
-        if self.env is not None:
-            if n_rollout_states > n_steps * self.n_envs:
-                warnings.warn(
-                    f"n_rollout_states={n_rollout_states} exceeds the trunk's visited states (n_steps * n_envs = "
-                    f"{n_steps} * {self.n_envs} = {n_steps * self.n_envs}): every visited state goes into the rollout "
-                    "set. Lower n_rollout_states or raise n_steps to choose among them.",
-                    UserWarning,
-                    stacklevel=2,
-                )
+        self._check_against_env()
+
+    def _check_against_env(self) -> None:
+        """The vine's settings against the env's action space and the trunk's size (when the model has an env)."""
+        if getattr(self, "action_space", None) is not None and self.action_sampling == "uniform":
+            if isinstance(self.action_space, spaces.Box):
+                raise ValueError("action_sampling='uniform' needs a discrete action space; use 'policy' for Box actions.")
+        if self.env is not None and self.n_rollout_states > self.n_steps * self.n_envs:
+            warnings.warn(
+                f"n_rollout_states={self.n_rollout_states} exceeds the trunk's visited states (n_steps * n_envs = "
+                f"{self.n_steps} * {self.n_envs} = {self.n_steps * self.n_envs}): every visited state goes into the "
+                "rollout set. Lower n_rollout_states or raise n_steps to choose among them.",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def _setup_model(self) -> None:
         super()._setup_model()
@@ -249,8 +245,10 @@ class VineTRPO(TRPO):
             if self.branch_pool is None:
                 runner = self.branch_runner = BranchRunner(env, config, rng)
             else:  # on the pool's actors, its re-runs of lost actors' waves logged as rollout/branch_retries
+                from sb3_trpo_ext.distributed.vine_runner import RayBranchRunner  # Ray is there: the user made a pool
+
                 record = lambda key, value: self.logger.record(key, value)  # noqa: E731 - the logger is set by learn
-                runner = self.branch_runner = self.branch_pool.runner(env, config, rng, record)
+                runner = self.branch_runner = RayBranchRunner(env, config, rng, self.branch_pool, record)
         return runner
 
     # ------------------------------------------------------------------ one iteration: trunk -> rollout set -> branches
@@ -284,8 +282,7 @@ class VineTRPO(TRPO):
         assert self._last_obs is not None
         take_snapshots(0, self._last_obs)  # type: ignore[arg-type]
         steps_before = self.num_timesteps
-        trunk_callback = _SnapshotsOnTheWay(callback, take_snapshots)
-        if not super().collect_rollouts(env, trunk_callback, rollout_buffer, n_rollout_steps):
+        if not collect(self, env, callback, rollout_buffer, n_rollout_steps, after_step=take_snapshots):
             return False
         trunk_steps = self.num_timesteps - steps_before
 
@@ -295,10 +292,11 @@ class VineTRPO(TRPO):
         )
         q_values, branch_steps = runner.run(self.policy, rollout_set, actions)
         self.num_timesteps += branch_steps
+        _advance_progress_bars(callback, branch_steps)
 
         n_states, n_actions = q_values.shape
         self.vine_batch = VineBatch(
-            observations=_repeat_observations(obs_as_tensor(observations, self.device), n_actions),  # type: ignore[arg-type]
+            observations=repeat_observations(obs_as_tensor(observations, self.device), n_actions),  # type: ignore[arg-type]
             actions=_flat_actions(th.as_tensor(actions, device=self.device), n_states * n_actions, self.action_space),
             q_values=th.as_tensor(q_values, device=self.device, dtype=th.float32),
             log_q=th.as_tensor(log_q, device=self.device, dtype=th.float32),
@@ -318,40 +316,28 @@ class VineTRPO(TRPO):
         return [*super()._excluded_save_params(), "vine_batch", "branch_runner"]
 
 
-class _SnapshotsOnTheWay(BaseCallback):
+def _advance_progress_bars(callback: BaseCallback, steps: int) -> None:
     """
-    The user's callback for the trunk, plus the snapshots of the rollout-set states as the trunk reaches them (after
-    step ``n`` the envs are in the state of step ``n + 1``). Forwards everything, so the user's callback sees exactly
-    what it would see without it.
+    Move SB3's progress bar by the branch steps: it advances at each callback call (the trunk's steps) while its total
+    is ``learn``'s budget, which counts the branches too, so without this it would stop short of its end.
     """
-
-    def __init__(self, callback: BaseCallback, take_snapshots: Callable[[int, Observation], None]) -> None:
-        super().__init__()
-        self.callback = callback
-        self.take_snapshots = take_snapshots
-
-    def update_locals(self, locals_: dict[str, Any]) -> None:
-        self.locals = locals_
-        self.callback.update_locals(locals_)
-
-    def on_rollout_start(self) -> None:
-        self.callback.on_rollout_start()
-
-    def on_step(self) -> bool:
-        self.take_snapshots(self.locals["n_steps"] + 1, self.locals["new_obs"])
-        return self.callback.on_step()
-
-    def on_rollout_end(self) -> None:
-        self.callback.on_rollout_end()
-
-    def _on_step(self) -> bool:  # unused: on_step above forwards to the user's callback
-        return True
+    callbacks = callback.callbacks if isinstance(callback, CallbackList) else [callback]
+    for each in callbacks:
+        if isinstance(each, CallbackList):
+            _advance_progress_bars(each, steps)
+        elif isinstance(each, ProgressBarCallback) and getattr(each, "pbar", None) is not None:
+            each.pbar.update(steps)
 
 
-def _repeat_observations(observations: PyTorchObs, times: int) -> PyTorchObs:
-    if isinstance(observations, dict):
-        return {key: value.repeat_interleave(times, dim=0) for key, value in observations.items()}
-    return observations.repeat_interleave(times, dim=0)
+def _check_vine_keywords(
+    n_rollout_states: int, n_actions_per_state: int, rollout_length: int, branch_envs_per_worker: int, action_sampling: str
+) -> None:
+    check_int_at_least("n_rollout_states", n_rollout_states, 1, " The paper uses 125-625 for MuJoCo.")
+    check_int_at_least("n_actions_per_state", n_actions_per_state, 2, " The paper uses K = 4.")
+    check_int_at_least("rollout_length", rollout_length, 1, " The paper uses m = 50 or 100.")
+    check_int_at_least("branch_envs_per_worker", branch_envs_per_worker, 1)
+    if action_sampling not in ACTION_SAMPLING:
+        raise ValueError(f"action_sampling must be one of {ACTION_SAMPLING}, got {action_sampling!r}.")
 
 
 def _flat_actions(actions: th.Tensor, n_samples: int, action_space: spaces.Space) -> th.Tensor:

@@ -118,7 +118,7 @@ def _env_name(env: gym.Env) -> str:
     return cls
 
 
-def _layers(env: gym.Env) -> list[gym.Env]:
+def wrapper_layers(env: gym.Env) -> list[gym.Env]:
     """``[env, env.env, ..., env.unwrapped]``."""
     if isinstance(env, VecEnv):
         raise TypeError("capture / restore take a single gymnasium env, not a VecEnv.")
@@ -148,7 +148,7 @@ def capture(env: gym.Env, live: bool = True) -> Snapshot:
     token = _LIVE_CAPTURE.set(live)
     try:
         states = []
-        for layer in _layers(env):
+        for layer in wrapper_layers(env):
             adapter = _find_adapter(layer)
             try:
                 state = adapter.capture(layer)
@@ -172,7 +172,7 @@ def restore(env: gym.Env, snapshot: Snapshot) -> None:
     :param snapshot: from :func:`capture`
     :raises SnapshotError: when the wrapper chain or an adapter differs from the one the snapshot was taken with
     """
-    layers = _layers(env)
+    layers = wrapper_layers(env)
     if len(layers) != len(snapshot.layers) or any(
         _layer_name(layer) != saved.layer for layer, saved in zip(layers, snapshot.layers, strict=False)
     ):
