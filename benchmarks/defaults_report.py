@@ -39,7 +39,8 @@ CONTRIB = "sb3-contrib-defaults"
 BEFORE = "trpo_ext-defaults-0.1.0"
 # discrete or 1-D action spaces (d = 1): 0.01 and 0.1 per action dimension are the 0.1.0 defaults themselves
 UNCHANGED = ("CartPole-v1", "Acrobot-v1", "Pendulum-v1")
-DETAIL = (OURS, BEFORE, "natural_pg-defaults", "vine_trpo-defaults", CONTRIB)
+DAMPED = "trpo_ext-defaults-damped"
+DETAIL = (OURS, BEFORE, DAMPED, "natural_pg-defaults", "vine_trpo-defaults", CONTRIB)
 """The algorithms of the detail table, in its order (pilots such as ``trpo_ext-defaults-cg10`` are left out)."""
 VINE = "vine_trpo-defaults"
 PRESET = PRESETS["defaults"]
@@ -186,13 +187,16 @@ def detail(found: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
     lines = [
         "Every class-defaults algorithm, each against sb3-contrib's defaults on the same task and budget (IQM over "
         "seeds [95% bootstrap CI], verdicts as above). `trpo_ext-defaults-0.1.0` is our 0.1.0 defaults given "
-        "explicitly (`target_kl=0.01`, `cg_damping=0.1` on the whole distribution, not per action dimension). "
+        "explicitly (`target_kl=0.01`, `cg_damping=0.1` on the whole distribution, not per action dimension); "
+        f"`{DAMPED}` is the class defaults with `damped_step_length=True` (the step length of sb3-contrib and of the "
+        "paper's reference code), a candidate default under measurement. "
         "VineTRPO's budget counts simulator steps (trunk plus branches), so `vine_trpo-defaults` is compared at equal "
         "simulator steps, with fewer policy updates than single path. "
         f"Made by {'; '.join(f'`{command}`' for command in runner_commands) or f'`{COMMAND}`'} then "
         f"`{REPORT_COMMAND}`; {machines}; {dates}; commit {commits}. Training command of a cell: "
         "`python benchmarks/train_defaults.py --algo ALGO --env ENV --seed S -n BUDGET --eval-freq BUDGET/20 "
-        "--eval-episodes 10` (the 0.1.0 cells add `-params target_kl:0.01 cg_damping:0.1`).",
+        "--eval-episodes 10` (the 0.1.0 cells add `-params target_kl:0.01 cg_damping:0.1`, the damped ones "
+        "`-params damped_step_length:True`).",
         "",
         "| task | algorithm | seeds | final: IQM [95% CI] | final vs sb3-contrib | AUC: IQM [95% CI] | AUC vs sb3-contrib "
         "| wall s/run |",

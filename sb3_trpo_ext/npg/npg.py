@@ -53,9 +53,10 @@ class NaturalPG(NaturalGradientAlgorithm):
         multiplied by the action dimension, so sb3-contrib's hyperparameters carry over unchanged)
     :param sub_sampling_factor: use only every k-th sample of the rollout for the policy step (as in sb3-contrib)
     :param fisher_sample_fraction: fraction of the policy batch used for the Fisher-vector products (paper: 0.1)
-    :param damped_step_length: scale the full step by ``sqrt(2 delta / s^T (F + damping I) s)`` as sb3-contrib does,
-        instead of the paper's undamped ``s^T F s`` (off by default: no better on Acrobot, CartPole and Walker2d in
-        ``benchmarks/ablation.py``, variant ``damped-full-step``)
+    :param damped_step_length: scale the full step by ``sqrt(2 delta / s^T (F + damping I) s)``, as sb3-contrib and
+        the paper's reference code (modular_rl) do, instead of the undamped ``s^T F s`` of the paper's text (off by
+        default: no better on Acrobot, CartPole and Walker2d in ``benchmarks/ablation.py``, variant
+        ``damped-full-step``; at the class defaults, the ``trpo_ext-defaults-damped`` cells of the defaults matrix)
     :param stats_window_size: window size of the rollout logging (episodes)
     :param tensorboard_log: the log location for tensorboard (if None, no logging)
     :param policy_kwargs: additional arguments passed to the policy on creation
