@@ -195,7 +195,7 @@ def detail(found: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
         f"Made by {'; '.join(f'`{command}`' for command in runner_commands) or f'`{COMMAND}`'} then "
         f"`{REPORT_COMMAND}`; {machines}; {dates}; commit {commits}. Training command of a cell: "
         "`python benchmarks/train_defaults.py --algo ALGO --env ENV --seed S -n BUDGET --eval-freq BUDGET/20 "
-        "--eval-episodes 10` (the 0.1.0 cells add `-params target_kl:0.01 cg_damping:0.1`, the damped ones "
+        "--eval-episodes 10` (the 0.1.0 cells add `-params target_kl:0.01 cg_damping:0.1 damped_step_length:False`, the damped ones "
         "`-params damped_step_length:True`).",
         "",
         "| task | algorithm | seeds | final: IQM [95% CI] | final vs sb3-contrib | AUC: IQM [95% CI] | AUC vs sb3-contrib "

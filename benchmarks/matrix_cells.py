@@ -86,7 +86,7 @@ DEFAULTS: dict[str, tuple[str, dict[str, Any]]] = {
     "natural_pg-defaults": ("natural_pg", {}),
     "vine_trpo-defaults": ("vine_trpo", {}),
     "sb3-contrib-defaults": ("sb3-contrib", {}),
-    "trpo_ext-defaults-0.1.0": ("trpo_ext", {"target_kl": 0.01, "cg_damping": 0.1}),
+    "trpo_ext-defaults-0.1.0": ("trpo_ext", {"target_kl": 0.01, "cg_damping": 0.1, "damped_step_length": False}),
     "trpo_ext-defaults-cg10": ("trpo_ext", {"target_kl": 0.08, "cg_damping": 0.8, "cg_max_steps": 10}),
     # the step length of sb3-contrib and of the paper's own code (modular_rl): beta from s^T (F + damping I) s
     "trpo_ext-defaults-damped": ("trpo_ext", {"damped_step_length": True}),
