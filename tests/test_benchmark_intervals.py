@@ -147,6 +147,10 @@ def defaults_cells(tmp_path: Path) -> Path:
         write_cell(results, "trpo_ext-defaults", "Hopper-v5", seed, [10.0, 20.0 * seed, 1000.0 * seed], budget=500)
         write_cell(results, "sb3-contrib-defaults", "Hopper-v5", seed, [10.0, 20.0, 500.0 + 600.0 * seed], budget=500)
         write_cell(results, "vine_trpo-defaults", "Hopper-v5", seed, [5.0, 6.0, 7.0 + seed], budget=500)
+        # the damped candidate: far below the defaults on CartPole in both metrics, two seeds only on Hopper
+        write_cell(results, "trpo_ext-defaults-damped", "CartPole-v1", seed, [10.0 + seed, 20.0 + seed, 30.0 - seed])
+        if seed < 2:
+            write_cell(results, "trpo_ext-defaults-damped", "Hopper-v5", seed, [10.0, 20.0, 30.0], budget=500)
     write_cell(results, "trpo_ext-defaults", "Acrobot-v1", 0, [-500.0, -100.0])  # one seed: the mean only
     write_cell(results, "sb3-contrib-defaults", "Acrobot-v1", 0, [-500.0, -90.0])
     write_cell(results, "trpo_ext-defaults-cg10", "Ant-v5", 0, [1.0, 2.0], budget=500)  # a pilot: not reported
@@ -184,6 +188,19 @@ def test_defaults_report_tables(defaults_cells: Path) -> None:
     assert row(detail, "CartPole-v1", "`sb3-contrib-defaults`")[4] == "-"
     assert "simulator steps" in detail and "cg10" not in headline + detail and "| `trpo_ext` |" not in detail
     assert defaults_report.headline(defaults_report.load(str(defaults_cells))) == headline  # byte-identical again
+
+
+def test_defaults_report_compares_the_candidate_with_the_defaults(defaults_cells: Path) -> None:
+    detail = defaults_report.detail(defaults_report.load(str(defaults_cells)))
+    # only CartPole has 3 seeds of both: the candidate is behind there in both metrics, every pair lost
+    assert "on the 1 tasks with 3 or more seeds of both" in detail
+    assert "behind on CartPole-v1 (final); behind on CartPole-v1 (AUC)." in detail
+    candidate = "`trpo_ext-defaults-damped` vs `trpo_ext-defaults`, over 1 tasks"
+    assert row(detail, candidate)[1:] == ["final return", "AUC"]
+    assert row(detail, "verdicts: ahead / even / behind")[1:] == ["0 / 0 / 1", "0 / 0 / 1"]
+    probability = row(detail, "P(`trpo_ext-defaults-damped` > `trpo_ext-defaults`), mean [95% CI]")[1:]
+    assert all(text.startswith("0.00 [") and text.endswith("(behind)") for text in probability), probability
+    assert row(detail, "Hopper-v5", "`trpo_ext-defaults-damped`")[2] == "2"  # listed, but not compared
 
 
 def test_defaults_report_writes_the_readme_and_the_docs_page(defaults_cells: Path, tmp_path: Path) -> None:

@@ -13,9 +13,10 @@ paper's ``delta``). sb3-contrib's TRPO averages the KL over the ``d`` terms SB3'
   carries over unchanged when the import is swapped.
 - Left at ``None``, they are 0.01 and 0.1 per term: ``0.01 d`` and ``0.1 d`` here, sb3-contrib's defaults. The
   paper's 0.01 on the whole distribution was chosen for batches of 50K-1M steps; on SB3-size batches it barely moves
-  a policy on many action dimensions (Ant-v5, 8-D, 500K steps, class defaults otherwise, seed 0: 36 with
-  ``target_kl=0.01, cg_damping=0.1``, 1,011 with ``0.01 d, 0.1 d``, where sb3-contrib's defaults reach 1,049). The
-  table of ``python benchmarks/matrix.py --preset defaults`` (README and docs) compares them on every task.
+  a policy on many action dimensions. The runs that chose this are the class-defaults table of
+  ``python benchmarks/matrix.py --preset defaults`` (README and the docs' results page): per task, these defaults
+  against sb3-contrib's, and the 0.1.0 defaults (``target_kl=0.01, cg_damping=0.1`` on the whole distribution, the
+  ``trpo_ext-defaults-0.1.0`` cells) against these.
 """
 
 from typing import Literal

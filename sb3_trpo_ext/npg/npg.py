@@ -56,7 +56,9 @@ class NaturalPG(NaturalGradientAlgorithm):
     :param damped_step_length: scale the full step by ``sqrt(2 delta / s^T (F + damping I) s)``, as sb3-contrib and
         the paper's reference code (modular_rl) do, instead of the undamped ``s^T F s`` of the paper's text (off by
         default: no better on Acrobot, CartPole and Walker2d in ``benchmarks/ablation.py``, variant
-        ``damped-full-step``; at the class defaults, the ``trpo_ext-defaults-damped`` cells of the defaults matrix)
+        ``damped-full-step``, nor at the class defaults: over the 9 tasks of the defaults matrix, 3 seeds each, the
+        ``trpo_ext-defaults-damped`` cells are even with the undamped step in final return and AUC; the docs' results
+        page gives the per-task verdicts)
     :param stats_window_size: window size of the rollout logging (episodes)
     :param tensorboard_log: the log location for tensorboard (if None, no logging)
     :param policy_kwargs: additional arguments passed to the policy on creation
