@@ -3,6 +3,7 @@ Train the benchmark matrix: (algorithm, env, seed) cells, each run the way users
 
     python benchmarks/matrix.py --preset classic --workers 1          # classic control, 4 algorithms x 5 seeds
     python benchmarks/matrix.py --preset mujoco --workers 2           # MuJoCo v5, 1M steps, 3 seeds
+    python benchmarks/matrix.py --preset atari --workers 2            # the paper's 7 Atari games, 2M steps, resumable
     python benchmarks/matrix.py --algos trpo_ext sb3-contrib --envs Acrobot-v1 --seeds 0 1 2 --dry-run
 
 Algorithms: ``trpo_ext``, ``natural_pg`` and ``vine_trpo`` run our zoo entry point with our YAML
@@ -16,6 +17,17 @@ EvalCallback runs 10 deterministic episodes every F steps and writes ``evaluatio
 date, commit, versions and the runner's command; its data: the steps, mean and std of the evaluation return at each
 step, wall seconds, the YAML and the cell's training command) and deletes the run's logs (``benchmarks/output/matrix/``).
 The algorithms, presets, YAML entries and commands of the cells are ``benchmarks/matrix_cells.py``'s.
+
+Long cells checkpoint (``--checkpoint-freq N``, the ``atari`` preset's 50K steps, every Atari cell): their training
+runs with ``--checkpoint-freq N --resume`` (:mod:`sb3_trpo_ext.zoo.resume`) and keeps its log folder until the result
+is written, so a runner started again with the same command (after a kill, or the end of a session) resumes each
+unfinished cell from its last checkpoint instead of starting over; the result then says at which steps the cell was
+resumed (``resumed_at``), and its ``wall_s`` adds the training seconds before the resumed checkpoint. sb3-contrib cells
+that checkpoint run rl-zoo3's ``--algo trpo`` through our entry point (rl-zoo3's own train cannot resume).
+
+An Atari cell's result also records the full games its training envs played (``episodes``: the step at which each
+ended and its unclipped score, from the Monitor, which rl-zoo3 puts below AtariWrapper, so that its episodes are whole
+games with the raw score; and ``last_100_mean``, the Atari score: the mean of the last 100).
 
 Cells whose JSON exists are skipped, and a lock file (``seed_{S}.json.lock``, holding the runner's pid and host) keeps
 two runner processes off the same cell, so the matrix can be filled over several sittings and by several processes.
@@ -54,6 +66,9 @@ if not __package__:  # run as a file, python benchmarks/matrix.py: import the pa
 
 from benchmarks.matrix_cells import ALGOS, LOGS, PRESETS, RESULTS, ROOT, Cell, config_path, is_atari, make_cells
 from benchmarks.results_io import command_line, now, write_result
+
+LAST_GAMES = 100
+"""The Atari score of a run: the mean score of its last 100 full games."""
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Locks and result files
@@ -161,18 +176,23 @@ class Runner:
 
     def train(self, cell: Cell) -> str:
         """
-        Train one cell in its own process; write its result file (``data``: :func:`cell_data`; ``command``: this
-        runner's) and delete its logs.
+        Train one cell in its own process, from its last checkpoint if it has one; write its result file (``data``:
+        :func:`cell_data`; ``command``: this runner's), then delete its logs.
 
-        :return: ``ok``, ``failed`` (log kept) or ``stopped``
+        :return: ``ok``, ``failed`` (log kept) or ``stopped`` (log kept)
         """
-        shutil.rmtree(cell.log_dir, ignore_errors=True)  # leftovers of an interrupted run
-        os.makedirs(cell.log_dir)
+        resumed = cell.resumable()
+        if resumed is None:
+            shutil.rmtree(cell.log_dir, ignore_errors=True)  # leftovers of an interrupted run without a checkpoint
+            os.makedirs(cell.log_dir)
+            self.say(f"start {cell.algo} {cell.env} seed {cell.seed}: {cell.display_command()}")
+        else:
+            self.say(f"resume {cell.algo} {cell.env} seed {cell.seed} at {resumed.steps:,} steps: {cell.display_command()}")
+        earlier = resumed.state.elapsed_s if resumed is not None else 0.0
         log_file = os.path.join(cell.log_dir, "train.log")
-        self.say(f"start {cell.algo} {cell.env} seed {cell.seed}: {cell.display_command()}")
         start = time.time()
         returncode = self.run_process(cell, log_file)
-        wall = time.time() - start
+        wall = earlier + time.time() - start
         if self.stopping:
             self.say(f"stopped {cell.algo} {cell.env} seed {cell.seed} (no result written)")
             return "stopped"
@@ -195,7 +215,7 @@ class Runner:
     def run_process(self, cell: Cell, log_file: str) -> int:
         """Run the cell's training command (one thread per library), its output into ``log_file``; return its exit code."""
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
-        with open(log_file, "w") as log:
+        with open(log_file, "a") as log:  # a resumed cell's log goes on
             process = subprocess.Popen(cell.command(), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
             with self.mutex:
                 self.processes.add(process)
@@ -215,11 +235,12 @@ def cell_data(cell: Cell, evaluations: str, wall: float) -> dict[str, Any]:
     :param evaluations: its ``evaluations.npz`` (rl-zoo3's EvalCallback)
     :param wall: seconds its training took
     :return: the result's ``data``: the cell, the mean and std of the evaluation return at each evaluation, the YAML
-        it read and its training command
+        it read and its training command; for a resumed cell the steps it was resumed at; for an Atari cell its full
+        games (:func:`full_games`)
     """
     found = np.load(evaluations)
     returns = np.asarray(found["results"], dtype=float)
-    return {
+    data = {
         "algo": cell.algo,
         "env": cell.env,
         "seed": cell.seed,
@@ -233,6 +254,46 @@ def cell_data(cell: Cell, evaluations: str, wall: float) -> dict[str, Any]:
         "wall_s": round(wall, 1),
         "config": config_path(cell.algo, cell.env) or "rl_zoo3/hyperparams/trpo.yml",
         "command": cell.display_command(),
+    }
+    return data | resume_data(cell, os.path.dirname(evaluations))
+
+
+def resume_data(cell: Cell, run_dir: str) -> dict[str, Any]:
+    """
+    :param cell: the cell
+    :param run_dir: its run folder
+    :return: ``checkpoint_freq`` and, if the run was resumed, ``resumed_at`` (the steps of the checkpoints it was
+        resumed from) for a cell that checkpoints; an Atari cell's ``episodes`` and ``last_100_mean``
+    """
+    if cell.checkpoint_freq <= 0:
+        return {}
+    from sb3_trpo_ext.zoo.resume import latest_checkpoint
+
+    data: dict[str, Any] = {"checkpoint_freq": cell.checkpoint_freq}
+    final = latest_checkpoint(run_dir)
+    if final is not None and final.state.resumed_at:
+        data["resumed_at"] = final.state.resumed_at
+    if is_atari(cell.env):
+        data |= full_games(run_dir)
+    return data
+
+
+def full_games(run_dir: str) -> dict[str, Any]:
+    """
+    :param run_dir: an Atari run's folder
+    :return: ``episodes``: the step count at which each full game of the training envs ended (``steps``) and its
+        unclipped score (``scores``), in the order they ended, from the run's episode log (its Monitors' episodes:
+        rl-zoo3 wraps each env in a Monitor, then in AtariWrapper, so that a Monitor episode is a whole game, all
+        lives, scored before reward clipping); ``last_100_mean``: the mean score of the last 100 (of all, if fewer)
+    """
+    from sb3_trpo_ext.zoo.resume import EPISODES_FILE, read_episodes
+
+    games = read_episodes(os.path.join(run_dir, EPISODES_FILE))
+    scores = [round(game.r, 4) for game in games]
+    last = scores[-LAST_GAMES:]
+    return {
+        "episodes": {"steps": [game.step for game in games], "scores": scores},
+        "last_100_mean": round(float(np.mean(last)), 4) if last else None,
     }
 
 
@@ -260,6 +321,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--eval-freq", type=int, help="steps between evaluations (default: budget // 20)")
     parser.add_argument("--workers", type=int, default=1, help="training processes at a time (one torch thread each)")
+    parser.add_argument(
+        "--checkpoint-freq",
+        type=int,
+        help="steps between checkpoints of each cell, to resume from after a kill (default: the preset's; 0: none; "
+        "Atari cells always checkpoint, every 50K steps by default)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the cells and their commands, train nothing")
     parser.add_argument("--results", default=RESULTS, help="result folder (default: benchmarks/results/matrix)")
     parser.add_argument("--logs", default=LOGS, help="folder of the runs' logs while they train")
@@ -283,11 +350,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         eval_freq=args.eval_freq,
         results=os.path.abspath(args.results),
         logs=os.path.abspath(args.logs),
+        checkpoint_freq=args.checkpoint_freq if args.checkpoint_freq is not None else preset.get("checkpoint_freq"),
     )
     runner_command = command_line() if argv is None else shlex.join(["python", "benchmarks/matrix.py", *argv])
     if args.dry_run:
         for cell in cells:
-            print(f"[{cell_state(cell):6}] {cell.algo} {cell.env} seed {cell.seed}: {cell.display_command()}")
+            state = cell_state(cell)
+            resumed = cell.resumable() if state == "todo" else None
+            resumes = f" (resumes at {resumed.steps:,} steps)" if resumed is not None else ""
+            print(f"[{state:6}] {cell.algo} {cell.env} seed {cell.seed}{resumes}: {cell.display_command()}")
         states = [cell_state(cell) for cell in cells]
         print(f"{len(cells)} cells: " + ", ".join(f"{states.count(s)} {s}" for s in ("done", "locked", "todo")))
         return 0

@@ -2,6 +2,12 @@
 The benchmark matrix's cells: which algorithms it trains (ours with our YAML, one-change variants of ours, sb3-contrib
 with rl-zoo3's YAML, the class defaults), its presets, the YAML entry and budget of each cell, and each cell's training
 command. ``benchmarks/matrix.py`` runs the cells.
+
+A cell with a checkpoint frequency (``--checkpoint-freq``, the ``atari`` preset's; every Atari cell has one, 50K steps
+by default) trains with ``--checkpoint-freq N --resume`` (:mod:`sb3_trpo_ext.zoo.resume`): the same command, run again
+after a kill, resumes the run in the cell's log folder from its last checkpoint. Such an sb3-contrib cell runs
+rl-zoo3's ``--algo trpo`` through our entry point (rl-zoo3's own train cannot resume a run; ours runs rl-zoo3's keys
+unchanged, with the checkpoints added). The class-defaults cells (``benchmarks/train_defaults.py``) do not checkpoint.
 """
 
 from __future__ import annotations
@@ -25,6 +31,18 @@ CONTRIB_CONFIG = os.path.join("benchmarks", "matrix_configs", "trpo_contrib.yml"
 OURS = ("trpo_ext", "natural_pg", "vine_trpo")
 CONTRIB = "sb3-contrib"
 EVAL_EPISODES = 10
+ATARI_GAMES = (
+    "BeamRiderNoFrameskip-v4",
+    "BreakoutNoFrameskip-v4",
+    "EnduroNoFrameskip-v4",
+    "PongNoFrameskip-v4",
+    "QbertNoFrameskip-v4",
+    "SeaquestNoFrameskip-v4",
+    "SpaceInvadersNoFrameskip-v4",
+)
+"""The paper's seven Atari games."""
+ATARI_CHECKPOINT_FREQ = 50_000
+"""Steps between the checkpoints of an Atari cell (a few minutes of a CnnPolicy run on one CPU core)."""
 
 
 def action_dimensions(env: str) -> int:
@@ -147,6 +165,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         "seeds": [0, 1, 2],
         "budgets": {"Hopper-v5": 1_000_000, "Walker2d-v5": 1_000_000, "Swimmer-v5": 1_000_000, "HalfCheetah-v5": 1_000_000},
     },
+    # issue 25: the paper's seven games at 2M steps (hours per cell: checkpointed, resumed by a restarted runner). Also
+    # for --algos sb3-contrib --envs BreakoutNoFrameskip-v4 (benchmarks/matrix_configs/trpo_contrib.yml: our settings)
+    # and --algos vine_trpo --envs BreakoutNoFrameskip-v4 QbertNoFrameskip-v4.
+    "atari": {
+        "algos": ["trpo_ext"],
+        "envs": list(ATARI_GAMES),
+        "seeds": [0],
+        "budgets": dict.fromkeys(ATARI_GAMES, 2_000_000),
+        "checkpoint_freq": ATARI_CHECKPOINT_FREQ,
+    },
 }
 
 
@@ -237,6 +265,8 @@ class Cell:
     results: str = RESULTS
     logs: str = LOGS
     python: str = field(default_factory=lambda: sys.executable)
+    checkpoint_freq: int = 0
+    """Steps between the run's checkpoints (0: none, the run starts over after a kill)."""
 
     @property
     def result_path(self) -> str:
@@ -250,6 +280,24 @@ class Cell:
     def log_dir(self) -> str:
         return os.path.join(self.logs, self.algo, self.env, f"seed_{self.seed}")
 
+    @property
+    def zoo_key(self) -> str | None:
+        """The ``--algo`` of the cell's zoo training (None for a class-defaults cell)."""
+        if self.algo in DEFAULTS:
+            return None
+        return base_algo(self.algo) if base_algo(self.algo) in OURS else "trpo"
+
+    def resumable(self) -> Any:
+        """
+        :return: the checkpoint the cell's training would resume from (a
+            :class:`~sb3_trpo_ext.zoo.resume.Checkpoint`), or None (it would start a new run)
+        """
+        if self.checkpoint_freq <= 0 or self.zoo_key is None:
+            return None
+        from sb3_trpo_ext.zoo.resume import resumable_checkpoint  # rl-zoo3 and torch: only when needed
+
+        return resumable_checkpoint(self.log_dir, self.zoo_key, self.env)
+
     def command(self) -> list[str]:
         """The training command (run in ROOT)."""
         if self.algo in DEFAULTS:
@@ -260,8 +308,8 @@ class Cell:
             if params:
                 command += ["-params", *(f"{key}:{value}" for key, value in params.items())]
             return command
-        if base_algo(self.algo) in OURS:
-            head = [self.python, "-m", "sb3_trpo_ext.train", "--algo", base_algo(self.algo)]
+        if base_algo(self.algo) in OURS or self.checkpoint_freq > 0:  # rl-zoo3's train has no --resume
+            head = [self.python, "-m", "sb3_trpo_ext.train", "--algo", str(self.zoo_key)]
         else:
             head = [self.python, "-m", "rl_zoo3.train", "--algo", "trpo"]
         command = head + [
@@ -280,6 +328,8 @@ class Cell:
             "-f",
             self.log_dir,
         ]
+        if self.checkpoint_freq > 0:
+            command += ["--checkpoint-freq", str(self.checkpoint_freq), "--resume"]
         if self.algo == CONTRIB:
             conf = config_path(self.algo, self.env)
             if conf is not None:
@@ -305,6 +355,7 @@ def make_cells(
     eval_freq: int | None = None,
     results: str = RESULTS,
     logs: str = LOGS,
+    checkpoint_freq: int | None = None,
 ) -> list[Cell]:
     """
     The cells in running order: seed by seed (every algorithm and env of seed 0 first), so a partly filled matrix
@@ -312,6 +363,8 @@ def make_cells(
 
     :param budget: steps for every cell; else ``budgets[env]``; else the env's ``n_timesteps`` in the cell's YAML
     :param eval_freq: steps between evaluations; default ``budget // 20``
+    :param checkpoint_freq: steps between checkpoints of the zoo cells (:func:`cell_checkpoint_freq`: None or 0 is
+        none, except for Atari cells, which checkpoint every :data:`ATARI_CHECKPOINT_FREQ` steps by default)
     """
     cells = []
     for seed in seeds:
@@ -321,5 +374,20 @@ def make_cells(
                     raise SystemExit(f"unknown algorithm {algo!r}: choose from {', '.join(ALGOS)}")
                 steps = budget or (budgets or {}).get(env) or default_budget(algo, env)
                 freq = eval_freq or default_eval_freq(steps)
-                cells.append(Cell(algo, env, seed, steps, freq, results=results, logs=logs))
+                every = cell_checkpoint_freq(algo, env, checkpoint_freq)
+                cells.append(Cell(algo, env, seed, steps, freq, results=results, logs=logs, checkpoint_freq=every))
     return cells
+
+
+def cell_checkpoint_freq(algo: str, env: str, checkpoint_freq: int | None) -> int:
+    """
+    :param checkpoint_freq: the one asked for (None or 0: none)
+    :return: the cell's steps between checkpoints: 0 for class-defaults cells (their script does not checkpoint); for
+        an Atari env the one asked for, else :data:`ATARI_CHECKPOINT_FREQ` (always some: the full-game episode log
+        that its result records comes with the checkpoints); for the others the one asked for
+    """
+    if algo in DEFAULTS:
+        return 0
+    if is_atari(env):
+        return checkpoint_freq or ATARI_CHECKPOINT_FREQ
+    return max(checkpoint_freq or 0, 0)
