@@ -13,8 +13,10 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from stable_baselines3.common.logger import KVWriter, Logger
 
 from benchmarks import results_io
 from sb3_trpo_ext import TRPO, NaturalPG, VineTRPO
@@ -131,3 +133,61 @@ def test_readme_sections_reach_the_docs_page_with_paths_relative_to_it(
     assert content.endswith("<!-- toy:end -->\n\n<!-- other:start -->\n<!-- other:end -->\n")
     assert readme.read_text().endswith("<!-- toy:end -->\nend\n")  # the README is only read
     assert results_io.sync_docs_results(str(readme), str(docs)) == ["toy"] and docs.read_text() == content  # idempotent
+
+
+# ---------------------------------------------------------------------------------------------------- what pages claim
+
+
+def docs_pages() -> list[Path]:
+    return [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
+
+
+def test_multi_binary_action_rows_say_one_dimensional_only() -> None:
+    """SB3's distribution refuses a multi-dimensional MultiBinary action space: no table may mark it plainly ✔."""
+    rows = [
+        (page.name, line)
+        for page in docs_pages()
+        for line in page.read_text().splitlines()
+        if line.startswith("| MultiBinary |")
+    ]
+    assert len(rows) >= 3
+    for page, row in rows:
+        action = row.split("|")[2]
+        assert "1-D" in action and "flatten" in action, f"{page}: {row}"
+
+
+class _CollectKeys(KVWriter):
+    def __init__(self) -> None:
+        self.keys: set[str] = set()
+
+    def write(self, key_values: dict[str, Any], key_excluded: dict[str, Any], step: int = 0) -> None:
+        self.keys.update(key_values)
+
+    def close(self) -> None:
+        pass
+
+
+SB3_LOGGED = {"time/fps", "time/iterations", "time/time_elapsed", "time/total_timesteps", "rollout/ep_rew_mean",
+              "rollout/ep_len_mean"}  # fmt: skip
+"""What SB3's on-policy loop logs itself (documented by SB3)."""
+
+
+@pytest.mark.parametrize("cls", list(PAGES), ids=lambda cls: cls.__name__)
+def test_every_key_our_algorithms_log_is_in_the_quickstarts_list(cls: type) -> None:
+    extra = dict(n_rollout_states=4, rollout_length=3) if cls is VineTRPO else {}
+    model = cls("MlpPolicy", "Pendulum-v1", n_steps=64, batch_size=64, n_critic_updates=1, seed=0, **extra)
+    collector = _CollectKeys()
+    model.set_logger(Logger(folder=None, output_formats=[collector]))
+    model.learn(128)
+    text = (DOCS / "guide" / "quickstart.md").read_text()
+    ours = sorted(collector.keys - SB3_LOGGED)
+    assert "time/policy_step_s" in ours
+    missing = [key for key in ours if f"`{key}`" not in text and f"`{key.split('/', 1)[1]}`" not in text]
+    assert not missing, f"docs/guide/quickstart.md does not list {missing}"
+
+
+def test_the_quickstarts_backend_line_is_what_verbose_prints(capsys: pytest.CaptureFixture) -> None:
+    TRPO("MlpPolicy", "CartPole-v1", verbose=1)
+    printed = next(line for line in capsys.readouterr().out.splitlines() if " backends: " in line)
+    text = " ".join((DOCS / "guide" / "quickstart.md").read_text().split())  # the page wraps the line
+    assert f"`{printed}`" in text, printed

@@ -2,7 +2,11 @@
 Bad inputs fail loudly at construction, and a NaN in the data never reaches the parameters.
 """
 
+import inspect
 import math
+import re
+import typing
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -11,7 +15,7 @@ import pytest
 import torch as th
 from gymnasium import spaces
 
-from sb3_trpo_ext import TRPO, NaturalPG
+from sb3_trpo_ext import TRPO, NaturalPG, VineTRPO
 
 ALGORITHMS = [TRPO, NaturalPG]
 SMALL = dict(n_steps=64, batch_size=32, n_critic_updates=1, policy_kwargs=dict(net_arch=dict(pi=[8], vf=[8])))
@@ -209,3 +213,138 @@ def test_finite_rollout_updates_the_policy_without_skipping(algorithm: type) -> 
     assert logged["train/skipped_updates"] == 0
     assert math.isfinite(logged["train/kl_divergence_loss"])
     assert logged["train/kl_divergence_loss"] <= model.max_kl * (1.0 + 1e-6) or algorithm is NaturalPG
+
+
+# ---------------------------------------------------------------------------------------------------- keyword types
+
+
+def numeric_keywords(cls: type) -> list[str]:
+    """The constructor keywords annotated with ``int`` or ``float`` (alone or in a union, e.g. ``float | None``)."""
+    names = []
+    for name, parameter in inspect.signature(cls.__init__).parameters.items():
+        annotation = parameter.annotation
+        if any(arg in (int, float) for arg in typing.get_args(annotation) or (annotation,)):
+            names.append(name)
+    return names
+
+
+def test_numeric_keywords_cover_the_validated_ones() -> None:
+    assert {"target_kl", "n_steps", "learning_rate", "cg_damping", "seed", "verbose"} <= set(numeric_keywords(TRPO))
+    assert {"line_search_shrinking_factor", "line_search_max_iter"} <= set(numeric_keywords(TRPO))
+    assert "step_size" in numeric_keywords(NaturalPG)
+    assert {"n_rollout_states", "n_actions_per_state", "rollout_length"} <= set(numeric_keywords(VineTRPO))
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "keyword"),
+    [(cls, keyword) for cls in (TRPO, NaturalPG, VineTRPO) for keyword in numeric_keywords(cls)],
+    ids=lambda value: value.__name__ if isinstance(value, type) else value,
+)
+def test_a_string_for_a_numeric_keyword_raises_type_error_naming_keyword_value_and_type(algorithm: type, keyword: str) -> None:
+    # TRPO(..., target_kl="0.01") used to fail inside a comparison: "'>' not supported between 'str' and 'int'"
+    with pytest.raises(TypeError) as info:
+        algorithm("MlpPolicy", "CartPole-v1", **{keyword: "1"})
+    message = str(info.value)
+    assert message.startswith(f"{keyword} must be"), message
+    assert "'1'" in message and "str" in message and f"{keyword}=1" in message  # the value, its type and the fix
+
+
+@pytest.mark.parametrize(("keyword", "value"), [("gamma", None), ("n_steps", [64]), ("target_kl", b"0.01")])
+def test_a_non_number_for_a_numeric_keyword_raises_type_error(keyword: str, value: Any) -> None:
+    with pytest.raises(TypeError, match=f"^{keyword} must be .*got {re.escape(repr(value))} of type"):
+        _make(TRPO, **{keyword: value})
+
+
+def test_a_schedule_is_still_a_valid_learning_rate() -> None:
+    assert _make(TRPO, learning_rate=lambda progress: 1e-3 * progress).lr_schedule(1.0) == pytest.approx(1e-3)
+
+
+# ---------------------------------------------------------------------------------------------------- policy names
+
+
+@pytest.mark.parametrize("algorithm", [TRPO, NaturalPG, VineTRPO], ids=lambda a: a.__name__)
+def test_an_unknown_policy_name_raises_value_error_listing_the_valid_names(algorithm: type) -> None:
+    # the type SB3's BaseAlgorithm._get_policy_from_name raises
+    with pytest.raises(ValueError, match="^Policy MLPPolicy unknown: ") as info:
+        algorithm("MLPPolicy", "CartPole-v1")
+    message = str(info.value)
+    assert all(name in message for name in ("'MlpPolicy'", "'CnnPolicy'", "'MultiInputPolicy'"))
+    assert "Did you mean 'MlpPolicy'?" in message
+
+
+def test_a_recurrent_policy_name_says_there_is_no_recurrent_algorithm_and_where_to_go() -> None:
+    with pytest.raises(ValueError, match="^Policy MlpLstmPolicy unknown: ") as info:
+        TRPO("MlpLstmPolicy", "CartPole-v1")
+    message = str(info.value)
+    assert "'MlpPolicy'" in message and "no RecurrentTRPO" in message and "sb3_contrib.RecurrentPPO" in message
+
+
+# ---------------------------------------------------------------------------------------------------- load
+
+
+@pytest.fixture(scope="module")
+def saved_zips(tmp_path_factory: pytest.TempPathFactory) -> dict[type, Path]:
+    """A zip saved by each of our classes (untrained)."""
+    folder = tmp_path_factory.mktemp("zips")
+    zips = {}
+    for cls in (TRPO, NaturalPG, VineTRPO):
+        extra = dict(n_rollout_states=4) if cls is VineTRPO else {}
+        cls("MlpPolicy", "CartPole-v1", **{**SMALL, **extra}).save(folder / cls.__name__)
+        zips[cls] = folder / f"{cls.__name__}.zip"
+    return zips
+
+
+@pytest.mark.parametrize(
+    ("saved", "loading"),
+    [(a, b) for a in (TRPO, NaturalPG, VineTRPO) for b in (TRPO, NaturalPG, VineTRPO) if a is not b],
+    ids=lambda cls: cls.__name__,
+)
+def test_loading_a_zip_with_another_of_our_classes_raises_naming_both(
+    saved_zips: dict[type, Path], saved: type, loading: type
+) -> None:
+    # VineTRPO.load of a TRPO zip used to load, then train as a vine with default vine settings, with no word
+    path = saved_zips[saved]
+    for given in (path, str(path.with_suffix(""))):  # with or without .zip, as SB3's load takes it
+        with pytest.raises(ValueError, match=f"saved by {saved.__name__}, but {loading.__name__}.load was called"):
+            loading.load(given)
+    with open(path, "rb") as file, pytest.raises(ValueError, match=f"Load it with {saved.__name__}.load"):
+        loading.load(file)
+
+
+@pytest.mark.parametrize("cls", [TRPO, NaturalPG, VineTRPO], ids=lambda cls: cls.__name__)
+def test_each_class_still_loads_its_own_zip_from_a_path_or_a_file(saved_zips: dict[type, Path], cls: type) -> None:
+    assert type(cls.load(saved_zips[cls])) is cls
+    with open(saved_zips[cls], "rb") as file:
+        assert type(cls.load(file)) is cls
+
+
+# ---------------------------------------------------------------------------------------------------- warnings
+
+
+@pytest.mark.parametrize("algorithm", [TRPO, NaturalPG, VineTRPO], ids=lambda a: a.__name__)
+def test_a_construction_warning_points_at_the_users_line(algorithm: type) -> None:
+    # the batch_size warning pointed at trpo.py:114 (the super().__init__ call) instead of the user's call
+    with pytest.warns(UserWarning, match="batch_size=48 does not divide") as record:
+        algorithm("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=48)
+    assert [Path(warning.filename).name for warning in record] == [Path(__file__).name] * len(record)
+
+
+def test_the_vine_rollout_set_warning_points_at_the_users_line() -> None:
+    with pytest.warns(UserWarning, match="n_rollout_states=128 exceeds") as record:
+        VineTRPO("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=64, n_rollout_states=128)
+    assert Path(record[0].filename).name == Path(__file__).name
+
+
+def test_every_warning_of_the_package_is_raised_at_the_users_line() -> None:
+    """No ``warnings.warn`` with a fixed ``stacklevel`` in our constructors' paths (it cannot know its depth)."""
+    package = Path(TRPO.__module__.replace(".", "/")).parts[0]
+    root = Path(__file__).resolve().parents[1] / package
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        if "distributed" in path.parts:  # RayVecEnv.get_images warns as SB3's VecEnvs do, at its caller
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            if "warnings.warn(" in line and "def " not in line:
+                offenders.append(f"{path.relative_to(root.parent)}:{number}")
+    allowed = {f"{package}/common/user_warnings.py"}
+    assert [o for o in offenders if o.rsplit(":", 1)[0] not in allowed] == []

@@ -5,6 +5,7 @@ reproduces observations, rewards, terminations and truncations bit for bit.
 
 import pickle
 import threading
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -389,3 +390,73 @@ def test_snapshot_is_small() -> None:
     env = gym.make("Hopper-v5")
     env.reset(seed=0)
     assert len(pickle.dumps(capture(env))) < 20_000
+
+
+# --------------------------------------------------------------------------------------------------- replaying a step
+
+
+class GlobalRandomEnv(gym.Env):
+    """A custom env whose step draws from NumPy's global generator, which no snapshot holds."""
+
+    observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float64)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, use_np_random: bool = False) -> None:
+        self.use_np_random = use_np_random
+        self.position = np.zeros(2)
+        self.steps = 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self.position = np.zeros(2)
+        return self.position.copy(), {}
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+        generator = self.np_random if self.use_np_random else np.random
+        self.steps += 1
+        self.position = self.position + action + generator.normal(size=2)
+        return self.position.copy(), float(-np.abs(self.position).sum()), False, False, {}
+
+
+def test_check_snapshottable_warns_when_a_step_replayed_from_a_snapshot_differs() -> None:
+    # such an env passed the check, and the vine ran with its common random numbers silently broken
+    env = gym.wrappers.TimeLimit(GlobalRandomEnv(), 50)
+    env.reset(seed=0)
+    with pytest.warns(UserWarning, match="replayed from a snapshot .* gave a different observation, reward") as record:
+        check_snapshottable(env)
+    message = str(record[0].message)
+    assert "GlobalRandomEnv" in message and "np.random" in message and "self.np_random" in message
+    assert record[0].filename == __file__  # at the user's call
+    assert env.unwrapped.steps == 0 and env._elapsed_steps == 0  # the replay ran on a copy  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "make_env",
+    [
+        lambda: gym.wrappers.TimeLimit(GlobalRandomEnv(use_np_random=True), 50),
+        lambda: Monitor(gym.make("CartPole-v1")),
+        lambda: gym.make("Hopper-v5"),
+    ],
+    ids=["np_random", "CartPole-v1", "Hopper-v5"],
+)
+def test_check_snapshottable_does_not_warn_for_an_env_whose_steps_replay(make_env: Callable[[], gym.Env]) -> None:
+    env = make_env()
+    env.reset(seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_snapshottable(env)
+    env.close()
+
+
+def test_check_snapshottable_replays_on_a_copy_of_a_never_reset_env_and_leaves_it_alone(tmp_path: Any) -> None:
+    env = Monitor(gym.wrappers.TimeLimit(GlobalRandomEnv(), 50), filename=str(tmp_path / "run"))
+    with pytest.warns(UserWarning, match="gave a different"):
+        check_snapshottable(env)
+    assert env.get_total_steps() == 0 and env.unwrapped.steps == 0  # type: ignore[attr-defined]
+    env.close()
+
+
+def test_check_snapshottable_can_skip_the_replay() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_snapshottable(GlobalRandomEnv(), replay=False)

@@ -19,6 +19,7 @@ envs, save/load, callbacks that stop training, logging) are in ``test_run.py``, 
 
 import math
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -854,3 +855,64 @@ def test_clone_without_bookkeeping_writes_no_monitor_file_and_records_no_episode
     assert clone.results_writer is None  # type: ignore[attr-defined]
     env.close()
     assert len((tmp_path / "run.monitor.csv").read_text().strip().splitlines()) == 2  # the two header lines only
+
+
+# ---------------------------------------------------------------------------------------------------- whole iterations
+
+
+def test_a_budget_below_one_iteration_warns_at_the_learn_call_and_runs_one_iteration() -> None:
+    model = VineTRPO("MlpPolicy", "CartPole-v1", seed=0, **SMALL)  # 64 trunk + 16 to 80 branch steps per iteration
+    with pytest.warns(UserWarning, match="total_timesteps=50 is less than one VineTRPO iteration") as record:
+        model.learn(50)
+    assert record[0].filename == __file__
+    assert "of 80 to 144 simulator steps" in str(record[0].message)
+    assert model._n_updates == 1 and 80 <= model.num_timesteps <= 144
+
+
+def test_a_budget_of_an_iteration_or_more_does_not_warn_and_verbose_prints_the_iteration_size(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    model = VineTRPO("MlpPolicy", "CartPole-v1", seed=0, verbose=1, **SMALL)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.learn(80)
+    printed = capsys.readouterr().out
+    assert "VineTRPO: an iteration is 64 trunk steps (n_steps x n_envs) plus 16 to 80 branch steps" in printed
+    assert "learn() runs whole iterations" in printed and "reaches 80 simulator steps" in printed
+
+
+def test_iteration_steps_counts_the_trunk_and_the_fewest_and_most_branch_steps() -> None:
+    model = VineTRPO("MlpPolicy", make_vec_env("CartPole-v1", n_envs=2), **{**SMALL, "n_rollout_states": 200})
+    assert model.iteration_steps() == (128, 128 * 2, 128 * 2 * 5)  # N is at most the trunk's 128 states
+
+
+# ---------------------------------------------------------------------------------------------------- replayable steps
+
+
+class GlobalNoiseWalkEnv(NoisyWalkEnv):
+    """``NoisyWalkEnv`` with its noise from NumPy's global generator, which no snapshot holds."""
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        self.x += 0.1 * (1 if action == 1 else -1) + float(np.random.normal())
+        return np.array([self.x / 10], np.float32), self.x, False, False, {}
+
+
+@pytest.mark.parametrize("vec_env_cls", [DummyVecEnv, SubprocVecEnv])
+def test_an_env_drawing_from_np_random_warns_at_construction_that_common_random_numbers_do_not_hold(
+    vec_env_cls: type,
+) -> None:
+    kwargs = dict(start_method="fork") if vec_env_cls is SubprocVecEnv else {}
+    venv = make_vec_env(GlobalNoiseWalkEnv, n_envs=2, env_kwargs=dict(continuous=False), vec_env_cls=vec_env_cls,
+                        vec_env_kwargs=kwargs)  # fmt: skip
+    try:
+        with pytest.warns(UserWarning, match="common random numbers do not hold on this env") as record:
+            VineTRPO("MlpPolicy", venv, **SMALL)
+        message = str(record[0].message)
+        assert "GlobalNoiseWalkEnv" in message and "self.np_random" in message and "common_random_numbers=False" in message
+        assert record[0].filename == __file__
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            VineTRPO("MlpPolicy", venv, common_random_numbers=False, **SMALL)  # nothing to share: no warning
+            VineTRPO("MlpPolicy", make_vec_env(NoisyWalkEnv, env_kwargs=dict(continuous=False)), **SMALL)
+    finally:
+        close_subproc(venv) if vec_env_cls is SubprocVecEnv else venv.close()

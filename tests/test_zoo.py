@@ -7,7 +7,9 @@ CLI runs go through subprocesses exactly as a user types them (``python -m sb3_t
 """
 
 import argparse
+import math
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +23,8 @@ optuna = pytest.importorskip("optuna")
 rl_zoo3 = pytest.importorskip("rl_zoo3")
 
 from rl_zoo3 import hyperparams_opt  # noqa: E402
+from stable_baselines3.common.callbacks import EvalCallback  # noqa: E402
+from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
 from stable_baselines3.common.vec_env import DummyVecEnv  # noqa: E402
 
 from sb3_trpo_ext import TRPO, NaturalPG  # noqa: E402
@@ -30,6 +34,7 @@ from sb3_trpo_ext.zoo.checks import (  # noqa: E402
     check_hyperparams,
     constructor_parameters,
 )
+from sb3_trpo_ext.zoo.evaluation import calls_for_counted_steps, warn_if_never_evaluated  # noqa: E402
 from sb3_trpo_ext.zoo.exp_manager import ExperimentManager  # noqa: E402
 from sb3_trpo_ext.zoo.registration import ZOO_KEYS, default_config, hyperparams_folder, register, vine_class  # noqa: E402
 from sb3_trpo_ext.zoo.samplers import CONVERTERS, SAMPLERS  # noqa: E402
@@ -444,6 +449,93 @@ def test_optimize_runs_two_trials_in_sqlite_and_a_trial_reloads(key, tmp_path):
     assert all(SAMPLER_PARAMS[key] <= set(trial.params) for trial in trials)
     assert list((tmp_path / "logs" / key).glob("report_CartPole-v1_2-trials-512-*.csv"))
     check_trial_reloads(key, storage, study_name, tmp_path, trials[1])  # rl-zoo3 ignores --trial-id 0
+
+
+def trial_values(storage: str, study_name: str) -> list[float]:
+    return [trial.value for trial in study_trials(storage, study_name)]
+
+
+@pytest.mark.parametrize("key", ZOO_KEYS)
+def test_optimize_gives_every_trial_a_finite_value(key, tmp_path):
+    """
+    rl-zoo3 schedules a trial's evaluations from ``-n``: the vine's callbacks, which see its trunk steps only, never
+    reached them (every trial scored -inf). Our trial evaluation is scheduled in counted steps.
+    """
+    algorithm_class(key)
+    storage, study_name = f"sqlite:///{tmp_path / 'study.db'}", f"{key}-finite"
+    args = train_args(
+        key, "CartPole-v1", 5000, *OPTIMIZE_ARGS, "--n-trials", "2", "--storage", storage, "--study-name", study_name
+    )
+    run_module("sb3_trpo_ext.train", args, tmp_path)
+    values = trial_values(storage, study_name)
+    assert len(values) == 2 and all(math.isfinite(value) for value in values), values
+
+
+def docs_optimize_command() -> list[str]:
+    """The first ``-optimize`` command of the rl-zoo3 docs page, as written there (line continuations joined)."""
+    page = (REPO_ROOT / "docs" / "guide" / "rl_zoo.md").read_text().replace("\\\n", " ")
+    line = next(line for line in page.splitlines() if line.startswith("python -m sb3_trpo_ext.train") and "-optimize" in line)
+    return shlex.split(line)
+
+
+def test_the_docs_optimize_command_scores_its_trials(tmp_path):
+    """The rl-zoo3 page's tuning command, with its budget and trial count cut down and its database in tmp_path."""
+    command = docs_optimize_command()
+    assert command[:3] == ["python", "-m", "sb3_trpo_ext.train"] and "vine_trpo" in command
+    algorithm_class("vine_trpo")
+    replaced = {"--n-trials": "2", "-n": "3000", "--storage": f"sqlite:///{tmp_path / 'optuna.db'}"}
+    args = command[3:]
+    for option, value in replaced.items():
+        args[args.index(option) + 1] = value
+    run_module("sb3_trpo_ext.train", [*args, "--eval-episodes", "2", "--no-optim-plots", "--seed", "0"], tmp_path)
+    study_name = args[args.index("--study-name") + 1]
+    values = trial_values(replaced["--storage"], study_name)
+    assert len(values) == 2 and all(math.isfinite(value) for value in values), values
+
+
+def test_trial_evaluations_of_the_vine_are_scaled_by_the_trunks_share_and_others_are_not():
+    vine = algorithm_class("vine_trpo")
+    # CartPole-v1's entry: a 512-step trunk and 64 x 2 x 10 branch steps, 1,792 simulator steps per iteration
+    model = vine("MlpPolicy", "CartPole-v1", n_steps=512, n_rollout_states=64, n_actions_per_state=2, rollout_length=10)
+    assert calls_for_counted_steps(model, 50_000) == round(50_000 * 512 / 1792)
+    assert calls_for_counted_steps(model, 100) == 512  # at most one evaluation per iteration
+    assert calls_for_counted_steps(TRPO("MlpPolicy", "CartPole-v1"), 50_000) == 50_000
+
+
+def test_plain_training_warns_when_the_vines_eval_freq_is_out_of_reach():
+    vine = algorithm_class("vine_trpo")
+    model = vine("MlpPolicy", "CartPole-v1", n_steps=512, n_rollout_states=64, n_actions_per_state=2, rollout_length=10)
+    evaluation = EvalCallback(make_vec_env("CartPole-v1"), eval_freq=20_000)
+    with pytest.warns(UserWarning, match="No evaluation will run: for vine_trpo, --eval-freq counts callback") as record:
+        warn_if_never_evaluated(model, [evaluation], 20_000)  # 20,000 / (512 + 128) = 32 iterations, 16,384 calls
+    assert "--eval-freq F x 0.286" in str(record[0].message)
+    warn_if_never_evaluated(model, [EvalCallback(make_vec_env("CartPole-v1"), eval_freq=5_000)], 20_000)  # reached
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("target_kl:'0.01'", "-params evaluates each value as Python: write target_kl:0.01, without quotes"),
+        ("n_stepz:64", "unknown keyword 'n_stepz' for TRPO (did you mean 'n_steps'?)"),
+        ("target_kl:-1", "error: -params target_kl:-1 (overriding "),
+    ],
+)
+def test_errors_in_params_overrides_name_params_not_the_yaml_file(override, expected, tmp_path):
+    result = run_module("sb3_trpo_ext.train", train_args("trpo_ext", "CartPole-v1", 256, "-params", override), tmp_path,
+                        expect_success=False)  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    error = result.stderr[result.stderr.index("error: ") :]
+    assert expected in error and "YAML" not in error
+    assert error.startswith("error: -params"), error.splitlines()[0]
+
+
+def test_check_hyperparams_keeps_the_entrys_and_the_overrides_problems_apart():
+    entry = {"policy": "MlpPolicy", "n_stepz": 64, "target_kl": "0.01"}
+    with pytest.raises(HyperparameterError) as info:
+        check_hyperparams(TRPO, entry, "CartPole-v1", "trpo_ext.yml", overrides={"target_kl": "0.01"})
+    yaml_part, params_part = str(info.value).split("\n-params (the command line's overrides of trpo_ext.yml")
+    assert yaml_part.startswith("trpo_ext.yml, entry 'CartPole-v1'") and "n_stepz" in yaml_part
+    assert "target_kl" not in yaml_part and "'target_kl' must be float or None" in params_part
 
 
 @pytest.mark.parametrize(("storage_kind", "n_trials"), [("sqlite", 2), ("journal", 1)])

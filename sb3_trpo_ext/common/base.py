@@ -11,6 +11,9 @@ fit the critic, log. Subclasses differ only where the methods differ:
 - ``collect_rollouts``: how samples are gathered.
 """
 
+import inspect
+import io
+import pathlib
 import time
 from typing import Any, ClassVar, TypeVar
 
@@ -38,13 +41,20 @@ from sb3_trpo_ext.common.distributions import SUPPORTED_DISTRIBUTIONS
 from sb3_trpo_ext.common.natural_gradient import StepOutcome, full_step_scale
 from sb3_trpo_ext.common.policy_batch import AdvantageBatch, PolicyBatch
 from sb3_trpo_ext.common.rollouts import collect
+from sb3_trpo_ext.common.saved_models import check_saved_algorithm
 from sb3_trpo_ext.common.trust_region import (
     TrustRegionUnits,
     check_trust_region_units,
     kl_dimensions,
     resolve_trust_region,
 )
-from sb3_trpo_ext.common.validation import check_action_space, check_keywords, check_rollout_size
+from sb3_trpo_ext.common.validation import (
+    check_action_space,
+    check_keywords,
+    check_rollout_size,
+    check_sb3_keywords,
+    unknown_policy_error,
+)
 
 SelfNaturalGradientAlgorithm = TypeVar("SelfNaturalGradientAlgorithm", bound="NaturalGradientAlgorithm")
 
@@ -134,6 +144,7 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
             learning_rate, n_steps, batch_size, gamma, gae_lambda, cg_max_steps, cg_damping, n_critic_updates, target_kl,
             sub_sampling_factor, fisher_sample_fraction,
         )  # fmt: skip
+        check_sb3_keywords(sde_sample_freq, stats_window_size, verbose, seed)
         check_trust_region_units(trust_region_units)
         if env is not None and not isinstance(env, str):
             check_action_space(env.action_space, name)
@@ -180,6 +191,42 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
 
         if _init_setup_model:
             self._setup_model()
+
+    def _get_policy_from_name(self, policy_name: str) -> type[BasePolicy]:
+        """SB3's, with a ``ValueError`` that lists the valid names for an unknown one."""
+        if policy_name not in self.policy_aliases:
+            raise unknown_policy_error(policy_name, self.policy_aliases, type(self).__name__)
+        return super()._get_policy_from_name(policy_name)
+
+    @classmethod
+    def load(  # type: ignore[override]
+        cls: type[SelfNaturalGradientAlgorithm],
+        path: str | pathlib.Path | io.BufferedIOBase,
+        env: GymEnv | None = None,
+        device: th.device | str = "auto",
+        custom_objects: dict[str, Any] | None = None,
+        print_system_info: bool = False,
+        force_reset: bool = True,
+        **kwargs: Any,
+    ) -> SelfNaturalGradientAlgorithm:
+        """
+        SB3's ``load``, refusing a zip saved by another of this package's algorithms (a ``TRPO`` zip given to
+        ``VineTRPO.load``, ...) with a ``ValueError`` naming both.
+
+        :param path: the zip (a path, with or without ``.zip``, or an open file)
+        :param env: the environment to run the loaded model on (None: prediction only)
+        :param device: device to run on
+        :param custom_objects: objects that replace the saved ones of the same keys instead of being deserialized
+        :param print_system_info: print the saving and the current system's info
+        :param force_reset: reset the env before training
+        :param kwargs: attributes to change on loading
+        :return: the loaded model
+        """
+        check_saved_algorithm(path, cls, inspect.signature(cls.__init__).parameters)
+        return super().load(  # type: ignore[return-value]
+            path, env, device, custom_objects=custom_objects, print_system_info=print_system_info,
+            force_reset=force_reset, **kwargs,
+        )  # fmt: skip
 
     def _setup_model(self) -> None:
         super()._setup_model()

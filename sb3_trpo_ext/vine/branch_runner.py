@@ -79,12 +79,14 @@ class BranchRunner:
             results.append(None if reply is None else reply[1])
         return results
 
-    def check(self) -> None:
-        """:raises SnapshotError: when an env cannot be snapshotted, with the env's name and the fix"""
-        if self.local is not None:
-            self._call("check", [True])
-        else:
-            self._call("check", [True] * self.n_workers)
+    def check(self) -> list[str] | None:
+        """
+        :return: for each env whose step a snapshot does not replay, what differed (see
+            ``sb3_trpo_ext.vine.snapshot.check.replay_mismatch``)
+        :raises SnapshotError: when an env cannot be snapshotted, with the env's name and the fix
+        """
+        replies = self._call("check", [True] * (1 if self.local is not None else self.n_workers))
+        return [problem for reply in replies for problem in reply]
 
     def capture(self, index: int) -> Snapshot:
         """:param index: env index

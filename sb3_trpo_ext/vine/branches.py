@@ -41,6 +41,7 @@ from sb3_trpo_ext.common.rollout_policy import (
 )
 from sb3_trpo_ext.vine.branch_transform import BranchTransform
 from sb3_trpo_ext.vine.snapshot import Snapshot, SnapshotError, capture, check_snapshottable, restore
+from sb3_trpo_ext.vine.snapshot.check import replay_mismatch
 from sb3_trpo_ext.vine.snapshot.core import wrapper_layers
 from sb3_trpo_ext.vine.snapshot.wrappers import VineWorkerWrapper as VineWorkerWrapper  # re-exported (0.1.0 API)
 
@@ -238,7 +239,9 @@ class BranchWorker:
 
     def __call__(self, command: str, payload: Any = None) -> tuple[bool, Any]:
         """
-        :param command: ``"check"``, ``"capture"`` (payload: env index) or ``"run_wave"`` (payload: a :class:`Wave`)
+        :param command: ``"check"`` (result: what differed in the steps a snapshot did not replay, per env, see
+            ``sb3_trpo_ext.vine.snapshot.check.replay_mismatch``), ``"capture"`` (payload: env index) or
+            ``"run_wave"`` (payload: a :class:`Wave`)
         :param payload: the command's argument
         :return: ``(True, result)`` or ``(False, message)``
         """
@@ -248,10 +251,10 @@ class BranchWorker:
                 # one thread per worker: the workers run in parallel already, and a forked child that inherited the
                 # parent's OpenMP thread pool hangs in its first multi-threaded torch operation
                 th.set_num_threads(1)
-            if command == "check":
+            if command == "check":  # the replay's findings go back to VineTRPO, which warns in the main process
                 for env in self.envs:
-                    check_snapshottable(env)
-                return True, None
+                    check_snapshottable(env, replay=False)
+                return True, [problem for problem in map(replay_mismatch, self.envs) if problem is not None]
             if command == "capture":
                 return True, capture(self.envs[payload], live=False)
             if command == "run_wave":

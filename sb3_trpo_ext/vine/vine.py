@@ -1,6 +1,5 @@
 """TRPO, vine method: Schulman et al. (2015), https://arxiv.org/abs/1502.05477, Section 5.2."""
 
-import warnings
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
@@ -9,7 +8,7 @@ from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, ProgressBarCallback
 from stable_baselines3.common.policies import ActorCriticPolicy
-from stable_baselines3.common.type_aliases import GymEnv, Schedule
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 
@@ -17,6 +16,7 @@ from sb3_trpo_ext.common.policy_batch import repeat_observations
 from sb3_trpo_ext.common.rollout_policy import Observation
 from sb3_trpo_ext.common.rollouts import collect
 from sb3_trpo_ext.common.trust_region import TrustRegionUnits
+from sb3_trpo_ext.common.user_warnings import warn_at_user_call
 from sb3_trpo_ext.common.validation import check_int_at_least
 from sb3_trpo_ext.trpo.trpo import TRPO
 from sb3_trpo_ext.vine.branch_runner import BranchConfig, BranchRunner
@@ -47,7 +47,9 @@ class VineTRPO(TRPO):
     ``Q(s, a_1) - Q(s, a_2)``.
 
     ``learn(total_timesteps)`` counts simulator steps, trunk plus branches, so vine and single-path runs compare at
-    equal cost (``rollout/trunk_steps`` and ``rollout/branch_steps`` are logged).
+    equal cost (``rollout/trunk_steps`` and ``rollout/branch_steps`` are logged). It runs whole iterations, as PPO
+    runs whole rollouts: the last one may end past ``total_timesteps``, by up to one iteration (see
+    :meth:`iteration_steps`; ``verbose=1`` prints the sizes, and a budget smaller than one iteration warns).
 
     Paper defaults: MuJoCo (Table 2): ``rollout_length`` 50 (Swimmer) / 100 (Hopper, Walker), ``n_actions_per_state``
     4, Q-values per batch 500 / 2500 (``n_rollout_states`` = 125 / 625), ``action_sampling="policy"``. Atari (Table 3):
@@ -209,12 +211,10 @@ class VineTRPO(TRPO):
             if isinstance(self.action_space, spaces.Box):
                 raise ValueError("action_sampling='uniform' needs a discrete action space; use 'policy' for Box actions.")
         if self.env is not None and self.n_rollout_states > self.n_steps * self.n_envs:
-            warnings.warn(
+            warn_at_user_call(
                 f"n_rollout_states={self.n_rollout_states} exceeds the trunk's visited states (n_steps * n_envs = "
                 f"{self.n_steps} * {self.n_envs} = {self.n_steps * self.n_envs}): every visited state goes into the "
-                "rollout set. Lower n_rollout_states or raise n_steps to choose among them.",
-                UserWarning,
-                stacklevel=3,
+                "rollout set. Lower n_rollout_states or raise n_steps to choose among them."
             )
 
     def _setup_model(self) -> None:
@@ -225,7 +225,70 @@ class VineTRPO(TRPO):
         """The last iteration's samples: set by ``collect_rollouts``, taken by ``train()`` (SB3's learn loop calls
         them in turn with no way to hand data from one to the other)."""
         if self.env is not None:  # fail at construction, with the fix, when branches cannot be run on the env
-            self._branch_runner(self.env).check()
+            self._warn_if_not_replayable(self._branch_runner(self.env).check())
+
+    def _warn_if_not_replayable(self, problems: list[str] | None) -> None:
+        """
+        :param problems: per env whose step a snapshot does not replay, what differed (from the runner's check;
+            ``None`` from a runner that does not replay)
+        """
+        if problems and self.common_random_numbers:
+            warn_at_user_call(
+                f"VineTRPO's common random numbers do not hold on this env: {problems[0]} The K branches of a state "
+                "then see different randomness, which adds noise to Q(s, a_1) - Q(s, a_2). Draw the env's random "
+                "numbers from self.np_random (gymnasium's generator, which snapshots capture), or register a snapshot "
+                "adapter that captures your generator (sb3_trpo_ext.vine.snapshot.register_snapshot_adapter); "
+                "common_random_numbers=False turns this check off."
+            )
+
+    def iteration_steps(self) -> tuple[int, int, int]:
+        """
+        The simulator steps of one iteration, which ``learn`` runs whole.
+
+        :return: the trunk's steps (``n_steps * n_envs``), the fewest branch steps (one per branch: ``N * K``, where a
+            branch's episode ends at its first step) and the most (``N * K * m``: every branch runs its ``m`` steps),
+            with ``N`` at most the trunk's steps
+        """
+        trunk = self.n_steps * self.n_envs
+        branches = min(self.n_rollout_states, trunk) * self.n_actions_per_state
+        return trunk, branches, branches * self.rollout_length
+
+    def _setup_learn(
+        self,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        reset_num_timesteps: bool = True,
+        tb_log_name: str = "run",
+        progress_bar: bool = False,
+    ) -> tuple[int, BaseCallback]:
+        total_timesteps, callback = super()._setup_learn(
+            total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar
+        )
+        self._announce_budget(total_timesteps - self.num_timesteps)
+        return total_timesteps, callback
+
+    def _announce_budget(self, budget: int) -> None:
+        """
+        Say (at ``verbose >= 1``) that ``learn`` runs whole iterations, and warn when ``budget`` is less than one.
+
+        :param budget: the simulator steps this ``learn`` call is to run
+        """
+        trunk, least, most = self.iteration_steps()
+        sizes = (
+            f"{trunk:,} trunk steps (n_steps x n_envs) plus {least:,} to {most:,} branch steps (N x K = {least:,} "
+            f"branches of 1 to m = {self.rollout_length} steps each)"
+        )
+        if budget < trunk + least:
+            warn_at_user_call(
+                f"total_timesteps={budget:,} is less than one VineTRPO iteration, {sizes}: learn() runs whole "
+                f"iterations, so it will run one, of {trunk + least:,} to {trunk + most:,} simulator steps. Raise "
+                "total_timesteps, or shrink the iteration (n_steps, n_rollout_states, n_actions_per_state, rollout_length)."
+            )
+        elif self.verbose >= 1:
+            print(
+                f"VineTRPO: an iteration is {sizes}. learn() runs whole iterations: it stops at the end of the first "
+                f"that reaches {budget:,} simulator steps, so it may run up to one iteration more than asked."
+            )
 
     @property
     def uses_all_actions(self) -> bool:

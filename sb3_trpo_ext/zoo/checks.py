@@ -150,11 +150,20 @@ def _eval_zoo_string(text: str) -> Any:
     return eval(text, {"nn": nn, "th": th, "torch": th, "np": np})
 
 
-def _check_zoo_key(key: str, value: Any) -> str | None:
+def _number_string_hint(key: str, value: Any, from_params: bool) -> str:
+    """How to write a number that arrived as a string, in YAML or in ``-params`` (whose values are Python)."""
+    if from_params:
+        shown = value.strip() if isinstance(value, str) else "1e-3"
+        return f" (-params evaluates each value as Python: write {key}:{shown}, without quotes)"
+    return " (YAML reads numbers such as 1e-3 as strings: write !!float 1e-3 or 0.001)"
+
+
+def _check_zoo_key(key: str, value: Any, from_params: bool = False) -> str | None:
     expected = ZOO_KEYS[key]
     if key == "n_timesteps":
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
-        return None if ok else f"'n_timesteps' must be a positive number (write 1e6 as !!float 1e6 or 1000000), got {value!r}"
+        hint = _number_string_hint(key, value, from_params) if isinstance(value, str) else ""
+        return None if ok else f"'n_timesteps' must be a positive number, got {value!r}{hint}"
     if key in ("n_envs", "frame_stack"):
         ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
         return None if ok else f"{key!r} must be an integer >= 1, got {value!r} ({type(value).__name__})"
@@ -169,15 +178,15 @@ def _check_zoo_key(key: str, value: Any) -> str | None:
     return None
 
 
-def _check_keyword(algorithm_class: type, key: str, value: Any, parameter: inspect.Parameter) -> str | None:
+def _check_keyword(
+    algorithm_class: type, key: str, value: Any, parameter: inspect.Parameter, from_params: bool = False
+) -> str | None:
     annotation = parameter.annotation
     if key in SCHEDULE_KEYS and isinstance(value, str):
         if _LINEAR_SCHEDULE.match(value):
             return None
-        return (
-            f"{key!r} must be a number or a linear schedule 'lin_<initial value>', got the string {value!r}"
-            " (YAML reads 1e-3 as a string: write !!float 1e-3 or 0.001)"
-        )
+        hint = _number_string_hint(key, value, from_params) if _matches(_yaml_number(value), float) else ""
+        return f"{key!r} must be a number or a linear schedule 'lin_<initial value>', got the string {value!r}{hint}"
     if key == "policy_kwargs" and isinstance(value, str):
         try:
             value = _eval_zoo_string(value)
@@ -196,7 +205,7 @@ def _check_keyword(algorithm_class: type, key: str, value: Any, parameter: inspe
         if annotation is int and isinstance(value, float) and float(value).is_integer():
             hint = f" (write it as the integer {int(value)})"
         elif isinstance(value, str) and _matches(_yaml_number(value), annotation):
-            hint = " (YAML reads numbers such as 1e-3 as strings: write !!float 1e-3 or 0.001)"
+            hint = _number_string_hint(key, value, from_params)
         return f"{key!r} must be {_describe(annotation)}, got {value!r} ({type(value).__name__}){hint}"
     return None
 
@@ -214,6 +223,7 @@ def check_hyperparams(
     entry: str,
     source: str = "",
     require_n_timesteps: bool = False,
+    overrides: dict[str, Any] | None = None,
 ) -> None:
     """
     Check one zoo hyperparameter entry: every key must be a zoo key or a constructor keyword, of the right type.
@@ -223,7 +233,9 @@ def check_hyperparams(
     :param entry: the entry's name (env id, ``atari`` or ``default``), for the message
     :param source: where the entry comes from (a file name), for the message
     :param require_n_timesteps: also require ``n_timesteps`` (rl-zoo3 needs it unless ``-n`` is given)
-    :raises HyperparameterError: naming the entry and each offending key
+    :param overrides: the command line's ``-params`` (already in ``hyperparams``): problems with their keys are
+        reported as ``-params``' own, with hints for its Python values instead of YAML's
+    :raises HyperparameterError: naming the entry (or ``-params``) and each offending key
     """
     if not isinstance(hyperparams, dict):
         raise HyperparameterError(
@@ -239,31 +251,53 @@ def check_hyperparams(
         )
     if require_n_timesteps and "n_timesteps" not in hyperparams:
         problems.append("'n_timesteps' is missing (rl-zoo3 needs it unless -n is given)")
+    override_problems: list[str] = []
     for key, value in hyperparams.items():
-        if not isinstance(key, str):
-            problems.append(f"key {key!r} is not a string")
-        elif key in ZOO_KEYS:
-            problem = _check_zoo_key(key, value)
-            if problem:
-                problems.append(problem)
-        elif key in SET_FROM_COMMAND_LINE:
-            problems.append(f"{key!r} is set by rl-zoo3 from the command line ({SET_FROM_COMMAND_LINE[key]}); remove it")
-        elif key in OFF_POLICY_ONLY:
-            problems.append(f"{key!r} is an off-policy setting (action noise) that {name} does not take; remove it")
-        elif key.startswith("_") or key not in parameters:
-            close = difflib.get_close_matches(key, accepted + list(ZOO_KEYS), n=1)
-            suggestion = f" (did you mean {close[0]!r}?)" if close else ""
-            problems.append(f"unknown keyword {key!r} for {name}{suggestion}")
-        else:
-            problem = _check_keyword(algorithm_class, key, value, parameters[key])
-            if problem:
-                problems.append(problem)
-    if problems:
-        details = "\n".join(f"  - {problem}" for problem in problems)
+        from_params = overrides is not None and key in overrides
+        problem = _check_key(algorithm_class, parameters, accepted, key, value, from_params)
+        if problem:
+            (override_problems if from_params else problems).append(problem)
+    if problems or override_problems:
+        sections = []
+        if problems:
+            sections.append(f"{_where(source, entry)}: invalid hyperparameters for {name}:\n{_listed(problems)}")
+        if override_problems:
+            sections.append(
+                f"-params (the command line's overrides of {_where(source, entry)}): invalid hyperparameters for "
+                f"{name}:\n{_listed(override_problems)}"
+            )
         raise HyperparameterError(
-            f"{_where(source, entry)}: invalid hyperparameters for {name}:\n{details}\n"
-            f"Accepted keywords of {name}: {', '.join(accepted)}; rl-zoo3 keys: {', '.join(ZOO_KEYS)}."
+            "\n".join(sections) + f"\nAccepted keywords of {name}: {', '.join(accepted)}; rl-zoo3 keys: {', '.join(ZOO_KEYS)}."
         )
+
+
+def _check_key(
+    algorithm_class: type,
+    parameters: dict[str, inspect.Parameter],
+    accepted: list[str],
+    key: Any,
+    value: Any,
+    from_params: bool,
+) -> str | None:
+    """:return: what is wrong with one key of an entry (or of ``-params``), or ``None``"""
+    name = algorithm_class.__name__
+    if not isinstance(key, str):
+        return f"key {key!r} is not a string"
+    if key in ZOO_KEYS:
+        return _check_zoo_key(key, value, from_params)
+    if key in SET_FROM_COMMAND_LINE:
+        return f"{key!r} is set by rl-zoo3 from the command line ({SET_FROM_COMMAND_LINE[key]}); remove it"
+    if key in OFF_POLICY_ONLY:
+        return f"{key!r} is an off-policy setting (action noise) that {name} does not take; remove it"
+    if key.startswith("_") or key not in parameters:
+        close = difflib.get_close_matches(key, accepted + list(ZOO_KEYS), n=1)
+        suggestion = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"unknown keyword {key!r} for {name}{suggestion}"
+    return _check_keyword(algorithm_class, key, value, parameters[key], from_params)
+
+
+def _listed(problems: list[str]) -> str:
+    return "\n".join(f"  - {problem}" for problem in problems)
 
 
 def _where(source: str, entry: str) -> str:

@@ -1,9 +1,12 @@
 """
-rl-zoo3's ``ExperimentManager`` with two additions for our algorithm keys (rl-zoo3's own keys are untouched):
+rl-zoo3's ``ExperimentManager`` with three additions for our algorithm keys (rl-zoo3's own keys are untouched):
 
 - the default config is our ``hyperparams/{algo}.yml`` instead of rl-zoo3's bundled folder (``-conf`` still wins);
 - the entry is checked against the algorithm's constructor before anything is built, and errors raised while building
-  say which file and entry they come from.
+  say which file and entry they come from (or that a ``-params`` override is at fault);
+- ``-optimize`` evaluates ``vine_trpo``'s trials on a schedule in counted (trunk and branch) steps, as ``-n``
+  counts them (:mod:`sb3_trpo_ext.zoo.evaluation`); plain training warns when ``--eval-freq``, which counts its trunk
+  steps, is out of the run's reach.
 
 And two for every key:
 
@@ -18,6 +21,7 @@ And two for every key:
 """
 
 import random
+import re
 import time
 from collections.abc import Callable
 from functools import partial
@@ -35,6 +39,7 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from sb3_trpo_ext.zoo.checks import HyperparameterError, MissingEntryError, check_hyperparams
+from sb3_trpo_ext.zoo.evaluation import trial_evaluations_in_counted_steps, warn_if_never_evaluated
 from sb3_trpo_ext.zoo.registration import ZOO_KEYS, default_config, register
 
 STUDY_SETUP_ATTEMPTS = 6
@@ -235,6 +240,7 @@ class ExperimentManager(ZooExperimentManager):
                 entry=self.entry_name(),
                 source=self.config,
                 require_n_timesteps=self.n_timesteps <= 0,
+                overrides=self.custom_hyperparams,
             )
         return hyperparams, saved_hyperparams
 
@@ -246,11 +252,29 @@ class ExperimentManager(ZooExperimentManager):
         except (ValueError, TypeError) as error:
             if not self.checks_entries:
                 raise
-            raise HyperparameterError(
-                f"{self.config}, entry {self.entry_name()!r}: {type(error).__name__}: {error}"
-            ) from error
+            raise HyperparameterError(f"{self.source_of(error)}: {type(error).__name__}: {error}") from error
+
+    def source_of(self, error: Exception) -> str:
+        """
+        :param error: an error raised while building the run
+        :return: where the value it names comes from: the ``-params`` overrides whose keys it names, else the config
+            file's entry
+        """
+        where = f"{self.config}, entry {self.entry_name()!r}"
+        overrides = self.custom_hyperparams or {}
+        named = [key for key in overrides if re.search(rf"\b{re.escape(str(key))}\b", str(error))]
+        if not named:
+            return where
+        given = " ".join(f"{key}:{overrides[key]!r}" for key in named)
+        return f"-params {given} (overriding {where})"
+
+    def learn(self, model: BaseAlgorithm) -> None:
+        """rl-zoo3's, warning first when ``vine_trpo``'s evaluations are out of the run's reach."""
+        warn_if_never_evaluated(model, self.callbacks, self.n_timesteps)
+        super().learn(model)
 
     def hyperparameters_optimization(self) -> None:
         if self.storage is not None:
             prepare_study(self.storage, self.study_name)
-        super().hyperparameters_optimization()
+        with trial_evaluations_in_counted_steps():
+            super().hyperparameters_optimization()

@@ -10,7 +10,8 @@ plain picklable data, so they cross process boundaries and can be restored into 
 
     snapshot = capture(env)         # live=False when the env will be restored before its next step
     restore(env, snapshot)          # any number of times; the snapshot is never modified
-    check_snapshottable(env)        # raises SnapshotError (a ValueError) naming the layer, with the fix
+    check_snapshottable(env)        # raises SnapshotError (a ValueError) naming the layer, with the fix; warns
+                                    # when a step replayed from a snapshot differs (e.g. the env uses np.random)
 
 Built-in adapters (what is captured):
 
@@ -85,13 +86,8 @@ the ``spawn`` / ``forkserver`` start methods, register the adapter at import tim
 from __future__ import annotations
 
 from sb3_trpo_ext.vine.snapshot.base import LayerState, Snapshot, SnapshotAdapter, SnapshotError, capture_is_live
-from sb3_trpo_ext.vine.snapshot.core import (
-    capture,
-    check_snapshottable,
-    register_snapshot_adapter,
-    restore,
-    unregister_snapshot_adapter,
-)
+from sb3_trpo_ext.vine.snapshot.check import check_snapshottable
+from sb3_trpo_ext.vine.snapshot.core import capture, register_snapshot_adapter, restore, unregister_snapshot_adapter
 from sb3_trpo_ext.vine.snapshot.simulators import AtariSnapshotAdapter, MujocoSnapshotAdapter
 
 __all__ = [

@@ -1,8 +1,7 @@
-"""The adapters in matching order (the user's, then the built-in ones), and capture / restore / check of an env."""
+"""The adapters in matching order (the user's, then the built-in ones), and capture / restore of an env."""
 
 from __future__ import annotations
 
-import pickle
 from typing import Any
 
 import gymnasium as gym
@@ -129,7 +128,7 @@ def wrapper_layers(env: gym.Env) -> list[gym.Env]:
     return layers
 
 
-# ------------------------------------------------------------------------------------------ capture / restore / check
+# ------------------------------------------------------------------------------------------------ capture / restore
 
 
 def capture(env: gym.Env, live: bool = True) -> Snapshot:
@@ -194,23 +193,3 @@ def restore(env: gym.Env, snapshot: Snapshot) -> None:
             adapter.restore(layer, saved.state)
         except SnapshotError as exc:
             raise SnapshotError(f"Cannot restore a snapshot of {snapshot.env_name}: {saved.layer}: {exc}") from exc
-
-
-def check_snapshottable(env: gym.Env) -> None:
-    """
-    Check that ``env`` can be snapshotted: capture, pickle, unpickle and restore its current state.
-
-    :param env: a (wrapped) gymnasium env
-    :raises SnapshotError: naming the env and the layer, with how to fix it (register an adapter)
-    """
-    snapshot = capture(env)
-    for saved in snapshot.layers:
-        try:
-            pickle.dumps(saved.state)
-        except Exception as exc:
-            raise SnapshotError(
-                f"Cannot snapshot {_env_name(env)}: the state of {saved.layer} (adapter {saved.adapter!r}) does not "
-                f"pickle ({type(exc).__name__}: {exc}), so it cannot cross process boundaries. "
-                f"{_register_hint(saved.layer)}"
-            ) from exc
-    restore(env, pickle.loads(pickle.dumps(snapshot)))
