@@ -22,6 +22,7 @@ from collections.abc import Sequence
 TOOLS = {
     "speed": ("speed", "ours vs sb3-contrib env-steps/s on Hopper-v5 (and the vine's simulator steps/s)"),
     "speed-atari": ("speed_atari", "ours vs sb3-contrib on Breakout, with where an update's time goes"),
+    "atari-report": ("atari_report", "the Atari scores, curves and before/after table from the Atari result files"),
     "speed-report": ("speed_report", "the speed tables of the docs from the speed result files"),
     "fisher-paths": ("fisher_paths", "the Fisher-vector product's paths timed against each other"),
     "matrix": ("matrix", "train the benchmark matrix's cells (zoo YAML or class defaults), one result file each"),

@@ -25,7 +25,9 @@ import yaml
 from benchmarks.results_io import ROOT
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "matrix")
-LOGS = os.path.join(ROOT, "benchmarks", "output", "matrix")
+LOGS = os.environ.get("SB3_TRPO_EXT_MATRIX_LOGS") or os.path.join(ROOT, "benchmarks", "output", "matrix")
+"""The cells' run folders and checkpoints; set ``SB3_TRPO_EXT_MATRIX_LOGS`` to keep them outside the checkout (a
+new checkout of the repository then still resumes the runs of an earlier one on the same machine)."""
 CONTRIB_CONFIG = os.path.join("benchmarks", "matrix_configs", "trpo_contrib.yml")  # relative to ROOT
 
 OURS = ("trpo_ext", "natural_pg", "vine_trpo")

@@ -22,6 +22,13 @@ The other timers are overrides in timing subclasses of the two classes (:class:`
 instance is patched); their own cost is a few ``perf_counter`` calls per update.
 
     python benchmarks/speed_atari.py --steps 2048 --rounds 3   # the defaults, ~6 minutes on one core
+
+``--settings yaml`` runs the ``atari`` entry of ``hyperparams/trpo_ext.yml`` instead (n_steps 512: 4,096 samples per
+update): ours with the whole entry, sb3-contrib with the keys it shares (every key but ours-only ones such as
+``fisher_sample_fraction``, ``line_search_rescale_on_kl`` and ``precision``, which it does not have), so both run the
+YAML's network, batch, trust region, damping, CG steps and critic epochs::
+
+    python benchmarks/speed_atari.py --settings yaml --steps 4096 --rounds 2   # ~25 minutes on one core
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ from stable_baselines3.common.vec_env import VecFrameStack
 
 if not __package__:  # run as a file, python benchmarks/speed_atari.py: import the package from the repository root
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if "--ours-from" in sys.argv:  # another checkout's sb3_trpo_ext as "ours" (e.g. the code before a change)
+    sys.path.insert(0, os.path.abspath(sys.argv[sys.argv.index("--ours-from") + 1]))
 
 from benchmarks.results_io import ROOT, write_result
 from sb3_trpo_ext import TRPO
@@ -121,9 +130,38 @@ def make_env(seed: int) -> Any:
     return VecFrameStack(make_atari_env(ENV_ID, n_envs=N_ENVS, seed=seed), n_stack=4)
 
 
-def build(name: str, seed: int) -> Any:
+BEFORE = {"n_critic_updates": 5, "line_search_rescale_on_kl": False, "precision": "float32"}
+"""The ``atari`` entry before the fast CPU path (2026-12-04) is today's plus these (``--settings before``)."""
+
+
+def yaml_settings(before: bool = False) -> dict[str, dict[str, Any]]:
+    """:param before: the entry as it was before the fast CPU path (:data:`BEFORE`)
+    :return: the keywords of each library under ``--settings yaml``: our YAML's ``atari`` entry (the keys the
+        imported TRPO accepts), and the part of it sb3-contrib's TRPO accepts"""
+    import inspect
+
+    import yaml
+    from torch import nn
+
+    with open(os.path.join(ROOT, "hyperparams", "trpo_ext.yml")) as f:
+        entry = dict(yaml.safe_load(f)["atari"])
+    for key in ("env_wrapper", "frame_stack", "policy", "n_envs", "n_timesteps"):
+        entry.pop(key, None)
+    if isinstance(entry.get("policy_kwargs"), str):
+        entry["policy_kwargs"] = eval(entry["policy_kwargs"], {"nn": nn, "th": th})
+    if before:
+        entry.update(BEFORE)
+    ours_keys = set(inspect.signature(TRPO.__init__).parameters)
+    contrib_keys = set(inspect.signature(ContribTRPO.__init__).parameters)
+    return {
+        OURS: {key: value for key, value in entry.items() if key in ours_keys},
+        CONTRIB: {key: value for key, value in entry.items() if key in contrib_keys},
+    }
+
+
+def build(name: str, seed: int, settings: dict[str, Any]) -> Any:
     cls = TimedTRPO if name == OURS else TimedContribTRPO
-    return cls("CnnPolicy", make_env(seed), seed=seed, device="cpu", **SETTINGS)
+    return cls("CnnPolicy", make_env(seed), seed=seed, device="cpu", **settings)
 
 
 def timed_learn(model: Any, steps: int) -> float:
@@ -153,11 +191,11 @@ def breakdown(name: str, model: Any) -> dict[str, float]:
     return per_update
 
 
-def measure(steps: int, rounds: int) -> dict[str, Any]:
-    """:return: both models after a warm-up update and ``rounds`` timed rounds of ``steps`` steps, alternating"""
-    models = {CONTRIB: build(CONTRIB, 0), OURS: build(OURS, 0)}
+def measure(steps: int, rounds: int, settings: dict[str, dict[str, Any]], libs: Sequence[str]) -> dict[str, Any]:
+    """:return: the models after a warm-up update and ``rounds`` timed rounds of ``steps`` steps, alternating"""
+    models = {name: build(name, 0, settings[name]) for name in (CONTRIB, OURS) if name in libs}
     for model in models.values():
-        timed_learn(model, SAMPLES_PER_UPDATE)  # warm-up: one update
+        timed_learn(model, model.n_steps * N_ENVS)  # warm-up: one update
         model.timers.clear()
         model.train_seconds.clear()
     for round_index in range(rounds):
@@ -173,22 +211,26 @@ def tables(models: dict[str, Any], steps: int, rounds: int) -> tuple[list[str], 
     rates = {name: rounds * steps / model.timers["learn"] for name, model in models.items()}
     trains = {name: float(np.mean(model.train_seconds)) for name, model in models.items()}
     lines += [f"{name:>12} {rates[name]:>9.1f} {trains[name]:>10.2f}" for name in models]
-    lines.append(
-        f"{'ratio':>12} {rates[OURS] / rates[CONTRIB]:>8.2f}x {trains[OURS] / trains[CONTRIB]:>9.2f}x"
-        "   (steps/s: higher is better; train(): lower)"
-    )
-    lines += ["", f"Seconds per update ({SAMPLES_PER_UPDATE} env steps), timed rounds:"]
+    if len(models) == 2:
+        lines.append(
+            f"{'ratio':>12} {rates[OURS] / rates[CONTRIB]:>8.2f}x {trains[OURS] / trains[CONTRIB]:>9.2f}x"
+            "   (steps/s: higher is better; train(): lower)"
+        )
+    any_model = next(iter(models.values()))
+    lines += ["", f"Seconds per update ({any_model.n_steps * N_ENVS} env steps), timed rounds:"]
     parts = {name: breakdown(name, model) for name, model in models.items()}
-    lines.append(f"{'part':>28} {CONTRIB:>12} {OURS:>12}")
+    lines.append(f"{'part':>28} " + " ".join(f"{name:>12}" for name in models))
     for key in PARTS[OURS] + [k for k in PARTS[CONTRIB] if k not in PARTS[OURS]]:
         cells = []
         for name in models:
             value = parts[name].get(key)
             cells.append("-" if value is None else f"{value:6.2f} ({100 * value / parts[name]['total']:3.0f}%)")
-        lines.append(f"{PART_NAMES[key]:>28} {cells[0]:>12} {cells[1]:>12}")
-    lines.append(f"{'total':>28} {parts[CONTRIB]['total']:>12.2f} {parts[OURS]['total']:>12.2f}")
-    lines.append(f"{'Fisher products / update':>28} {parts[CONTRIB]['products_per_update']:>12.1f}")
-    lines.append(f"backends (ours): {models[OURS].backends}")
+        lines.append(f"{PART_NAMES[key]:>28} " + " ".join(f"{cell:>12}" for cell in cells))
+    lines.append(f"{'total':>28} " + " ".join(f"{parts[name]['total']:>12.2f}" for name in models))
+    if CONTRIB in parts:
+        lines.append(f"{'Fisher products / update':>28} {parts[CONTRIB]['products_per_update']:>12.1f}")
+    if OURS in models:
+        lines.append(f"backends (ours): {getattr(models[OURS], 'backends', '?')}")
     rows = [{"lib": name, "steps_per_s": rates[name], "train_s": trains[name]} for name in models]
     return lines, {"rows": rows, "seconds_per_update": parts}
 
@@ -199,22 +241,38 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--output", default=None, help="results table (default: benchmarks/results/speed_atari.txt)")
     parser.add_argument("--label", default="", help="a name for this code version, stored in the results")
+    parser.add_argument(
+        "--settings",
+        choices=["bench", "yaml", "before"],
+        default="bench",
+        help="this file's SETTINGS, our YAML's atari entry, or that entry before the fast CPU path",
+    )
+    parser.add_argument("--libs", nargs="+", choices=[OURS, CONTRIB], default=[OURS, CONTRIB])
+    parser.add_argument("--ours-from", default=None, help="a checkout whose sb3_trpo_ext runs as ours (older code)")
     args = parser.parse_args(argv)
     th.set_num_threads(1)
     gym.logger.min_level = gym.logger.ERROR  # gymnasium's log level (its logger has no setter): errors only
+    if args.settings == "bench":
+        settings = {OURS: SETTINGS, CONTRIB: SETTINGS}
+    else:
+        settings = yaml_settings(before=args.settings == "before")
+    ours = settings[OURS]
     title = (
         f"torch {th.__version__}, 1 thread, {ENV_ID} (AtariWrapper, 4 stacked frames), n_envs {N_ENVS}, CnnPolicy "
-        f"(separate actor and critic CNNs), n_steps 128, {SETTINGS['cg_max_steps']} CG steps, "
-        f"{SETTINGS['n_critic_updates']} critic epochs; {args.steps} steps x {args.rounds} rounds per model"
+        f"({'the YAML atari entry: ' if args.settings == 'yaml' else ''}policy_kwargs {ours.get('policy_kwargs')}), "
+        f"n_steps {ours['n_steps']}, {ours['cg_max_steps']} CG steps, {ours['n_critic_updates']} critic epochs, "
+        f"ours-only keys {sorted(set(ours) - set(settings[CONTRIB]))}; {args.steps} steps x {args.rounds} rounds per model; "
+        f"ours from {os.path.dirname(os.path.dirname(sys.modules['sb3_trpo_ext'].__file__ or ''))}"
     )
     print(title, flush=True)
-    lines, data = tables(measure(args.steps, args.rounds), args.steps, args.rounds)
+    lines, data = tables(measure(args.steps, args.rounds, settings, args.libs), args.steps, args.rounds)
     print("\n".join(lines), flush=True)
-    output = args.output or os.path.join(ROOT, "benchmarks", "results", "speed_atari.txt")
+    default_name = "speed_atari.txt" if args.settings == "bench" else f"speed_atari_{args.settings}.txt"
+    output = args.output or os.path.join(ROOT, "benchmarks", "results", default_name)
     with open(output, "w") as f:
         f.write("\n".join([title, *lines]) + "\n")
     results = os.path.splitext(output)[0] + ".json"
-    write_result(results, {"label": args.label, "steps": args.steps, "rounds": args.rounds, **data})
+    write_result(results, {"label": args.label, "settings": args.settings, "steps": args.steps, "rounds": args.rounds, **data})
     print(f"Wrote {output} and {results}")
 
 

@@ -37,6 +37,7 @@ from sb3_trpo_ext.common.critic import NumpyAdam, critic_loss, fit_critic
 from sb3_trpo_ext.common.distributions import detach_distribution, kl_per_state
 from sb3_trpo_ext.common.fast_mlp import ACTIVATIONS, NumpyMlp, mlp_layers, side_by_side
 from sb3_trpo_ext.common.fisher import make_fisher_vector_product
+from sb3_trpo_ext.common.precision import bfloat16_units
 from sb3_trpo_ext.common.rollout_policy import RolloutNoise, RolloutPolicy
 
 ACTION_SPACES = {
@@ -392,6 +393,9 @@ class _CustomDistributionPolicy(ActorCriticPolicy):
         return super().get_distribution(obs)
 
 
+# convolutional policies run bfloat16 where the CPU has bfloat16 units (precision="auto")
+CONV_PRECISION = "bfloat16" if bfloat16_units(th.device("cpu")) else "float32"
+
 DECISIONS: dict[str, tuple[Callable[[], ActorCriticPolicy], Backends]] = {
     "mlp-gaussian": (lambda: make_policy("mlp", ACTION_SPACES["gaussian"]), FAST_MLP),
     **{f"mlp-{d}": (lambda d=d: make_policy("mlp", ACTION_SPACES[d]), FAST_MLP) for d in ACTION_SPACES if d != "gaussian"},
@@ -422,7 +426,7 @@ DECISIONS: dict[str, tuple[Callable[[], ActorCriticPolicy], Backends]] = {
     **{
         f"{k}-{d}": (
             lambda k=k, d=d: make_policy(k, ACTION_SPACES[d]),
-            Backends("fast", "torch", "torch", "torch", "gauss-newton"),
+            Backends("fast", "torch", "torch", "torch", "gauss-newton", CONV_PRECISION),
         )
         for k in ("cnn", "cnn_shared")
         for d in ("gaussian", "categorical")
@@ -440,11 +444,11 @@ DECISIONS: dict[str, tuple[Callable[[], ActorCriticPolicy], Backends]] = {
             ACTION_SPACES["multi_categorical"],
             lambda _: 1e-3,
         ),
-        Backends("fast", "torch", "torch", "torch", "gauss-newton"),
+        Backends("fast", "torch", "torch", "torch", "gauss-newton", CONV_PRECISION),
     ),
     "cnn-gsde": (
         lambda: make_policy("cnn", ACTION_SPACES["gaussian"], use_sde=True),
-        Backends("fast", "torch", "torch", "torch", "double-backprop"),
+        Backends("fast", "torch", "torch", "torch", "double-backprop", CONV_PRECISION),
     ),
 }
 

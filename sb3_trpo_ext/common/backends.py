@@ -57,6 +57,7 @@ from torch import nn
 
 from sb3_trpo_ext.common.fast_mlp import mlp_layers
 from sb3_trpo_ext.common.fisher import GAUSS_NEWTON_DISTRIBUTIONS, ActorOutput, FisherBackend
+from sb3_trpo_ext.common.precision import Precision, PrecisionSetting, resolve_precision
 
 RolloutsBackend = Literal["fast", "sb3"]
 RolloutBackend = Literal["numpy-mlp", "torch"]
@@ -76,11 +77,14 @@ class Backends(NamedTuple):
     rollout_critic: RolloutBackend
     critic_fit: CriticFitBackend
     fisher: FisherBackend
+    precision: Precision = "float32"
+    """The number format of the rollout's forwards, the critic fit and the Fisher products
+    (:mod:`~sb3_trpo_ext.common.precision`); the rest of the step is float32 whatever it says."""
 
     def __str__(self) -> str:
         return (
             f"rollouts {self.rollouts}, rollout actor {self.rollout_actor}, rollout critic {self.rollout_critic}, "
-            f"critic fit {self.critic_fit}, Fisher-vector product {self.fisher}"
+            f"critic fit {self.critic_fit}, Fisher-vector product {self.fisher}, mixed precision {self.precision}"
         )
 
 
@@ -119,13 +123,14 @@ def is_stock_policy(policy: ActorCriticPolicy) -> bool:
     return all(type(module) in VERIFIED_MODULES for module in leaves)
 
 
-def choose_backends(policy: ActorCriticPolicy) -> Backends:
+def choose_backends(policy: ActorCriticPolicy, precision: PrecisionSetting = "auto") -> Backends:
     """
     :param policy: the policy (with its optimizer)
+    :param precision: the user's ``precision`` setting (:func:`~sb3_trpo_ext.common.precision.resolve_precision`)
     :return: the path each part runs (:data:`SB3_CODE` unless :func:`is_stock_policy`)
     """
     if not is_stock_policy(policy):
-        return SB3_CODE
+        return SB3_CODE._replace(precision=resolve_precision(precision, False, policy, policy.device))
     actor_mlp = _is_float32(policy) and mlp_layers(policy, "actor") is not None
     critic_mlp = _is_float32(policy) and mlp_layers(policy, "critic") is not None
     on_cpu = policy.device.type == "cpu"
@@ -145,6 +150,7 @@ def choose_backends(policy: ActorCriticPolicy) -> Backends:
         rollout_critic="numpy-mlp" if critic_mlp else "torch",
         critic_fit="numpy-adam" if critic_mlp and on_cpu and _numpy_adam_reproduces(policy) else "torch",
         fisher=fisher,
+        precision=resolve_precision(precision, True, policy, policy.device),
     )
 
 

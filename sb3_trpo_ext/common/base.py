@@ -11,6 +11,7 @@ fit the critic, log. Subclasses differ only where the methods differ:
 - ``collect_rollouts``: how samples are gathered.
 """
 
+import dataclasses
 import inspect
 import io
 import pathlib
@@ -40,6 +41,8 @@ from sb3_trpo_ext.common.direction import natural_direction
 from sb3_trpo_ext.common.distributions import SUPPORTED_DISTRIBUTIONS
 from sb3_trpo_ext.common.natural_gradient import StepOutcome, full_step_scale
 from sb3_trpo_ext.common.policy_batch import AdvantageBatch, PolicyBatch
+from sb3_trpo_ext.common.precision import PRECISION_SETTINGS, PrecisionSetting
+from sb3_trpo_ext.common.preprocessing import images_normalized_once
 from sb3_trpo_ext.common.rollouts import collect
 from sb3_trpo_ext.common.saved_models import check_saved_algorithm
 from sb3_trpo_ext.common.trust_region import (
@@ -94,6 +97,10 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
         ``damped-full-step``, nor at the class defaults: over the 9 tasks of the defaults matrix, 3 seeds each, the
         ``trpo_ext-defaults-damped`` cells are even with the undamped step in final return and AUC; the docs' results
         page gives the per-task verdicts)
+    :param precision: the number format of the rollout's forward passes, the critic fit and the Fisher-vector
+        products: ``"auto"`` (bfloat16 for a convolutional policy on a device with bfloat16 units, else float32),
+        ``"float32"`` or ``"bfloat16"``; the gradient, conjugate gradient, step length and line search (the measured
+        KL) are float32 whatever it says (:mod:`sb3_trpo_ext.common.precision`; the choice is ``model.backends``)
     :param stats_window_size: window size of the rollout logging (episodes)
     :param tensorboard_log: the log location for tensorboard (if None, no logging)
     :param policy_kwargs: additional arguments passed to the policy on creation
@@ -131,6 +138,7 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
         sub_sampling_factor: int = 1,
         fisher_sample_fraction: float = 1.0,
         damped_step_length: bool = False,
+        precision: PrecisionSetting = "auto",
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -187,6 +195,9 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
         self.sub_sampling_factor = sub_sampling_factor
         self.fisher_sample_fraction = fisher_sample_fraction
         self.damped_step_length = damped_step_length
+        if precision not in PRECISION_SETTINGS:
+            raise ValueError(f"precision must be one of {', '.join(map(repr, PRECISION_SETTINGS))}, got {precision!r}.")
+        self.precision = precision
         self.skipped_updates = 0
 
         if _init_setup_model:
@@ -239,7 +250,7 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
         if not isinstance(self.policy.action_dist, SUPPORTED_DISTRIBUTIONS):
             raise ValueError(f"Unsupported action distribution {type(self.policy.action_dist).__name__}")
         self._actor_params: list[th.Tensor] | None = None
-        self.backends = choose_backends(self.policy)
+        self.backends = choose_backends(self.policy, self.precision)
         """The implementation each part runs (:func:`~sb3_trpo_ext.common.backends.choose_backends`)."""
         if self.verbose >= 1:
             print(f"{type(self).__name__} backends: {self.backends}")
@@ -309,6 +320,7 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
             self.cg_max_steps,
             self.fisher_sample_fraction,
             self._actor_params,
+            self.backends.precision,
         )
         self._actor_params = found.params
         stats: dict[str, float] = {"policy_objective": found.objective, **found.diagnostics}
@@ -416,12 +428,20 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
         start = time.perf_counter()
-        stats = self._natural_gradient_step(batch)
-        stepped = time.perf_counter()
-        # the critic: n_critic_updates epochs of Adam on mini-batches of batch_size, on the path of backends.critic_fit
-        value_losses = fit_critic(
-            self.backends.critic_fit, self.policy, data.observations, data.returns, self.batch_size, self.n_critic_updates
-        )
+        with images_normalized_once(self.policy, self.backends.rollouts == "fast") as normalize:
+            normalized = dataclasses.replace(batch, observations=normalize(batch.observations))  # type: ignore[type-var]
+            stats = self._natural_gradient_step(normalized)
+            stepped = time.perf_counter()
+            # the critic: n_critic_updates epochs of Adam on mini-batches of batch_size, on backends.critic_fit's path
+            value_losses = fit_critic(
+                self.backends.critic_fit,
+                self.policy,
+                normalize(data.observations),
+                data.returns,
+                self.batch_size,
+                self.n_critic_updates,
+                self.backends.precision,
+            )
         self._n_updates += 1
         # where an update's time goes (benchmarks/speed_atari.py reads these)
         self.logger.record("time/policy_step_s", stepped - start, exclude="tensorboard")

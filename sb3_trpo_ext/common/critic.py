@@ -23,6 +23,7 @@ from stable_baselines3.common.type_aliases import PyTorchObs
 
 from sb3_trpo_ext.common.fast_mlp import NumpyMlp, mlp_input_keys, mlp_inputs, mlp_layers, single_threaded_blas
 from sb3_trpo_ext.common.policy_batch import index_observations
+from sb3_trpo_ext.common.precision import Precision, mixed_precision
 
 if TYPE_CHECKING:
     from sb3_trpo_ext.common.backends import CriticFitBackend
@@ -65,6 +66,7 @@ def fit_critic(
     returns: th.Tensor,
     batch_size: int,
     n_epochs: int,
+    precision: Precision = "float32",
 ) -> list[float]:
     """
     Fit the value function: ``n_epochs`` epochs of shuffled mini-batches of ``batch_size``, one step each.
@@ -79,6 +81,8 @@ def fit_critic(
     :param returns: the regression targets
     :param batch_size: the mini-batch size
     :param n_epochs: the number of epochs
+    :param precision: the number format of the torch path's forward and backward passes (the loss, the gradients
+        and Adam are float32 either way)
     :return: the mini-batch losses
     """
     if not th.isfinite(returns).all():
@@ -87,7 +91,7 @@ def fit_critic(
     if backend == "numpy-adam":
         return _fit_numpy(policy, observations, returns, batches)  # type: ignore[arg-type]
     if backend == "torch":
-        return _fit_torch(policy, observations, returns, batches)
+        return _fit_torch(policy, observations, returns, batches, precision)
     raise ValueError(f"Unknown critic-fit backend {backend!r}")
 
 
@@ -106,14 +110,20 @@ def _fit_numpy(
 
 
 def _fit_torch(
-    policy: ActorCriticPolicy, observations: PyTorchObs, returns: th.Tensor, batches: Iterator[np.ndarray]
+    policy: ActorCriticPolicy,
+    observations: PyTorchObs,
+    returns: th.Tensor,
+    batches: Iterator[np.ndarray],
+    precision: Precision = "float32",
 ) -> list[float]:
     optimizer = policy.optimizer
     losses = []
     for batch in batches:
         index = th.as_tensor(batch, device=returns.device)
         optimizer.zero_grad(set_to_none=True)
-        loss, _ = critic_loss(critic_values(policy, index_observations(observations, index)).flatten(), returns[index])
+        with mixed_precision(precision, returns.device):
+            values = critic_values(policy, index_observations(observations, index)).flatten()
+        loss, _ = critic_loss(values.float(), returns[index])
         loss.backward()
         optimizer.step()
         losses.append(loss.detach())

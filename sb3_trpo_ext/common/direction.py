@@ -21,6 +21,7 @@ from sb3_trpo_ext.common.distributions import actor_parameters, detach_distribut
 from sb3_trpo_ext.common.fisher import FisherBackend, make_fisher_vector_product
 from sb3_trpo_ext.common.natural_gradient import conjugate_gradient, flat_grad
 from sb3_trpo_ext.common.policy_batch import PolicyBatch, index_observations
+from sb3_trpo_ext.common.precision import Precision
 
 
 @dataclass
@@ -52,6 +53,7 @@ def natural_direction(
     cg_max_steps: int,
     fisher_sample_fraction: float = 1.0,
     params: Sequence[th.Tensor] | None = None,
+    precision: Precision = "float32",
 ) -> NaturalDirection:
     """
     :param policy: the policy, at the old parameters
@@ -61,6 +63,7 @@ def natural_direction(
     :param cg_max_steps: conjugate-gradient iterations
     :param fisher_sample_fraction: the share of the batch the Fisher is averaged over (a random subsample)
     :param params: the actor's parameters (default: found from the policy's distribution)
+    :param precision: the number format of the Fisher products' network passes (everything else is float32)
     :return: the direction, or the reason there is none
     """
     distribution = policy.get_distribution(batch.observations)
@@ -81,7 +84,7 @@ def natural_direction(
     if n_fisher < n_samples:
         index = th.randperm(n_samples, device=gradient.device)[:n_fisher]
         observations, fisher_distribution = index_observations(observations, index), None
-    fisher = make_fisher_vector_product(fisher_backend, policy, observations, params, fisher_distribution)
+    fisher = make_fisher_vector_product(fisher_backend, policy, observations, params, fisher_distribution, precision)
     cg = conjugate_gradient(lambda v: fisher(v) + damping * v, gradient, cg_max_steps)
     found.diagnostics = {"cg_residual": cg.residual_norm, "cg_iterations": float(cg.iterations)}
     if not th.isfinite(cg.solution).all():

@@ -38,6 +38,7 @@ from sb3_trpo_ext.common.distributions import detach_distribution, kl_per_state
 from sb3_trpo_ext.common.fast_mlp import NumpyMlp, mlp_input_keys, mlp_inputs, mlp_layers, single_threaded_blas
 from sb3_trpo_ext.common.flat_params import FlatLayout
 from sb3_trpo_ext.common.natural_gradient import flat_grad
+from sb3_trpo_ext.common.precision import Precision, mixed_precision
 
 FisherBackend = Literal["numpy-gauss-newton", "gauss-newton", "double-backprop"]
 """The Fisher-vector product's paths (chosen by :func:`~sb3_trpo_ext.common.backends.choose_backends`)."""
@@ -59,6 +60,7 @@ def make_fisher_vector_product(
     observations: PyTorchObs,
     params: Sequence[th.Tensor],
     distribution: Distribution | None = None,
+    precision: Precision = "float32",
 ) -> FisherVectorProduct:
     """
     Build ``v -> F v`` at the policy's current (old) parameters.
@@ -68,19 +70,26 @@ def make_fisher_vector_product(
     :param observations: the states the mean KL is averaged over
     :param params: the actor's parameters (everything the action distribution depends on), in the order of ``v``
     :param distribution: the policy's distribution on ``observations`` with its autograd graph, if at hand
-        (double back-propagation reuses it)
+        (double back-propagation reuses it under float32)
+    :param precision: the number format of the network passes of the torch paths (the product is returned in
+        float32; the NumPy path is float32 always)
     :return: the Fisher-vector product function
     """
     if backend == "gauss-newton":
-        return _torch_func_gauss_newton(policy, observations, params)
+        return _torch_func_gauss_newton(policy, observations, params, precision)
     if backend == "numpy-gauss-newton":
         return _numpy_gauss_newton(policy, observations, params)
     if backend == "double-backprop":
-        if distribution is None:
-            distribution = policy.get_distribution(observations)
+        if distribution is None or precision != "float32":
+            with mixed_precision(precision, policy.device):
+                distribution = policy.get_distribution(observations)
         kl = kl_per_state(detach_distribution(distribution), distribution).mean()
-        return kl_hessian_vector_product(kl, params)
+        return _float32(kl_hessian_vector_product(kl, params))
     raise ValueError(f"Unknown Fisher-vector-product backend {backend!r}")
+
+
+def _float32(product: FisherVectorProduct) -> FisherVectorProduct:
+    return lambda vector: product(vector).float()
 
 
 def kl_hessian_vector_product(mean_kl: th.Tensor, params: Sequence[th.Tensor]) -> FisherVectorProduct:
@@ -171,7 +180,7 @@ def _log_std(policy: ActorCriticPolicy) -> th.Tensor | None:
 
 
 def _torch_func_gauss_newton(
-    policy: ActorCriticPolicy, observations: PyTorchObs, params: Sequence[th.Tensor]
+    policy: ActorCriticPolicy, observations: PyTorchObs, params: Sequence[th.Tensor], precision: Precision = "float32"
 ) -> FisherVectorProduct:
     """
     ``J^T M J v`` through ``torch.func``.
@@ -198,7 +207,8 @@ def _torch_func_gauss_newton(
     inputs = preprocess_obs(observations, policy.observation_space, normalize_images=policy.normalize_images)
 
     def actor_output(values: dict[str, th.Tensor]) -> th.Tensor:
-        return functional_call(actor, values, (inputs,))
+        with mixed_precision(precision, policy.device):
+            return functional_call(actor, values, (inputs,)).float()
 
     with warnings.catch_warnings():  # torch.fx's constant folding warns about its own attributes
         warnings.simplefilter("ignore", UserWarning)
@@ -213,7 +223,7 @@ def _torch_func_gauss_newton(
         (grads,) = output_vjp(metric(output_jvp(tangents)))
         product = th.zeros_like(vector)
         for p in network:
-            product[slots[id(p)]] += grads[names[id(p)]].reshape(-1)
+            product[slots[id(p)]] += grads[names[id(p)]].reshape(-1).to(product.dtype)
         if log_std_slot is not None:
             product[log_std_slot] += 2.0 * vector[log_std_slot]
         return product

@@ -30,6 +30,7 @@ from stable_baselines3.common.utils import obs_as_tensor
 
 from sb3_trpo_ext.common.backends import Backends
 from sb3_trpo_ext.common.fast_mlp import NumpyMlp, mlp_input_keys, mlp_inputs, mlp_layers, side_by_side
+from sb3_trpo_ext.common.precision import BFloat16Networks, mixed_precision
 
 Observation = np.ndarray | dict[str, np.ndarray]
 
@@ -119,6 +120,11 @@ class RolloutPolicy:
         self.policy = policy
         self.noise = noise
         self.kind = noise.kind if backends.rollouts == "fast" else "forward"
+        self.precision = backends.precision
+        # bfloat16 rollouts: the networks cast once for the rollout (the policy is fixed while it runs)
+        self.bfloat16_networks = None
+        if self.precision == "bfloat16" and self.kind in ("gaussian", "categorical", "bernoulli", "sde"):
+            self.bfloat16_networks = BFloat16Networks(policy)
         self.step = 0
         self.action_shape: tuple[int, ...] = policy.action_space.shape or ()
         dist = policy.action_dist
@@ -149,7 +155,10 @@ class RolloutPolicy:
     def _torch_forward(self, obs: Observation, need_values: bool) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
         """:return: the actor's output (mean actions or logits), its latent features and, if asked, the values"""
         policy = self.policy
-        with th.no_grad():
+        if self.bfloat16_networks is not None:
+            observations = obs_as_tensor(obs, policy.device)  # type: ignore[arg-type]
+            return self.bfloat16_networks(observations, need_values and self.numpy_critic is None)
+        with th.no_grad(), mixed_precision(self.precision, policy.device):
             observations = obs_as_tensor(obs, policy.device)  # type: ignore[arg-type]
             features = policy.extract_features(observations)
             if isinstance(features, tuple):
@@ -159,8 +168,8 @@ class RolloutPolicy:
             latent_pi = policy.mlp_extractor.forward_actor(pi_features)
             values = None
             if need_values and self.numpy_critic is None:
-                values = policy.value_net(policy.mlp_extractor.forward_critic(vf_features)).flatten()
-            return policy.action_net(latent_pi), latent_pi, values
+                values = policy.value_net(policy.mlp_extractor.forward_critic(vf_features)).flatten().float()
+            return policy.action_net(latent_pi).float(), latent_pi.float(), values
 
     def values(self, obs: Observation) -> np.ndarray:
         """
@@ -169,8 +178,12 @@ class RolloutPolicy:
         """
         if self.numpy_critic is not None:
             return self.numpy_critic(mlp_inputs(obs, self.input_keys))[:, 0]
-        with th.no_grad():
-            return self.policy.predict_values(obs_as_tensor(obs, self.policy.device)).flatten().cpu().numpy()  # type: ignore[arg-type]
+        observations = obs_as_tensor(obs, self.policy.device)  # type: ignore[arg-type]
+        if self.bfloat16_networks is not None:
+            return self.bfloat16_networks(observations, need_values=True)[2].cpu().numpy()  # type: ignore[union-attr]
+        with th.no_grad(), mixed_precision(self.precision, self.policy.device):
+            values = self.policy.predict_values(observations)
+        return values.flatten().float().cpu().numpy()
 
     # ------------------------------------------------------------------ sampling
 

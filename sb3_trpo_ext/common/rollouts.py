@@ -84,13 +84,15 @@ def collect_rollouts_fast(
     :param after_step: called after each step, before the callback (:data:`AfterStep`)
     :return: False if a callback asked to stop, True otherwise
     """
-    rollout_policy = start_rollout(algorithm, env.num_envs, n_rollout_steps)
     rollout_buffer.reset()
+    # before the rollout's noise is drawn, as SB3 calls it before its first action: a callback that restores the
+    # random generators there (a resumed run) or changes the policy acts on this rollout
+    callback.on_rollout_start()
+    rollout_policy = start_rollout(algorithm, env.num_envs, n_rollout_steps)
     is_discrete = isinstance(algorithm.action_space, spaces.Discrete)
     to_env, to_tensor = env_action_function(algorithm.policy, algorithm.action_space), tensor_converter(algorithm.device)
     plain_buffer = type(rollout_buffer) is RolloutBuffer and isinstance(algorithm.observation_space, spaces.Box)
     truncated_terminals: list[tuple[int, int, Observation]] = []
-    callback.on_rollout_start()
 
     for n_steps in range(n_rollout_steps):
         obs_tensor = to_tensor(algorithm._last_obs)

@@ -9,6 +9,7 @@ from stable_baselines3.common.type_aliases import GymEnv, Schedule
 
 from sb3_trpo_ext.common.base import NaturalGradientAlgorithm
 from sb3_trpo_ext.common.natural_gradient import StepOutcome, backtracking_line_search
+from sb3_trpo_ext.common.precision import PrecisionSetting
 from sb3_trpo_ext.common.trust_region import TrustRegionUnits
 from sb3_trpo_ext.common.validation import check_in_range, check_int_at_least
 
@@ -64,6 +65,10 @@ class TRPO(NaturalGradientAlgorithm):
         ``damped-full-step``, nor at the class defaults: over the 9 tasks of the defaults matrix, 3 seeds each, the
         ``trpo_ext-defaults-damped`` cells are even with the undamped step in final return and AUC; the docs' results
         page gives the per-task verdicts)
+    :param precision: the number format of the rollout's forward passes, the critic fit and the Fisher-vector
+        products: ``"auto"`` (bfloat16 for a convolutional policy on a device with bfloat16 units, else float32),
+        ``"float32"`` or ``"bfloat16"``; the gradient, conjugate gradient, step length and line search (the measured
+        KL) are float32 whatever it says (:mod:`sb3_trpo_ext.common.precision`; the choice is ``model.backends``)
     :param stats_window_size: window size of the rollout logging (episodes)
     :param tensorboard_log: the log location for tensorboard (if None, no logging)
     :param policy_kwargs: additional arguments passed to the policy on creation
@@ -98,6 +103,7 @@ class TRPO(NaturalGradientAlgorithm):
         sub_sampling_factor: int = 1,
         fisher_sample_fraction: float = 1.0,
         damped_step_length: bool = False,
+        precision: PrecisionSetting = "auto",
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -132,6 +138,7 @@ class TRPO(NaturalGradientAlgorithm):
             sub_sampling_factor=sub_sampling_factor,
             fisher_sample_fraction=fisher_sample_fraction,
             damped_step_length=damped_step_length,
+            precision=precision,
             stats_window_size=stats_window_size,
             tensorboard_log=tensorboard_log,
             policy_kwargs=policy_kwargs,

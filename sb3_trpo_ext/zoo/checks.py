@@ -147,7 +147,9 @@ def _matches(value: Any, annotation: Any) -> bool:
 
 def _eval_zoo_string(text: str) -> Any:
     """Evaluate a string the way rl-zoo3 does for ``policy_kwargs`` (with ``nn``, ``th`` and ``np`` in scope)."""
-    return eval(text, {"nn": nn, "th": th, "torch": th, "np": np})
+    from sb3_trpo_ext.common.torch_layers import TRPOAtariCNN
+
+    return eval(text, {"nn": nn, "th": th, "torch": th, "np": np, "TRPOAtariCNN": TRPOAtariCNN})
 
 
 def _number_string_hint(key: str, value: Any, from_params: bool) -> str:

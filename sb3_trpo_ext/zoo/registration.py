@@ -96,10 +96,15 @@ def register() -> dict[str, type[BaseAlgorithm]]:
 
     :return: the keys registered and their classes
     """
+    import rl_zoo3.exp_manager
     import rl_zoo3.hyperparams_opt
     import rl_zoo3.utils
 
+    from sb3_trpo_ext.common.torch_layers import TRPOAtariCNN
+
     algorithms = zoo_algorithms()
+    # the names a YAML entry's policy_kwargs string may use: rl-zoo3 evaluates it in its exp_manager module
+    rl_zoo3.exp_manager.TRPOAtariCNN = TRPOAtariCNN  # type: ignore[attr-defined]
     # the same dictionary objects that rl-zoo3's train, enjoy and ExperimentManager read
     samplers: dict[str, Any] = rl_zoo3.hyperparams_opt.HYPERPARAMS_SAMPLER
     converters: dict[str, Any] = rl_zoo3.hyperparams_opt.HYPERPARAMS_CONVERTER
