@@ -14,7 +14,7 @@ except ImportError as error:  # pragma: no cover - depends on the installation
     ) from error
 
 from sb3_trpo_ext.distributed.branch_pool import BranchWorkerLost, RayBranchPool
-from sb3_trpo_ext.distributed.cluster import ActorPlace, EnvWorkerLost
+from sb3_trpo_ext.distributed.cluster import ActorPlace, EnvWorkerLost, RayAuthenticationError
 from sb3_trpo_ext.distributed.ray_vec_env import RayVecEnv
 
-__all__ = ["ActorPlace", "BranchWorkerLost", "EnvWorkerLost", "RayBranchPool", "RayVecEnv"]
+__all__ = ["ActorPlace", "BranchWorkerLost", "EnvWorkerLost", "RayAuthenticationError", "RayBranchPool", "RayVecEnv"]

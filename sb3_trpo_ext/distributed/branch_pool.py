@@ -102,7 +102,8 @@ class RayBranchPool:
     :param wave_timeout_s: how long to wait for the next actor to answer within a wave before counting the actors
         still busy as lost
     :param max_retries: how many shares of one wave may be re-run after lost actors before :class:`BranchWorkerLost`
-    :param startup_timeout_s: how long to wait for the resources and for the actors' envs to be built
+    :param startup_timeout_s: how long to wait for the resources (when other work holds them) and for the actors'
+        envs to be built
     :param ray_init_kwargs: further ``ray.init`` arguments when this pool initialises Ray
     """
 
@@ -176,7 +177,10 @@ class RayBranchPool:
         Start or join Ray, reserve the actors' CPUs and build their envs (does nothing when started).
 
         :return: this pool
-        :raises RuntimeError: when the cluster cannot give the resources or the envs do not build in time
+        :raises RuntimeError: at once when the cluster's nodes cannot hold the actors (what they need and what the
+            cluster has), or when the resources or the envs are not ready within ``startup_timeout_s``
+        :raises ~sb3_trpo_ext.distributed.RayAuthenticationError: when the cluster at ``ray_address`` refuses this
+            process's token
         """
         if self.started:
             return self
@@ -186,7 +190,11 @@ class RayBranchPool:
         if n_actors is None:
             n_actors = max(1, int(ray.available_resources().get("CPU", 0) // settings["num_cpus_per_actor"]))
         timeout = settings["startup_timeout_s"]
-        self.placement_group = reserve(n_actors, settings["num_cpus_per_actor"], settings["scheduling"], timeout)
+        owner = f"RayBranchPool(n_actors={settings['n_actors']})"
+        fewer_actors = "n_actors={} or fewer".format
+        self.placement_group = reserve(
+            n_actors, settings["num_cpus_per_actor"], settings["scheduling"], timeout, owner, fewer_actors
+        )
         try:
             self.actors = [self._new_actor(index) for index in range(n_actors)]
             self.places = [self._describe(index, self.actors[index]) for index in range(n_actors)]

@@ -97,6 +97,13 @@ def env_builders(
     return payloads
 
 
+def envs_per_actor_for(n_envs: int, n_actors: int) -> str:
+    """:return: the ``envs_per_actor`` with which ``n_envs`` envs need at most ``n_actors`` actors, as advice"""
+    per_actor = -(-n_envs // n_actors)
+    actors = -(-n_envs // per_actor)
+    return f"envs_per_actor={per_actor} or more ({actors} actor{'' if actors == 1 else 's'})"
+
+
 class RayVecEnv(VecEnv):
     """
     A vectorised env whose envs live in Ray actors, ``envs_per_actor`` per actor, spread over the cluster's nodes.
@@ -114,8 +121,14 @@ class RayVecEnv(VecEnv):
     :param monitor: wrap each env in SB3's ``Monitor`` (default: see ``env_fns_or_id``)
     :param num_cpus_per_actor: CPUs Ray reserves for each actor
     :param step_timeout_s: how long ``step_wait``, ``reset`` and the other calls wait for the actors
-    :param startup_timeout_s: how long to wait for the resources and for the envs to be built
+    :param startup_timeout_s: how long to wait for the resources (when other work holds them) and for the envs to be
+        built
     :param ray_init_kwargs: further ``ray.init`` arguments when this env initialises Ray
+    :raises RuntimeError: at once when the cluster's nodes cannot hold the actors (what they need and what the cluster
+        has), or when the resources or the envs are not ready within ``startup_timeout_s``
+    :raises ~sb3_trpo_ext.distributed.RayAuthenticationError: when the cluster at ``ray_address`` refuses this
+        process's token (it presents the one Ray finds: ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``,
+        ``~/.ray/auth_token``)
     """
 
     def __init__(
@@ -146,7 +159,9 @@ class RayVecEnv(VecEnv):
         self._step_start = 0.0
         ensure_ray(ray_address, ray_init_kwargs)
         bounds = [(start, min(start + envs_per_actor, len(payloads))) for start in range(0, len(payloads), envs_per_actor)]
-        self.placement_group = reserve(len(bounds), num_cpus_per_actor, scheduling, startup_timeout_s)
+        owner = f"RayVecEnv(n_envs={len(payloads)}, envs_per_actor={envs_per_actor})"
+        fewer_actors = partial(envs_per_actor_for, len(payloads))
+        self.placement_group = reserve(len(bounds), num_cpus_per_actor, scheduling, startup_timeout_s, owner, fewer_actors)
         self.actors: list[Any] = []
         try:
             observation_space, action_space = self._start_actors(payloads, bounds, num_cpus_per_actor, startup_timeout_s)
