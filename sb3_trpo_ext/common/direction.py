@@ -20,7 +20,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from sb3_trpo_ext.common.distributions import actor_parameters, detach_distribution, kl_per_state
 from sb3_trpo_ext.common.fisher import FisherBackend, make_fisher_vector_product
 from sb3_trpo_ext.common.natural_gradient import conjugate_gradient, flat_grad
-from sb3_trpo_ext.common.policy_batch import PolicyBatch, index_observations
+from sb3_trpo_ext.common.policy_batch import PolicyBatch
 from sb3_trpo_ext.common.precision import Precision
 
 
@@ -66,7 +66,7 @@ def natural_direction(
     :param precision: the number format of the Fisher products' network passes (everything else is float32)
     :return: the direction, or the reason there is none
     """
-    distribution = policy.get_distribution(batch.observations)
+    distribution = batch.distribution(policy)
     old_distribution = detach_distribution(distribution)
     log_prob = distribution.log_prob(batch.actions)
     old_log_prob = log_prob.detach()
@@ -78,13 +78,17 @@ def natural_direction(
         found.failure = "non-finite advantages or gradient"
         return found
 
-    observations, n_samples = batch.observations, len(batch.actions)
+    fisher_batch, n_samples = batch, len(batch.actions)
     n_fisher = max(1, round(fisher_sample_fraction * n_samples))
     fisher_distribution: Distribution | None = distribution
     if n_fisher < n_samples:
-        index = th.randperm(n_samples, device=gradient.device)[:n_fisher]
-        observations, fisher_distribution = index_observations(observations, index), None
-    fisher = make_fisher_vector_product(fisher_backend, policy, observations, params, fisher_distribution, precision)
+        fisher_batch = batch.states(th.randperm(n_samples, device=gradient.device)[:n_fisher])
+        fisher_distribution = None
+    if fisher_backend == "double-backprop" and fisher_distribution is None and precision == "float32":
+        fisher_distribution = fisher_batch.distribution(policy)
+    fisher = make_fisher_vector_product(
+        fisher_backend, policy, fisher_batch.observations, params, fisher_distribution, precision, fisher_batch.state_mean
+    )
     cg = conjugate_gradient(lambda v: fisher(v) + damping * v, gradient, cg_max_steps)
     found.diagnostics = {"cg_residual": cg.residual_norm, "cg_iterations": float(cg.iterations)}
     if not th.isfinite(cg.solution).all():
@@ -94,9 +98,9 @@ def natural_direction(
 
     def evaluate() -> tuple[float, float]:
         with th.no_grad():
-            new_distribution = policy.get_distribution(batch.observations)
+            new_distribution = batch.distribution(policy)
             new_objective = batch.surrogate(new_distribution.log_prob(batch.actions), old_log_prob)
-            kl = kl_per_state(old_distribution, new_distribution).mean()
+            kl = batch.state_mean(kl_per_state(old_distribution, new_distribution))
         return float(new_objective.item()), float(kl.item())
 
     found.evaluate = evaluate

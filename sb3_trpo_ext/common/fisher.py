@@ -61,6 +61,7 @@ def make_fisher_vector_product(
     params: Sequence[th.Tensor],
     distribution: Distribution | None = None,
     precision: Precision = "float32",
+    state_mean: Callable[[th.Tensor], th.Tensor] = th.mean,
 ) -> FisherVectorProduct:
     """
     Build ``v -> F v`` at the policy's current (old) parameters.
@@ -73,6 +74,8 @@ def make_fisher_vector_product(
         (double back-propagation reuses it under float32)
     :param precision: the number format of the network passes of the torch paths (the product is returned in
         float32; the NumPy path is float32 always)
+    :param state_mean: the mean of per-state KLs over the states (double back-propagation; a recurrent batch leaves
+        its padding out)
     :return: the Fisher-vector product function
     """
     if backend == "gauss-newton":
@@ -83,7 +86,7 @@ def make_fisher_vector_product(
         if distribution is None or precision != "float32":
             with mixed_precision(precision, policy.device):
                 distribution = policy.get_distribution(observations)
-        kl = kl_per_state(detach_distribution(distribution), distribution).mean()
+        kl = state_mean(kl_per_state(detach_distribution(distribution), distribution))
         return _float32(kl_hessian_vector_product(kl, params))
     raise ValueError(f"Unknown Fisher-vector-product backend {backend!r}")
 

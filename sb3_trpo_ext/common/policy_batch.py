@@ -11,14 +11,44 @@ from typing import Any
 
 import numpy as np
 import torch as th
+from stable_baselines3.common.distributions import Distribution
+from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.type_aliases import PyTorchObs
 
 
 class PolicyBatch:
-    """What the trust-region step needs: states, actions, and the surrogate ``L(theta)`` estimated on them."""
+    """
+    What the trust-region step needs: states, actions, and the surrogate ``L(theta)`` estimated on them.
+
+    The step reads the policy only through the batch (:meth:`distribution`, :meth:`state_mean`, :meth:`states`), so
+    that a batch whose policy needs more than observations (action masks, recurrent states over padded sequences)
+    brings it along; the defaults are plain feed-forward policies on a flat batch of states.
+    """
 
     observations: PyTorchObs
     actions: th.Tensor
+
+    def distribution(self, policy: ActorCriticPolicy) -> Distribution:
+        """
+        :param policy: the policy, at whatever parameters it holds
+        :return: its action distribution on the batch's states
+        """
+        return policy.get_distribution(self.observations)
+
+    def state_mean(self, per_state: th.Tensor) -> th.Tensor:
+        """
+        :param per_state: one value per state of the batch (the KL of each state)
+        :return: their mean over the batch's states (a recurrent batch leaves its padding out)
+        """
+        return per_state.mean()
+
+    def states(self, index: th.Tensor) -> "PolicyBatch":
+        """
+        :param index: the states to keep (the Fisher's random subsample)
+        :return: a batch of those states and their actions, whose :meth:`distribution` and :meth:`state_mean` the
+            Fisher-vector product uses (its surrogate is not defined)
+        """
+        return StateBatch(index_observations(self.observations, index), self.actions[index])
 
     def surrogate(self, log_prob: th.Tensor, old_log_prob: th.Tensor) -> th.Tensor:
         """
@@ -76,6 +106,19 @@ class AdvantageBatch(PolicyBatch):
 
     def is_finite(self) -> bool:
         return bool(th.isfinite(self.advantages).all())
+
+
+@dataclass
+class StateBatch(PolicyBatch):
+    """
+    States and actions without a surrogate: what the Fisher of a feed-forward policy is averaged over.
+
+    :param observations: the states
+    :param actions: the actions taken there
+    """
+
+    observations: PyTorchObs
+    actions: th.Tensor
 
 
 def index_observations(observations: PyTorchObs, index: th.Tensor | np.ndarray | slice) -> PyTorchObs:
