@@ -418,6 +418,25 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
         )
         self._update(batch, data)
 
+    def _fit_critic(self, data: RolloutBufferSamples) -> list[float]:
+        """
+        Fit the critic on the rollout: ``n_critic_updates`` epochs of Adam on mini-batches of ``batch_size``, on the
+        path of ``backends.critic_fit`` (:func:`~sb3_trpo_ext.common.critic.fit_critic`). A recurrent class fits it on
+        sequences instead.
+
+        :param data: the rollout buffer's samples (observations as the update's passes take them, and the returns)
+        :return: the mini-batch losses
+        """
+        return fit_critic(
+            self.backends.critic_fit,
+            self.policy,
+            data.observations,
+            data.returns,
+            self.batch_size,
+            self.n_critic_updates,
+            self.backends.precision,
+        )
+
     def _update(self, batch: PolicyBatch, data: RolloutBufferSamples) -> None:
         """
         The shared update: one natural-gradient step on ``batch``, the critic fitted on the rollout, the logs.
@@ -432,16 +451,7 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
             normalized = dataclasses.replace(batch, observations=normalize(batch.observations))  # type: ignore[type-var]
             stats = self._natural_gradient_step(normalized)
             stepped = time.perf_counter()
-            # the critic: n_critic_updates epochs of Adam on mini-batches of batch_size, on backends.critic_fit's path
-            value_losses = fit_critic(
-                self.backends.critic_fit,
-                self.policy,
-                normalize(data.observations),
-                data.returns,
-                self.batch_size,
-                self.n_critic_updates,
-                self.backends.precision,
-            )
+            value_losses = self._fit_critic(data._replace(observations=normalize(data.observations)))  # type: ignore[arg-type]
         self._n_updates += 1
         # where an update's time goes (benchmarks/speed_atari.py reads these)
         self.logger.record("time/policy_step_s", stepped - start, exclude="tensorboard")
