@@ -272,11 +272,11 @@ def test_an_unknown_policy_name_raises_value_error_listing_the_valid_names(algor
     assert "Did you mean 'MlpPolicy'?" in message
 
 
-def test_a_recurrent_policy_name_says_there_is_no_recurrent_algorithm_and_where_to_go() -> None:
+def test_a_recurrent_policy_name_names_the_recurrent_classes() -> None:
     with pytest.raises(ValueError, match="^Policy MlpLstmPolicy unknown: ") as info:
         TRPO("MlpLstmPolicy", "CartPole-v1")
     message = str(info.value)
-    assert "'MlpPolicy'" in message and "no RecurrentTRPO" in message and "sb3_contrib.RecurrentPPO" in message
+    assert "'MlpPolicy'" in message and "sb3_trpo_ext.RecurrentTRPO('MlpLstmPolicy', env)" in message
 
 
 # ---------------------------------------------------------------------------------------------------- load

@@ -200,8 +200,8 @@ def check_sb3_keywords(sde_sample_freq: int, stats_window_size: int, verbose: in
 
 
 RECURRENT_HINT = (
-    " sb3-trpo-ext has no recurrent (LSTM) policies: there is no RecurrentTRPO. For an LSTM policy, use "
-    "sb3_contrib.RecurrentPPO('MlpLstmPolicy', env)."
+    " For an LSTM policy use sb3_trpo_ext.RecurrentTRPO('MlpLstmPolicy', env) or RecurrentNaturalPG (sb3-contrib's "
+    "recurrent policies; the vine method has no recurrent form)."
 )
 
 
