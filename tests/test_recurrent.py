@@ -263,3 +263,66 @@ def test_feed_forward_policy_and_buffer_are_refused_with_the_fix() -> None:
 def test_vine_trpo_with_a_recurrent_policy_names_recurrent_trpo() -> None:
     with pytest.raises(ValueError, match=r"use sb3_trpo_ext\.RecurrentTRPO\('MlpLstmPolicy', env\)"):
         VineTRPO("MlpLstmPolicy", "CartPole-v1")
+
+
+def test_episode_starts_at_sequence_starts_run_in_one_lstm_call_with_the_same_result() -> None:
+    policy = tiny_policy()
+    batch = sequence_batch([4, 2, 3], max_len=4)
+    batch.episode_starts = th.zeros_like(batch.episode_starts)
+    batch.episode_starts[[0, 8]] = 1.0  # sequences 0 and 2 start episodes: their stored states are reset
+    calls = []
+    hook = policy.lstm_actor.register_forward_hook(lambda *_: calls.append(1))
+    with th.no_grad():
+        folded = batch.distribution(policy).distribution.logits
+        n_folded = len(calls)
+        stepwise = policy.get_distribution(batch.observations, batch.lstm_states, batch.episode_starts)[0].distribution.logits
+    hook.remove()
+    assert n_folded == 1 and len(calls) == 1 + 4  # sb3-contrib's loop: one call per step
+    assert th.allclose(folded, stepwise, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "policy, env_id, kwargs",
+    [
+        (
+            "CnnLstmPolicy",
+            "image",
+            dict(policy_kwargs=dict(lstm_hidden_size=4, features_extractor_kwargs=dict(features_dim=8))),
+        ),
+        (
+            "CnnLstmPolicy",
+            "image",
+            dict(policy_kwargs=dict(enable_critic_lstm=False, lstm_hidden_size=4, share_features_extractor=False)),
+        ),
+        ("MlpLstmPolicy", "Pendulum-v1", dict(use_sde=True, sde_sample_freq=4)),
+        ("MlpLstmPolicy", "box2x2", dict(policy_kwargs=dict(shared_lstm=True, enable_critic_lstm=False, lstm_hidden_size=4))),
+    ],
+    ids=["cnn", "cnn-separate-extractors", "gsde", "box-2x2-shared-lstm"],
+)
+def test_the_peer_cases_without_ppo_keywords_learn(policy: str, env_id: str, kwargs: dict) -> None:
+    from stable_baselines3.common.envs import FakeImageEnv
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    class Box2x2(gym.Env):
+        observation_space = spaces.Box(-1.0, 1.0, (3,), np.float32)
+        action_space = spaces.Box(-1.0, 1.0, (2, 2), np.float32)
+
+        def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+            super().reset(seed=seed)
+            return self.observation_space.sample(), {}
+
+        def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
+            return (
+                self.observation_space.sample(),
+                float(-np.abs(action).sum()),
+                bool(self.np_random.random() > 0.8),
+                False,
+                {},
+            )
+
+    env: gym.Env | str = {"image": FakeImageEnv(screen_height=40, screen_width=40, n_channels=1), "box2x2": Box2x2()}.get(
+        env_id, env_id
+    )
+    model = RecurrentTRPO(policy, env, n_steps=16, batch_size=16, seed=0, **kwargs).learn(32)
+    assert model.skipped_updates == 0 and model.logger.name_to_value["train/is_line_search_success"] in (0.0, 1.0)
+    evaluate_policy(model, model.get_env(), n_eval_episodes=1, warn=False)

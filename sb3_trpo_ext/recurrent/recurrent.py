@@ -28,7 +28,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_trpo_ext.common.base import NaturalGradientAlgorithm
 from sb3_trpo_ext.npg.npg import NaturalPG
-from sb3_trpo_ext.recurrent.sequence_batch import SequenceBatch
+from sb3_trpo_ext.recurrent.sequence_batch import SequenceBatch, starts_folded
 from sb3_trpo_ext.trpo.trpo import TRPO
 
 SelfRecurrent = TypeVar("SelfRecurrent", bound="RecurrentMixin")
@@ -239,11 +239,8 @@ class RecurrentMixin(NaturalGradientAlgorithm):
         for _ in range(self.n_critic_updates):
             for sequences in self.rollout_buffer.get(self.batch_size):
                 optimizer.zero_grad(set_to_none=True)
-                values = self.policy.predict_values(
-                    sequences.observations,  # type: ignore[arg-type]
-                    sequences.lstm_states.vf,  # type: ignore[arg-type]
-                    sequences.episode_starts,
-                ).flatten()
+                states, starts = starts_folded(sequences.lstm_states.vf, sequences.episode_starts)  # type: ignore[arg-type]
+                values = self.policy.predict_values(sequences.observations, states, starts).flatten()  # type: ignore[arg-type]
                 mask = sequences.mask > 0
                 loss = ((values - sequences.returns)[mask] ** 2).mean()
                 loss.backward()

@@ -45,6 +45,25 @@ def differentiable_rnn(device: th.device) -> Iterator[None]:
         yield
 
 
+def starts_folded(
+    lstm_states: tuple[th.Tensor, th.Tensor], episode_starts: th.Tensor
+) -> tuple[tuple[th.Tensor, th.Tensor], th.Tensor]:
+    """
+    The same LSTM pass in one call where episodes start only at the sequences' first steps (always so in a recurrent
+    buffer's samples: it cuts a sequence at each episode start): the reset is applied to the start states, and the
+    policy, seeing no episode start, runs the LSTM over whole sequences at once instead of one step at a time.
+
+    :param lstm_states: ``(hidden, cell)`` at each sequence's start, ``(n_layers, n_seq, hidden_size)``
+    :param episode_starts: ``(n_seq * max_len,)``
+    :return: the states and episode starts to run the policy with (unchanged where an episode starts mid-sequence)
+    """
+    per_sequence = _per_sequence(episode_starts, lstm_states[0].shape[1])
+    if bool((per_sequence[:, 1:] != 0).any()):
+        return lstm_states, episode_starts
+    keep = (1.0 - per_sequence[:, 0]).view(1, -1, 1)
+    return (lstm_states[0] * keep, lstm_states[1] * keep), th.zeros_like(episode_starts)
+
+
 def _per_sequence(values: th.Tensor, n_sequences: int) -> th.Tensor:
     """``(n_seq * max_len, ...)`` rows -> ``(n_seq, max_len, ...)``."""
     return values.reshape(n_sequences, -1, *values.shape[1:])
@@ -112,7 +131,8 @@ class SequenceBatch(PolicyBatch):
     def distribution(self, policy: ActorCriticPolicy) -> Distribution:
         with differentiable_rnn(policy.device):
             recurrent = cast(RecurrentActorCriticPolicy, policy)
-            distribution, _ = recurrent.get_distribution(self.observations, self.lstm_states, self.episode_starts)  # type: ignore[arg-type]
+            states, starts = starts_folded(self.lstm_states, self.episode_starts)
+            distribution, _ = recurrent.get_distribution(self.observations, states, starts)  # type: ignore[arg-type]
         return distribution
 
     def state_mean(self, per_state: th.Tensor) -> th.Tensor:
