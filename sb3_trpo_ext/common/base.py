@@ -240,15 +240,28 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
         )  # fmt: skip
 
     def _setup_model(self) -> None:
+        get_distribution = getattr(self.policy_class, "get_distribution", None)
+        if get_distribution is not None and "action_masks" in inspect.signature(get_distribution).parameters:
+            raise ValueError(
+                f"{type(self).__name__} takes no maskable policy ({self.policy_class.__name__}): for action masks use "
+                "sb3_trpo_ext.MaskableTRPO or MaskableNaturalPG (the vine method has no masked form)."
+            )
         super()._setup_model()
-        self.max_kl, self.fisher_damping = resolve_trust_region(
-            self.target_kl, self.cg_damping, self.trust_region_units, self.action_space
-        )
-        """The bound on the mean whole-distribution KL of a step, and the Fisher's damping, as the step uses them."""
         if not isinstance(self.policy, ActorCriticPolicy):
             raise TypeError(f"{type(self).__name__} needs an ActorCriticPolicy, got {type(self.policy).__name__}")
         if not isinstance(self.policy.action_dist, SUPPORTED_DISTRIBUTIONS):
             raise ValueError(f"Unsupported action distribution {type(self.policy.action_dist).__name__}")
+        self._setup_step()
+
+    def _setup_step(self) -> None:
+        """
+        The step's set-up once ``self.policy`` exists: the trust region, the backends. A class that builds its policy
+        its own way (the maskable classes: sb3-contrib's maskable policies take no ``use_sde``) calls it after.
+        """
+        self.max_kl, self.fisher_damping = resolve_trust_region(
+            self.target_kl, self.cg_damping, self.trust_region_units, self.action_space
+        )
+        """The bound on the mean whole-distribution KL of a step, and the Fisher's damping, as the step uses them."""
         self._actor_params: list[th.Tensor] | None = None
         self.backends = choose_backends(self.policy, self.precision)
         """The implementation each part runs (:func:`~sb3_trpo_ext.common.backends.choose_backends`)."""

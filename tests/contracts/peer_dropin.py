@@ -6,7 +6,9 @@ A pytest plugin that runs a peer's own test suite with one of our classes in pla
 - ``--drop-in``: ``TRPO``, ``NaturalPG`` or ``VineTRPO`` (ours), or ``sb3_contrib:TRPO`` (sb3-contrib's, to measure
   the peer on the same tests).
 - ``--drop-in-suite``: ``sb3`` puts the class in ``stable_baselines3.A2C``'s place, ``sb3-contrib`` in
-  ``sb3_contrib.TRPO``'s. The substitution happens at ``pytest_configure``, before any test module is imported, so a
+  ``sb3_contrib.TRPO``'s, ``sb3-contrib-mask`` (``MaskableTRPO``, ``MaskableNaturalPG``) in
+  ``sb3_contrib.MaskablePPO``'s, ``sb3-contrib-lstm`` (``RecurrentTRPO``, ``RecurrentNaturalPG``) in
+  ``sb3_contrib.RecurrentPPO``'s. The substitution happens at ``pytest_configure``, before any test module is imported, so a
   test's ``from stable_baselines3 import A2C`` gets our class; no peer file is changed on disk.
 - Only the tests that use the substituted class run: those parametrized with it, and those whose code names it.
   The others are deselected (they test the peer's other algorithms).
@@ -26,7 +28,12 @@ from typing import Any
 import pytest
 import yaml
 
-SUITE_TARGETS = {"sb3": ("stable_baselines3", "A2C"), "sb3-contrib": ("sb3_contrib", "TRPO")}
+SUITE_TARGETS = {
+    "sb3": ("stable_baselines3", "A2C"),
+    "sb3-contrib": ("sb3_contrib", "TRPO"),
+    "sb3-contrib-mask": ("sb3_contrib", "MaskablePPO"),
+    "sb3-contrib-lstm": ("sb3_contrib", "RecurrentPPO"),
+}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -69,6 +76,13 @@ def _names_in(code: types.CodeType) -> set[str]:
     return names
 
 
+def _is_algorithm_class(value: Any) -> bool:
+    """Whether a test parameter is an algorithm class (a test parametrized over VecEnv classes is not)."""
+    from stable_baselines3.common.base_class import BaseAlgorithm
+
+    return inspect.isclass(value) and issubclass(value, BaseAlgorithm)
+
+
 def uses_class(item: pytest.Item, cls: type, target: str) -> bool:
     """Whether the test is parametrized with ``cls`` or its code names the substituted class."""
     callspec = getattr(item, "callspec", None)
@@ -77,8 +91,8 @@ def uses_class(item: pytest.Item, cls: type, target: str) -> bool:
     function = getattr(item, "function", None)
     if function is None:
         return False
-    if callspec is not None and any(inspect.isclass(value) for value in callspec.params.values()):
-        return False  # parametrized over other classes: the one run with ours is selected above
+    if callspec is not None and any(_is_algorithm_class(value) for value in callspec.params.values()):
+        return False  # parametrized over other algorithms: the one run with ours is selected above
     return target in _names_in(function.__code__)
 
 

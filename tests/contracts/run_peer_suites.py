@@ -53,11 +53,20 @@ SUITES: dict[str, tuple[str, list[str]]] = {
         ["test_run.py", "test_utils.py", "test_save_load.py", "test_identity.py", "test_cnn.py", "test_dict_env.py"],
     ),
     "rl-zoo3": ("rl-zoo3", ["test_train.py", "test_enjoy.py", "test_hyperparams_opt.py"]),
+    # sb3-contrib's MaskablePPO tests, with our maskable classes in its place
+    "sb3-contrib-mask": ("sb3-contrib", ["test_invalid_actions.py"]),
+    # sb3-contrib's RecurrentPPO tests, with our recurrent classes in its place
+    "sb3-contrib-lstm": ("sb3-contrib", ["test_lstm.py"]),
 }  # fmt: skip
 PLUGINS = {"rl-zoo3": "zoo_dropin"}
 """The drop-in plugin of each suite (default :mod:`peer_dropin`): :mod:`zoo_dropin` runs rl-zoo3's tests, which call
 ``python train.py`` / ``python enjoy.py``, against our zoo entry points."""
 OURS = ("TRPO", "NaturalPG", "VineTRPO")
+SUITE_ALGOS: dict[str, tuple[str, ...]] = {
+    "sb3-contrib-mask": ("MaskableTRPO", "MaskableNaturalPG"),
+    "sb3-contrib-lstm": ("RecurrentTRPO", "RecurrentNaturalPG"),
+}
+"""The classes a suite runs by default when it does not run :data:`OURS` (those of the peer class it stands in for)."""
 
 
 def sdist_folder(distribution: str) -> str:
@@ -109,13 +118,13 @@ def run_suite(suite: str, algo: str, expected: str | None, extra: Sequence[str])
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suites", nargs="+", choices=sorted(SUITES), default=sorted(SUITES))
-    parser.add_argument("--algos", nargs="+", default=list(OURS), help="TRPO NaturalPG VineTRPO, or module:Class")
+    parser.add_argument("--algos", nargs="+", help="TRPO NaturalPG VineTRPO, or module:Class (default: each suite's own)")
     parser.add_argument("--no-expected", action="store_true", help="ignore the expected failures (plain counts)")
     parser.add_argument("--jobs", type=int, default=1, help="pytest processes at a time (one per core)")
     args, extra = parser.parse_known_args(argv)
     for suite in args.suites:  # download before running in parallel
         sdist_folder(SUITES[suite][0])
-    runs = [(suite, algo) for suite in args.suites for algo in args.algos]
+    runs = [(suite, algo) for suite in args.suites for algo in (args.algos or SUITE_ALGOS.get(suite, OURS))]
 
     def run(run: tuple[str, str]) -> tuple[str, str, int, str]:
         code, summary = run_suite(run[0], run[1], None if args.no_expected else EXPECTED, extra)
