@@ -100,6 +100,10 @@ class SlotSchedulingEnv(gym.Env):
         return observation, reward, done, False, {}
 
 
+if "SlotScheduling-v0" not in gym.registry:  # for the zoo: --gym-packages benchmarks.maskable
+    gym.register("SlotScheduling-v0", entry_point=SlotSchedulingEnv)
+
+
 def _invalid_action_env(kind: str) -> Callable[[], gym.Env]:
     from sb3_contrib.common.envs import InvalidActionEnvDiscrete, InvalidActionEnvMultiBinary, InvalidActionEnvMultiDiscrete
 

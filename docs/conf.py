@@ -42,7 +42,7 @@ autodoc_mock_imports = ["ray"]
 # renamed class) still fails the build.
 nitpicky = True
 nitpick_ignore_regex = [
-    (r"py:.*", r"(stable_baselines3|gymnasium|gym|torch|th|numpy|np|optuna|rl_zoo3|ray)(\..*)?"),
+    (r"py:.*", r"(stable_baselines3|sb3_contrib|gymnasium|gym|torch|th|numpy|np|optuna|rl_zoo3|ray)(\..*)?"),
     # Python's own inventory is not reachable offline either: the standard-library types of SB3's signatures
     (r"py:.*", r"(collections\.abc|pathlib|io|typing|types)\.\w+"),
     # the ``Self...`` TypeVars of ``learn``'s return annotation (SB3's idiom): type variables have no page to link to

@@ -6,6 +6,10 @@ sb3-contrib's own ``tests/test_invalid_actions.py`` runs with our classes in ``M
 ``tests/contracts/run_peer_suites.py --suites sb3-contrib-mask``.
 """
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -260,6 +264,21 @@ def test_errors_name_the_fix() -> None:
     with pytest.raises(ValueError, match="ActionMasker"):
         model.learn(64)
     model.learn(64, use_masking=False)  # no masks needed then
+
+
+@pytest.mark.parametrize("key", ["trpo_mask", "natural_pg_mask"])
+def test_zoo_trains_a_mask_key_on_a_masked_env_and_the_model_loads(key: str, tmp_path: Path) -> None:
+    pytest.importorskip("rl_zoo3")
+    root = Path(__file__).resolve().parents[1]
+    args = ["--algo", key, "--env", "SlotScheduling-v0", "--gym-packages", "benchmarks.maskable", "-n", "512"]
+    args += ["-f", "logs", "--seed", "0", "--num-threads", "1", "-params", "n_steps:256"]
+    env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-m", "sb3_trpo_ext.train", *args], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    cls = {"trpo_mask": MaskableTRPO, "natural_pg_mask": MaskableNaturalPG}[key]
+    model = cls.load(tmp_path / "logs" / key / "SlotScheduling-v0_1" / "SlotScheduling-v0.zip", device="cpu")
+    assert model.num_timesteps >= 512 and model.n_steps == 256
 
 
 # ---------------------------------------------------------------------------------------------------- learning

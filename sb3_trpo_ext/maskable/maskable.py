@@ -4,7 +4,7 @@ where sb3-contrib's ``MaskablePPO`` is used (its policies, rollout buffer, ``Act
 and ``evaluate_policy``; ``learn(..., use_masking=False)``; ``predict(..., action_masks=...)``).
 
 The masking parts are one mixin, :class:`MaskingMixin`: it builds sb3-contrib's maskable policy and buffer, collects
-rollouts with each state's mask (:func:`~sb3_trpo_ext.maskable.rollouts.collect_masked_rollouts`) and takes the step
+rollouts with each state's mask (``sb3_trpo_ext.maskable.rollouts.collect_masked_rollouts``) and takes the step
 on a :class:`~sb3_trpo_ext.maskable.batch.MaskedAdvantageBatch`, so the surrogate, the KL of the trust region and the
 Fisher are all those of the masked distributions. The step rules are TRPO's and NaturalPG's, unchanged.
 """
@@ -98,7 +98,7 @@ class MaskingMixin(NaturalGradientAlgorithm):
     ) -> bool:
         """
         Collect ``n_rollout_steps`` steps per environment, each state with its action mask
-        (:func:`~sb3_trpo_ext.maskable.rollouts.collect_masked_rollouts`).
+        (``sb3_trpo_ext.maskable.rollouts.collect_masked_rollouts``).
 
         :param env: the training environment
         :param callback: callback called at each step

@@ -152,9 +152,13 @@ SAMPLERS = {
     "trpo_ext": sample_trpo_params,
     "natural_pg": sample_natural_pg_params,
     "vine_trpo": sample_vine_trpo_params,
+    "trpo_mask": sample_trpo_params,  # the maskable classes take TRPO's and NaturalPG's keywords
+    "natural_pg_mask": sample_natural_pg_params,
 }
 CONVERTERS = {
     "trpo_ext": convert_trpo_params,
     "natural_pg": convert_natural_pg_params,
     "vine_trpo": convert_vine_trpo_params,
+    "trpo_mask": convert_trpo_params,
+    "natural_pg_mask": convert_natural_pg_params,
 }
