@@ -211,14 +211,15 @@ def table(found: dict[tuple[str, str], list[dict[str, Any]]]) -> str:
         "masked algorithms evaluated with the env's masks, "
         "the unmasked TRPO without) as the IQM over seeds [95% bootstrap CI]; verdict of MaskableTRPO against each "
         "other algorithm from the interval of the IQM difference (ahead / behind where it excludes 0, else even), "
-        f"the difference in parentheses. Every algorithm at its class defaults with n_steps={N_STEPS} (and gamma 0.1 "
+        "the difference in parentheses; AUC: the same verdicts on a run's mean evaluation return over its 5 evaluations "
+        f"(how fast it learns). Every algorithm at its class defaults with n_steps={N_STEPS} (and gamma 0.1 "
         "on the identity envs, as sb3-contrib's test); one torch thread. Made by `python benchmarks/maskable.py "
         "--seeds 0 1 2` then `python benchmarks/maskable.py --readme`; result files in "
         "[`benchmarks/results/maskable/`](benchmarks/results/maskable/).",
         "",
         "| task | action space | budget | seeds | MaskableTRPO | MaskablePPO | TRPO (unmasked) | MaskableNaturalPG "
-        "| MaskableTRPO vs MaskablePPO | MaskableTRPO vs TRPO |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| MaskableTRPO vs MaskablePPO | MaskableTRPO vs TRPO | AUC: vs MaskablePPO | AUC: vs TRPO |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for task, spec in TASKS.items():
         runs = {algo: found.get((task, algo), []) for algo in ALGOS}
@@ -226,7 +227,8 @@ def table(found: dict[tuple[str, str], list[dict[str, Any]]]) -> str:
             continue
         seeds = min(len(r) for r in runs.values() if r)
         cells = [_cell(runs[algo], "final") for algo in ALGOS]
-        versus = [_versus(runs["MaskableTRPO"], runs[other], "final") for other in ("MaskablePPO", "TRPO")]
+        pairs = [(key, other) for key in ("final", "auc") for other in ("MaskablePPO", "TRPO")]
+        versus = [_versus(runs["MaskableTRPO"], runs[other], key) for key, other in pairs]
         row = [task, spec["shape"], f"{spec['budget'] // 1000}K", str(seeds), *cells, *versus]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
