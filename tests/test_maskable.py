@@ -29,7 +29,7 @@ from benchmarks.maskable import SlotSchedulingEnv
 from sb3_trpo_ext import TRPO, MaskableNaturalPG, MaskableTRPO, VineTRPO
 from sb3_trpo_ext.common.distributions import actor_parameters, detach_distribution, kl_per_state
 from sb3_trpo_ext.common.fisher import make_fisher_vector_product
-from sb3_trpo_ext.maskable.batch import MaskedAdvantageBatch
+from sb3_trpo_ext.maskable.batch import MaskedAdvantageBatch, masked_batch
 
 MASKABLE = [MaskableTRPO, MaskableNaturalPG]
 SMALL = dict(n_steps=64, batch_size=64, n_critic_updates=2, seed=0)
@@ -145,6 +145,23 @@ def test_kl_at_the_old_parameters_is_exactly_zero_and_the_step_is_finite(maskabl
     batch = MaskedAdvantageBatch(data.observations, data.actions, data.advantages, data.action_masks.bool())
     old = detach_distribution(batch.distribution(model.policy))
     assert float(batch.state_mean(kl_per_state(old, batch.distribution(model.policy)))) == 0.0
+
+
+def test_the_fishers_subsample_and_sub_sampling_keep_each_states_own_mask() -> None:
+    env = InvalidActionEnvDiscrete(dim=8, n_invalid_actions=5)
+    model = MaskableTRPO("MlpPolicy", env, **SMALL)
+    n = 10
+    observations = th.as_tensor(np.stack([env.observation_space.sample() for _ in range(n)]), dtype=th.float32)
+    masks = random_masks([8], n, np.random.default_rng(1))
+    batch = masked_batch(observations, th.zeros(n), th.randn(n), masks, sub_sampling_factor=2)
+    th.testing.assert_close(batch.action_masks, masks[::2])
+    index = th.tensor([4, 0, 2])
+    kept = batch.states(index)
+    probs = kept.distribution(model.policy).distribution.probs  # type: ignore[union-attr]
+    assert (probs[~masks[::2][index]] == 0).all() and (probs[masks[::2][index]] > 0).all()
+    # and a run on a subsampled Fisher steps without skipping
+    sampled = MaskableTRPO("MlpPolicy", env, fisher_sample_fraction=0.25, sub_sampling_factor=2, **SMALL).learn(128)
+    assert sampled.skipped_updates == 0 and sampled.logger.name_to_value["train/kl_divergence_loss"] > 0
 
 
 # ---------------------------------------------------------------------------------------------------- rollouts
