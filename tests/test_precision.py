@@ -94,7 +94,7 @@ def test_an_update_is_bit_identical_with_and_without_the_single_normalization(mo
     def learned(normalize_once: bool) -> list[th.Tensor]:
         if not normalize_once:
             original = images_normalized_once
-            monkeypatch.setattr(base_module, "images_normalized_once", lambda policy, enabled: original(policy, False))
+            monkeypatch.setattr(base_module, "images_normalized_once", lambda policy, enabled=True: original(policy, False))
         model = image_model(precision="float32").learn(256)
         monkeypatch.undo()
         return [p.detach().clone() for p in model.policy.parameters()]

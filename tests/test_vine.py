@@ -916,3 +916,25 @@ def test_an_env_drawing_from_np_random_warns_at_construction_that_common_random_
             VineTRPO("MlpPolicy", make_vec_env(NoisyWalkEnv, env_kwargs=dict(continuous=False)), **SMALL)
     finally:
         close_subproc(venv) if vec_env_cls is SubprocVecEnv else venv.close()
+
+
+@pytest.mark.parametrize(
+    "keywords, named",
+    [(dict(normalize_advantage=False), "normalize_advantage"), (dict(sub_sampling_factor=4), "sub_sampling_factor")],
+)
+def test_trpo_keywords_the_vine_does_not_use_warn_when_set(keywords: dict, named: str) -> None:
+    with pytest.warns(UserWarning, match=f"VineTRPO ignores {named}") as record:
+        VineTRPO("MlpPolicy", "CartPole-v1", n_steps=64, n_rollout_states=8, rollout_length=5, **keywords)
+    assert record[0].filename == __file__  # at the user's line
+
+
+def test_trpo_keywords_left_at_their_defaults_do_not_warn() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        VineTRPO("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=64, n_rollout_states=8, rollout_length=5)
+
+
+def test_vine_worker_wrapper_is_deprecated_and_passes_through() -> None:
+    with pytest.warns(DeprecationWarning, match="VineWorkerWrapper is deprecated"):
+        env = VineWorkerWrapper(gym.make("CartPole-v1"))
+    assert env.reset(seed=0)[0].shape == (4,)

@@ -55,7 +55,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import MlpExtractor
 from torch import nn
 
-from sb3_trpo_ext.common.fast_mlp import mlp_layers
+from sb3_trpo_ext.common.fast_mlp import MlpPlan, mlp_plan
 from sb3_trpo_ext.common.fisher import GAUSS_NEWTON_DISTRIBUTIONS, ActorOutput, FisherBackend
 from sb3_trpo_ext.common.precision import Precision, PrecisionSetting, resolve_precision
 
@@ -123,16 +123,17 @@ def is_stock_policy(policy: ActorCriticPolicy) -> bool:
     return all(type(module) in VERIFIED_MODULES for module in leaves)
 
 
-def choose_backends(policy: ActorCriticPolicy, precision: PrecisionSetting = "auto") -> Backends:
+def choose_backends(policy: ActorCriticPolicy, precision: PrecisionSetting = "auto", plan: MlpPlan | None = None) -> Backends:
     """
     :param policy: the policy (with its optimizer)
     :param precision: the user's ``precision`` setting (:func:`~sb3_trpo_ext.common.precision.resolve_precision`)
+    :param plan: the policy's :class:`~sb3_trpo_ext.common.fast_mlp.MlpPlan` (default: read off the policy)
     :return: the path each part runs (:data:`SB3_CODE` unless :func:`is_stock_policy`)
     """
+    plan = plan if plan is not None else mlp_plan(policy)
     if not is_stock_policy(policy):
         return SB3_CODE._replace(precision=resolve_precision(precision, False, policy, policy.device))
-    actor_mlp = _is_float32(policy) and mlp_layers(policy, "actor") is not None
-    critic_mlp = _is_float32(policy) and mlp_layers(policy, "critic") is not None
+    actor_mlp, critic_mlp = plan.actor is not None, plan.critic is not None
     on_cpu = policy.device.type == "cpu"
     dist = policy.action_dist
     closed_form_sampling = type(dist) is DiagGaussianDistribution or isinstance(
@@ -148,14 +149,10 @@ def choose_backends(policy: ActorCriticPolicy, precision: PrecisionSetting = "au
         rollouts="fast",
         rollout_actor="numpy-mlp" if actor_mlp and closed_form_sampling else "torch",
         rollout_critic="numpy-mlp" if critic_mlp else "torch",
-        critic_fit="numpy-adam" if critic_mlp and on_cpu and _numpy_adam_reproduces(policy) else "torch",
+        critic_fit="numpy-adam" if critic_mlp and on_cpu and _numpy_adam_reproduces(policy, plan) else "torch",
         fisher=fisher,
         precision=resolve_precision(precision, True, policy, policy.device),
     )
-
-
-def _is_float32(policy: ActorCriticPolicy) -> bool:
-    return all(p.dtype == th.float32 for p in policy.parameters())
 
 
 def _has_parameters(module: th.nn.Module) -> bool:
@@ -166,7 +163,7 @@ def _has_unique_parameter_names(module: th.nn.Module) -> bool:
     return len(list(module.named_parameters(remove_duplicate=False))) == len(list(module.parameters()))
 
 
-def _numpy_adam_reproduces(policy: ActorCriticPolicy) -> bool:
+def _numpy_adam_reproduces(policy: ActorCriticPolicy, plan: MlpPlan) -> bool:
     """The optimizer is a plain ``torch.optim.Adam`` over the critic (what :class:`~.critic.NumpyAdam` computes)."""
     optimizer = policy.optimizer
     if type(optimizer) is not th.optim.Adam or len(optimizer.param_groups) != 1:
@@ -174,6 +171,6 @@ def _numpy_adam_reproduces(policy: ActorCriticPolicy) -> bool:
     group = optimizer.param_groups[0]
     if any(group.get(option) for option in ("amsgrad", "weight_decay", "maximize", "decoupled_weight_decay")):
         return False
-    layers = mlp_layers(policy, "critic") or []
+    layers = plan.critic or []
     in_group = {id(p) for p in group["params"]}
     return all(id(p) in in_group for linear, _ in layers for p in linear.parameters())

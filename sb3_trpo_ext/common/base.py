@@ -11,6 +11,7 @@ fit the critic, log. Subclasses differ only where the methods differ:
 - ``collect_rollouts``: how samples are gathered.
 """
 
+import contextlib
 import dataclasses
 import inspect
 import io
@@ -39,10 +40,11 @@ from sb3_trpo_ext.common.backends import choose_backends
 from sb3_trpo_ext.common.critic import fit_critic
 from sb3_trpo_ext.common.direction import natural_direction
 from sb3_trpo_ext.common.distributions import SUPPORTED_DISTRIBUTIONS
+from sb3_trpo_ext.common.fast_mlp import mlp_plan
 from sb3_trpo_ext.common.natural_gradient import StepOutcome, full_step_scale
 from sb3_trpo_ext.common.policy_batch import AdvantageBatch, PolicyBatch
 from sb3_trpo_ext.common.precision import PRECISION_SETTINGS, PrecisionSetting
-from sb3_trpo_ext.common.preprocessing import images_normalized_once
+from sb3_trpo_ext.common.preprocessing import images_normalized_once, normalizes_images
 from sb3_trpo_ext.common.rollouts import collect
 from sb3_trpo_ext.common.saved_models import check_saved_algorithm
 from sb3_trpo_ext.common.trust_region import (
@@ -263,7 +265,11 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
         )
         """The bound on the mean whole-distribution KL of a step, and the Fisher's damping, as the step uses them."""
         self._actor_params: list[th.Tensor] | None = None
-        self.backends = choose_backends(self.policy, self.precision)
+        self._normalizes_images = normalizes_images(self.policy)
+        """Whether an update divides the image observations by 255 once (:mod:`~sb3_trpo_ext.common.preprocessing`)."""
+        self.mlp_plan = mlp_plan(self.policy)
+        """What the NumPy paths run the policy with, read off it once (:class:`~sb3_trpo_ext.common.fast_mlp.MlpPlan`)."""
+        self.backends = choose_backends(self.policy, self.precision, self.mlp_plan)
         """The implementation each part runs (:func:`~sb3_trpo_ext.common.backends.choose_backends`)."""
         if self.verbose >= 1:
             print(f"{type(self).__name__} backends: {self.backends}")
@@ -334,6 +340,7 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
             self.fisher_sample_fraction,
             self._actor_params,
             self.backends.precision,
+            self.mlp_plan,
         )
         self._actor_params = found.params
         stats: dict[str, float] = {"policy_objective": found.objective, **found.diagnostics}
@@ -377,6 +384,11 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
             super().save(path, exclude=exclude, include=include)
         finally:
             self.target_kl, self.cg_damping, self.trust_region_units = given
+
+    def _excluded_save_params(self) -> list[str]:
+        # the plan holds the policy's own modules, and the actor's parameters are the policy's: both are rebuilt by
+        # _setup_model on load
+        return [*super()._excluded_save_params(), "mlp_plan", "_actor_params", "_normalizes_images"]
 
     def _skip_step(self, stats: dict[str, float], reason: str) -> dict[str, float]:
         self.skipped_updates += 1
@@ -448,6 +460,7 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
             self.batch_size,
             self.n_critic_updates,
             self.backends.precision,
+            self.mlp_plan,
         )
 
     def _update(self, batch: PolicyBatch, data: RolloutBufferSamples) -> None:
@@ -460,7 +473,8 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
         start = time.perf_counter()
-        with images_normalized_once(self.policy, self.backends.rollouts == "fast") as normalize:
+        normalize_once = self._normalizes_images and self.backends.rollouts == "fast"
+        with images_normalized_once(self.policy) if normalize_once else contextlib.nullcontext(_unchanged) as normalize:
             normalized = dataclasses.replace(batch, observations=normalize(batch.observations))  # type: ignore[type-var]
             stats = self._natural_gradient_step(normalized)
             stepped = time.perf_counter()
@@ -479,3 +493,7 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
         if isinstance(self.policy.action_dist, (DiagGaussianDistribution, StateDependentNoiseDistribution)):
             self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+
+
+def _unchanged(observations: Any) -> Any:
+    return observations

@@ -21,7 +21,7 @@ import torch as th
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.type_aliases import PyTorchObs
 
-from sb3_trpo_ext.common.fast_mlp import NumpyMlp, mlp_input_keys, mlp_inputs, mlp_layers, single_threaded_blas
+from sb3_trpo_ext.common.fast_mlp import MlpPlan, NumpyMlp, mlp_inputs, mlp_plan, single_threaded_blas
 from sb3_trpo_ext.common.policy_batch import index_observations
 from sb3_trpo_ext.common.precision import Precision, mixed_precision
 
@@ -67,6 +67,7 @@ def fit_critic(
     batch_size: int,
     n_epochs: int,
     precision: Precision = "float32",
+    plan: MlpPlan | None = None,
 ) -> list[float]:
     """
     Fit the value function: ``n_epochs`` epochs of shuffled mini-batches of ``batch_size``, one step each.
@@ -83,25 +84,25 @@ def fit_critic(
     :param n_epochs: the number of epochs
     :param precision: the number format of the torch path's forward and backward passes (the loss, the gradients
         and Adam are float32 either way)
+    :param plan: the policy's MLP plan (``model.mlp_plan``; default: read off the policy), for the NumPy path
     :return: the mini-batch losses
     """
     if not th.isfinite(returns).all():
         return []
     batches = minibatches(len(returns), batch_size, n_epochs)
     if backend == "numpy-adam":
-        return _fit_numpy(policy, observations, returns, batches)  # type: ignore[arg-type]
+        return _fit_numpy(policy, observations, returns, batches, plan if plan is not None else mlp_plan(policy))  # type: ignore[arg-type]
     if backend == "torch":
         return _fit_torch(policy, observations, returns, batches, precision)
     raise ValueError(f"Unknown critic-fit backend {backend!r}")
 
 
 def _fit_numpy(
-    policy: ActorCriticPolicy, observations: PyTorchObs, returns: th.Tensor, batches: Iterator[np.ndarray]
+    policy: ActorCriticPolicy, observations: PyTorchObs, returns: th.Tensor, batches: Iterator[np.ndarray], plan: MlpPlan
 ) -> list[float]:
-    layers = mlp_layers(policy, "critic")
-    assert layers is not None, "the numpy-adam critic fit needs a plain MLP critic"
-    fit = NumpyAdam(NumpyMlp(layers), policy.optimizer)  # type: ignore[arg-type]
-    inputs = mlp_inputs(observations, mlp_input_keys(policy))
+    assert plan.critic is not None, "the numpy-adam critic fit needs a plain MLP critic"
+    fit = NumpyAdam(NumpyMlp(plan.critic), policy.optimizer)  # type: ignore[arg-type]
+    inputs = mlp_inputs(observations, plan.input_keys)
     targets = returns.cpu().numpy().astype(np.float32)
     with single_threaded_blas():
         losses = [fit.step(inputs[index], targets[index]) for index in batches]

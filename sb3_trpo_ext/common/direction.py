@@ -18,6 +18,7 @@ from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.policies import ActorCriticPolicy
 
 from sb3_trpo_ext.common.distributions import actor_parameters, detach_distribution, kl_per_state
+from sb3_trpo_ext.common.fast_mlp import MlpPlan
 from sb3_trpo_ext.common.fisher import FisherBackend, make_fisher_vector_product
 from sb3_trpo_ext.common.natural_gradient import conjugate_gradient, flat_grad
 from sb3_trpo_ext.common.policy_batch import PolicyBatch
@@ -54,6 +55,7 @@ def natural_direction(
     fisher_sample_fraction: float = 1.0,
     params: Sequence[th.Tensor] | None = None,
     precision: Precision = "float32",
+    plan: MlpPlan | None = None,
 ) -> NaturalDirection:
     """
     :param policy: the policy, at the old parameters
@@ -64,6 +66,7 @@ def natural_direction(
     :param fisher_sample_fraction: the share of the batch the Fisher is averaged over (a random subsample)
     :param params: the actor's parameters (default: found from the policy's distribution)
     :param precision: the number format of the Fisher products' network passes (everything else is float32)
+    :param plan: the policy's MLP plan (``model.mlp_plan``), for the NumPy Fisher path
     :return: the direction, or the reason there is none
     """
     distribution = batch.distribution(policy)
@@ -87,7 +90,14 @@ def natural_direction(
     if fisher_backend == "double-backprop" and fisher_distribution is None and precision == "float32":
         fisher_distribution = fisher_batch.distribution(policy)
     fisher = make_fisher_vector_product(
-        fisher_backend, policy, fisher_batch.observations, params, fisher_distribution, precision, fisher_batch.state_mean
+        fisher_backend,
+        policy,
+        fisher_batch.observations,
+        params,
+        fisher_distribution,
+        precision,
+        fisher_batch.state_mean,
+        plan,
     )
     cg = conjugate_gradient(lambda v: fisher(v) + damping * v, gradient, cg_max_steps)
     found.diagnostics = {"cg_residual": cg.residual_norm, "cg_iterations": float(cg.iterations)}

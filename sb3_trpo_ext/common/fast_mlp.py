@@ -101,6 +101,34 @@ def _only_flattens(extractor: nn.Module, obs_space: spaces.Space) -> bool:
     )
 
 
+@dataclass(frozen=True)
+class MlpPlan:
+    """
+    What the NumPy paths run a policy with, read off it once per model (:func:`mlp_plan`): its actor's and critic's
+    layers where they are plain MLPs, and the order of a Dict observation's keys. The layers are the policy's own
+    modules, so a :class:`NumpyMlp` built from them sees the current weights.
+
+    :param actor: the actor's layers (:func:`mlp_layers`), ``None`` unless a plain MLP
+    :param critic: the critic's layers, ``None`` unless a plain MLP
+    :param input_keys: :func:`mlp_input_keys`
+    """
+
+    actor: list[Layer] | None
+    critic: list[Layer] | None
+    input_keys: list[str] | None
+
+
+def mlp_plan(policy: ActorCriticPolicy) -> MlpPlan:
+    """:param policy: the policy
+    :return: its plan (float32 policies only: another dtype has no plain MLP here)"""
+    float32 = all(p.dtype == th.float32 for p in policy.parameters())
+    return MlpPlan(
+        actor=mlp_layers(policy, "actor") if float32 else None,
+        critic=mlp_layers(policy, "critic") if float32 else None,
+        input_keys=mlp_input_keys(policy),
+    )
+
+
 def mlp_input_keys(policy: ActorCriticPolicy) -> list[str] | None:
     """
     :param policy: a policy whose actor or critic is a plain MLP

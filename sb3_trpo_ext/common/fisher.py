@@ -35,7 +35,7 @@ from torch import nn
 from torch.func import functional_call, linearize, vjp
 
 from sb3_trpo_ext.common.distributions import detach_distribution, kl_per_state
-from sb3_trpo_ext.common.fast_mlp import NumpyMlp, mlp_input_keys, mlp_inputs, mlp_layers, single_threaded_blas
+from sb3_trpo_ext.common.fast_mlp import MlpPlan, NumpyMlp, mlp_inputs, mlp_plan, single_threaded_blas
 from sb3_trpo_ext.common.flat_params import FlatLayout
 from sb3_trpo_ext.common.natural_gradient import flat_grad
 from sb3_trpo_ext.common.precision import Precision, mixed_precision
@@ -62,6 +62,7 @@ def make_fisher_vector_product(
     distribution: Distribution | None = None,
     precision: Precision = "float32",
     state_mean: Callable[[th.Tensor], th.Tensor] = th.mean,
+    plan: MlpPlan | None = None,
 ) -> FisherVectorProduct:
     """
     Build ``v -> F v`` at the policy's current (old) parameters.
@@ -76,12 +77,13 @@ def make_fisher_vector_product(
         float32; the NumPy path is float32 always)
     :param state_mean: the mean of per-state KLs over the states (double back-propagation; a recurrent batch leaves
         its padding out)
+    :param plan: the policy's MLP plan (``model.mlp_plan``; default: read off the policy), for the NumPy path
     :return: the Fisher-vector product function
     """
     if backend == "gauss-newton":
         return _torch_func_gauss_newton(policy, observations, params, precision)
     if backend == "numpy-gauss-newton":
-        return _numpy_gauss_newton(policy, observations, params)
+        return _numpy_gauss_newton(policy, observations, params, plan if plan is not None else mlp_plan(policy))
     if backend == "double-backprop":
         if distribution is None or precision != "float32":
             with mixed_precision(precision, policy.device):
@@ -235,7 +237,7 @@ def _torch_func_gauss_newton(
 
 
 def _numpy_gauss_newton(
-    policy: ActorCriticPolicy, observations: PyTorchObs, params: Sequence[th.Tensor]
+    policy: ActorCriticPolicy, observations: PyTorchObs, params: Sequence[th.Tensor], plan: MlpPlan
 ) -> FisherVectorProduct:
     """
     ``J^T M J v`` with :class:`~sb3_trpo_ext.common.fast_mlp.NumpyMlp`'s ``jvp`` and ``backward`` (a forward pass at
@@ -246,9 +248,8 @@ def _numpy_gauss_newton(
     this path 30.2 ms; ``torch.func`` 94.4 ms with ``linearize``, 74.5 ms with ``jvp``; double back-propagation
     63.0 ms (and the torch hand-written pass it replaced, 35.7 ms).
     """
-    layers = mlp_layers(policy, "actor")
-    assert layers is not None, "the numpy-gauss-newton product needs a plain MLP actor"
-    mlp = NumpyMlp(layers)
+    assert plan.actor is not None, "the numpy-gauss-newton product needs a plain MLP actor"
+    mlp = NumpyMlp(plan.actor)
     log_std = _log_std(policy)
     slots = FlatLayout.of(params).slots(params)
     if {id(p) for p in params} != {id(p) for p in mlp.params} | ({id(log_std)} if log_std is not None else set()):
@@ -258,7 +259,7 @@ def _numpy_gauss_newton(
     if np.array_equal(index, np.arange(index[0], index[0] + len(index))):
         mlp_part = slice(int(index[0]), int(index[0]) + len(index))  # the usual layout: a view, no gather
     with single_threaded_blas():
-        outputs = mlp.forward(mlp_inputs(observations, mlp_input_keys(policy)))
+        outputs = mlp.forward(mlp_inputs(observations, plan.input_keys))
     metric = output_metric(policy, th.from_numpy(outputs[-1]))
     log_std_slot = slots[id(log_std)] if log_std is not None and id(log_std) in slots else None
 

@@ -38,7 +38,7 @@ def normalizes_images(policy: ActorCriticPolicy) -> bool:
 
 
 @contextlib.contextmanager
-def images_normalized_once(policy: ActorCriticPolicy, enabled: bool) -> Iterator[Normalize]:
+def images_normalized_once(policy: ActorCriticPolicy, enabled: bool = True) -> Iterator[Normalize]:
     """
     Within the block, ``normalize(observations)`` returns the observations as the policy preprocesses them, and the
     policy skips its own division by 255 (``normalize_images`` is restored on exit, also on an error).

@@ -29,7 +29,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.utils import obs_as_tensor
 
 from sb3_trpo_ext.common.backends import Backends
-from sb3_trpo_ext.common.fast_mlp import NumpyMlp, mlp_input_keys, mlp_inputs, mlp_layers, side_by_side
+from sb3_trpo_ext.common.fast_mlp import MlpPlan, NumpyMlp, mlp_inputs, mlp_plan, side_by_side
 from sb3_trpo_ext.common.precision import BFloat16Networks, mixed_precision
 
 Observation = np.ndarray | dict[str, np.ndarray]
@@ -114,9 +114,12 @@ class RolloutPolicy:
     :param policy: the actor-critic policy (fixed for the rollout)
     :param noise: the rollout's noise
     :param backends: the algorithm's decision (``model.backends``): which paths the actor and the critic run
+    :param plan: the policy's MLP plan (``model.mlp_plan``; default: read off the policy)
     """
 
-    def __init__(self, policy: ActorCriticPolicy, noise: RolloutNoise, backends: Backends) -> None:
+    def __init__(
+        self, policy: ActorCriticPolicy, noise: RolloutNoise, backends: Backends, plan: MlpPlan | None = None
+    ) -> None:
         self.policy = policy
         self.noise = noise
         self.kind = noise.kind if backends.rollouts == "fast" else "forward"
@@ -134,13 +137,14 @@ class RolloutPolicy:
             self.log_prob_constant = -float(np.log(self.std).sum()) - dist.action_dim * _HALF_LOG_2PI  # type: ignore[attr-defined]
         elif isinstance(dist, MultiCategoricalDistribution):
             self.split = [int(i) for i in np.cumsum(dist.action_dims)[:-1]]
-        self.input_keys = mlp_input_keys(policy)
-        self.numpy_actor = NumpyMlp(mlp_layers(policy, "actor")) if backends.rollout_actor == "numpy-mlp" else None  # type: ignore[arg-type]
-        self.numpy_critic = NumpyMlp(mlp_layers(policy, "critic")) if backends.rollout_critic == "numpy-mlp" else None  # type: ignore[arg-type]
+        plan = plan if plan is not None else mlp_plan(policy)
+        self.input_keys = plan.input_keys
+        self.numpy_actor = NumpyMlp(plan.actor) if backends.rollout_actor == "numpy-mlp" else None  # type: ignore[arg-type]
+        self.numpy_critic = NumpyMlp(plan.critic) if backends.rollout_critic == "numpy-mlp" else None  # type: ignore[arg-type]
         # both on NumPy: one block-diagonal forward per step gives the actor's output and the value together
         both = None
         if self.numpy_actor is not None and self.numpy_critic is not None:
-            both = side_by_side(mlp_layers(policy, "actor"), mlp_layers(policy, "critic"))  # type: ignore[arg-type]
+            both = side_by_side(plan.actor, plan.critic)  # type: ignore[arg-type]
         self.numpy_actor_critic = NumpyMlp(both) if both is not None else None
         self.half_squared_noise = None
         if self.kind == "gaussian":  # the Gaussian log-density of every draw, in one vectorized pass

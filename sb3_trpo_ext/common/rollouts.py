@@ -176,7 +176,7 @@ def start_rollout(algorithm: OnPolicyAlgorithm, n_envs: int, n_rollout_steps: in
     sde_sample_freq = algorithm.sde_sample_freq if algorithm.use_sde else -1
     noise = RolloutNoise.draw(policy, n_envs, n_rollout_steps, sde_sample_freq)
     backends: Backends = algorithm.backends  # type: ignore[attr-defined]
-    return RolloutPolicy(policy, noise, backends)
+    return RolloutPolicy(policy, noise, backends, getattr(algorithm, "mlp_plan", None))
 
 
 def tensor_converter(device: th.device) -> Callable[[Any], Any]:

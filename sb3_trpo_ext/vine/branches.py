@@ -31,6 +31,7 @@ from stable_baselines3.common.vec_env import (
 )
 
 from sb3_trpo_ext.common.backends import Backends
+from sb3_trpo_ext.common.fast_mlp import MlpPlan, mlp_plan
 from sb3_trpo_ext.common.policy_batch import index_observations
 from sb3_trpo_ext.common.rollout_policy import (
     RolloutNoise,
@@ -155,7 +156,9 @@ class Wave:
     config: BranchConfig
 
 
-def run_wave(pools: list[BranchPool], wave: Wave, policy: ActorCriticPolicy) -> tuple[np.ndarray, int]:
+def run_wave(
+    pools: list[BranchPool], wave: Wave, policy: ActorCriticPolicy, plan: MlpPlan | None = None
+) -> tuple[np.ndarray, int]:
     """
     Run a wave of branches in lockstep: restore, step ``m`` times (one batched policy forward per step) and sum the
     discounted rewards. A branch ends at ``m`` steps (bootstrapped with ``gamma^m V(s_m)`` when ``wave.config.bootstrap``),
@@ -164,6 +167,7 @@ def run_wave(pools: list[BranchPool], wave: Wave, policy: ActorCriticPolicy) -> 
     :param pools: the pools the wave's branches run in
     :param wave: the wave
     :param policy: the policy (with the wave's weights)
+    :param plan: the policy's MLP plan (default: read off the policy)
     :return: the Q estimates and the number of simulator steps taken
     """
     n_branches = len(wave.snapshots)
@@ -174,7 +178,7 @@ def run_wave(pools: list[BranchPool], wave: Wave, policy: ActorCriticPolicy) -> 
         pool.start([(wave.snapshots[b], wave.reseeds[b]) for b in members])
     clones = [pools[wave.pool_of[b]].clones[slots[b]] for b in range(n_branches)]
     config = wave.config
-    sampler = RolloutPolicy(policy, wave.noise, config.backends)
+    sampler = RolloutPolicy(policy, wave.noise, config.backends, plan)
     to_env = env_action_function(policy, policy.action_space)
     stacks = [stack.copy() for stack in wave.frame_stacks]
     actions = np.array(wave.first_actions)
@@ -233,9 +237,10 @@ class BranchWorker:
         self.pools: list[BranchPool] = []
         self.policy: ActorCriticPolicy | None = None
         self.policy_spec: tuple[type, dict[str, Any]] | None = None
+        self.plan: tuple[ActorCriticPolicy, MlpPlan] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"envs": None, "pools": [], "policy": None, "policy_spec": None}  # shipped empty; binds in the worker
+        return {"envs": None, "pools": [], "policy": None, "policy_spec": None, "plan": None}  # shipped empty
 
     def __call__(self, command: str, payload: Any = None) -> tuple[bool, Any]:
         """
@@ -260,7 +265,10 @@ class BranchWorker:
             if command == "run_wave":
                 if not self.pools:
                     self.pools = [BranchPool(env) for env in self.envs]
-                return True, run_wave(self.pools, payload, self._policy(payload.policy))
+                policy = self._policy(payload.policy)
+                if self.plan is None or self.plan[0] is not policy:  # read off once per policy object it is given
+                    self.plan = (policy, mlp_plan(policy))
+                return True, run_wave(self.pools, payload, policy, self.plan[1])
             raise ValueError(f"unknown branch worker command {command!r}")
         except Exception as error:  # reported in the main process, see BranchRunner
             return False, f"{type(error).__name__}: {error}"

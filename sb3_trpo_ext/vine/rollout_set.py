@@ -16,6 +16,7 @@ from gymnasium import spaces
 from stable_baselines3.common.policies import ActorCriticPolicy
 
 from sb3_trpo_ext.common.backends import Backends
+from sb3_trpo_ext.common.fast_mlp import MlpPlan
 from sb3_trpo_ext.common.policy_batch import repeat_observations
 from sb3_trpo_ext.common.rollout_policy import Observation, RolloutNoise, RolloutPolicy, stack_observations
 from sb3_trpo_ext.vine.snapshot import Snapshot
@@ -82,6 +83,7 @@ def sample_branch_actions(
     action_sampling: Literal["policy", "uniform"],
     rng: np.random.Generator,
     backends: Backends,
+    plan: MlpPlan | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """
     The K actions at each rollout-set state, drawn from ``q``, with ``log q``.
@@ -92,6 +94,7 @@ def sample_branch_actions(
     :param action_sampling: ``"policy"`` or ``"uniform"`` (discrete spaces)
     :param rng: the random generator of uniform sampling
     :param backends: the algorithm's decision (``model.backends``)
+    :param plan: the policy's MLP plan (``model.mlp_plan``; default: read off the policy)
     :return: actions of shape ``(N, K, *action_shape)`` and ``log q`` of shape ``(N, K)``
     """
     space = policy.action_space
@@ -113,6 +116,6 @@ def sample_branch_actions(
             return actions, np.full((n_states, n_actions), -n_bits * np.log(2.0))
         raise ValueError("action_sampling='uniform' needs a discrete action space")
     # one noise row per branch: independent actions (with gSDE, each its own exploration matrix), log q their density
-    sampler = RolloutPolicy(policy, RolloutNoise.draw(policy, n_states * n_actions, 1), backends)
+    sampler = RolloutPolicy(policy, RolloutNoise.draw(policy, n_states * n_actions, 1), backends, plan)
     actions, log_q, _ = sampler(repeat_observations(observations, n_actions))
     return actions.reshape(n_states, n_actions, *actions.shape[1:]), log_q.reshape(n_states, n_actions)

@@ -96,14 +96,16 @@ class VineTRPO(TRPO):
     :param sde_sample_freq: resample the gSDE noise every n steps (-1: only at the start of a rollout or branch)
     :param rollout_buffer_class: rollout buffer class of the trunk (``None``: chosen from the observation space)
     :param rollout_buffer_kwargs: keyword arguments of the rollout buffer
-    :param normalize_advantage: normalize the trunk's advantages (unused by the vine's surrogate, kept for symmetry)
+    :param normalize_advantage: not used by the vine (its surrogate weighs Q-values, no advantages): accepted for
+        TRPO's signature, a warning if set to ``False``
     :param target_kl: the paper's ``delta``: bound on the mean whole-distribution KL over the rollout-set states
         (``None``: 0.01 per action dimension, sb3-contrib's default; see :mod:`sb3_trpo_ext.common.trust_region`
         for the runs that chose it)
     :param trust_region_units: how an explicit ``target_kl`` and ``cg_damping`` are read: ``"distribution"`` (the
         paper's whole-distribution KL) or ``"sb3-contrib"`` (per action dimension, as sb3-contrib's TRPO: both are
         multiplied by the action dimension, so sb3-contrib's hyperparameters carry over unchanged)
-    :param sub_sampling_factor: kept for symmetry with TRPO (the vine's policy batch is the rollout set)
+    :param sub_sampling_factor: not used by the vine (its policy batch is the rollout set, ``n_rollout_states``):
+        accepted for TRPO's signature, a warning if set to anything but 1
     :param fisher_sample_fraction: fraction of the policy batch used for the Fisher-vector products (paper: 0.1)
     :param damped_step_length: scale the full step by ``sqrt(2 delta / s^T (F + damping I) s)``, as sb3-contrib and
         the paper's reference code (modular_rl) do, instead of the undamped ``s^T F s`` of the paper's text (off by
@@ -211,6 +213,7 @@ class VineTRPO(TRPO):
             _init_setup_model=_init_setup_model,
         )
         self._check_against_env()
+        _warn_ignored_keywords(normalize_advantage, sub_sampling_factor)
 
     def _check_against_env(self) -> None:
         """The vine's settings against the env's action space and the trunk's size (when the model has an env)."""
@@ -362,7 +365,7 @@ class VineTRPO(TRPO):
 
         observations = rollout_set.observations()
         actions, log_q = sample_branch_actions(
-            self.policy, observations, self.n_actions_per_state, self.action_sampling, runner.rng, self.backends
+            self.policy, observations, self.n_actions_per_state, self.action_sampling, runner.rng, self.backends, self.mlp_plan
         )
         q_values, branch_steps = runner.run(self.policy, rollout_set, actions)
         self.num_timesteps += branch_steps
@@ -401,6 +404,21 @@ def _advance_progress_bars(callback: BaseCallback, steps: int) -> None:
             _advance_progress_bars(each, steps)
         elif isinstance(each, ProgressBarCallback) and getattr(each, "pbar", None) is not None:
             each.pbar.update(steps)
+
+
+def _warn_ignored_keywords(normalize_advantage: bool, sub_sampling_factor: int) -> None:
+    """Say so when a keyword of TRPO's signature that the vine does not use was set to something else than its
+    default (the user asked for something that does not happen)."""
+    if not normalize_advantage:
+        warn_at_user_call(
+            "VineTRPO ignores normalize_advantage=False: its surrogate weighs the Q-values of K actions per rollout-set "
+            "state (Eq. 15/16) and uses no advantages. Remove the keyword."
+        )
+    if sub_sampling_factor != 1:
+        warn_at_user_call(
+            f"VineTRPO ignores sub_sampling_factor={sub_sampling_factor}: its policy step uses the rollout set's states, "
+            "not the trunk's samples. Set n_rollout_states for the size of the policy batch instead."
+        )
 
 
 def _check_vine_keywords(

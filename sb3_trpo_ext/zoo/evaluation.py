@@ -26,8 +26,7 @@ from sb3_trpo_ext.zoo.registration import vine_class
 
 def as_vine(model: BaseAlgorithm) -> Any:
     """:return: ``model`` when it is a ``VineTRPO`` (typed loosely: the class is found at run time), else ``None``"""
-    vine = vine_class()
-    return model if vine is not None and isinstance(model, vine) else None
+    return model if isinstance(model, vine_class()) else None
 
 
 def calls_for_counted_steps(model: BaseAlgorithm, calls: int) -> int:

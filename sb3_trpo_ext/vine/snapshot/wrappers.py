@@ -4,6 +4,7 @@ them)."""
 
 from __future__ import annotations
 
+import warnings
 from collections import deque
 from typing import Any
 
@@ -18,9 +19,21 @@ from sb3_trpo_ext.vine.snapshot.base import _ClassAdapter, _copy_value, _set_arr
 
 class VineWorkerWrapper(gym.Wrapper):
     """
-    No longer needed: VineTRPO runs branches on any ``SubprocVecEnv``. Kept (a pass-through wrapper) so that code
-    written for 0.1.0, ``make_vec_env(..., vec_env_cls=SubprocVecEnv, wrapper_class=VineWorkerWrapper)``, still works.
+    Deprecated, no longer needed: VineTRPO runs branches on any ``SubprocVecEnv``. A pass-through wrapper that warns
+    (``DeprecationWarning``), so that code written for 0.1.0, ``make_vec_env(..., vec_env_cls=SubprocVecEnv,
+    wrapper_class=VineWorkerWrapper)``, still works; it will be removed in a later release.
+
+    :param env: the env, returned unchanged by every call
     """
+
+    def __init__(self, env: gym.Env) -> None:
+        warnings.warn(
+            "VineWorkerWrapper is deprecated and does nothing: VineTRPO runs its branches on any SubprocVecEnv. Remove "
+            "wrapper_class=VineWorkerWrapper; the wrapper will be removed in a later release.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        super().__init__(env)
 
 
 class _StatelessWrapperAdapter(_ClassAdapter):
