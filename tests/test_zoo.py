@@ -27,7 +27,7 @@ from stable_baselines3.common.callbacks import EvalCallback  # noqa: E402
 from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
 from stable_baselines3.common.vec_env import DummyVecEnv  # noqa: E402
 
-from sb3_trpo_ext import TRPO, MaskableNaturalPG, MaskableTRPO, NaturalPG  # noqa: E402
+from sb3_trpo_ext import TRPO, MaskableNaturalPG, MaskableTRPO, NaturalPG, RecurrentNaturalPG, RecurrentTRPO  # noqa: E402
 from sb3_trpo_ext.zoo.checks import (  # noqa: E402
     HyperparameterError,
     check_config_file,
@@ -41,8 +41,10 @@ from sb3_trpo_ext.zoo.samplers import CONVERTERS, SAMPLERS  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VINE = vine_class()
-CLASSES: dict[str, Any] = {"trpo_ext": TRPO, "natural_pg": NaturalPG, "vine_trpo": VINE}
-CLASSES |= {"trpo_mask": MaskableTRPO, "natural_pg_mask": MaskableNaturalPG}
+CLASSES: dict[str, Any] = {
+    "trpo_ext": TRPO, "natural_pg": NaturalPG, "vine_trpo": VINE, "trpo_lstm": RecurrentTRPO,
+    "natural_pg_lstm": RecurrentNaturalPG, "trpo_mask": MaskableTRPO, "natural_pg_mask": MaskableNaturalPG,
+}  # fmt: skip
 UNMASKED_KEYS = [key for key in ZOO_KEYS if not key.endswith("_mask")]
 """The keys whose CLI runs on CartPole and Pendulum (no action masks): the mask keys' runs are in test_maskable.py."""
 PLANNED_VINE_KEYWORDS = {
@@ -58,6 +60,8 @@ TINY = {
     "trpo_ext": ["n_steps:128", "batch_size:64"],
     "natural_pg": ["n_steps:128", "batch_size:64"],
     "vine_trpo": ["n_steps:128", "batch_size:64", "n_rollout_states:8", "rollout_length:10"],
+    "trpo_lstm": ["n_steps:128", "batch_size:64"],
+    "natural_pg_lstm": ["n_steps:128", "batch_size:64"],
 }
 CLI_TIMEOUT = 300
 
@@ -147,7 +151,7 @@ PAPER_TASKS += [
 ]
 
 
-@pytest.mark.parametrize("key", UNMASKED_KEYS)
+@pytest.mark.parametrize("key", [key for key in UNMASKED_KEYS if not key.endswith("_lstm")])  # the recurrent keys: NoVel tasks
 def test_yaml_has_an_entry_with_a_source_comment_for_every_task(key):
     text = (REPO_ROOT / "hyperparams" / f"{key}.yml").read_text()
     entries = yaml.safe_load(text)
@@ -407,7 +411,7 @@ def test_samplers_give_constructor_keywords_that_the_converter_reproduces(key):
             trial = study.ask()
             hyperparams = sampler(trial, n_actions, 2, {})
             assert converter(trial.params) == hyperparams
-            model = algorithm("MlpPolicy", env, device="cpu", **hyperparams)
+            model = algorithm("MlpLstmPolicy" if key.endswith("_lstm") else "MlpPolicy", env, device="cpu", **hyperparams)
             assert model.n_steps == hyperparams["n_steps"]
             study.tell(trial, 0.0)
         env.close()
@@ -600,7 +604,8 @@ def test_cli_env_without_entry_nor_default_exits_1_like_rl_zoo3(tmp_path):
 def test_cli_trains_an_entry_whose_default_batch_size_exceeds_its_rollout(key, tmp_path):
     """n_steps: 32 with the default batch_size (128), as in rl-zoo3's test_default_hyperparameters: a warning, no error."""
     cls = algorithm_class(key)
-    entry = "default:\n  policy: 'MlpPolicy'\n  n_timesteps: 200\n  n_steps: 32\n"
+    policy = "MlpLstmPolicy" if key.endswith("_lstm") else "MlpPolicy"
+    entry = f"default:\n  policy: '{policy}'\n  n_timesteps: 200\n  n_steps: 32\n"
     if key == "vine_trpo":
         entry += "  n_rollout_states: 16\n"  # the vine's own limit: at most n_steps * n_envs states (default 64)
     (tmp_path / "default_only.yml").write_text(entry)

@@ -9,6 +9,8 @@ rl-zoo3's own ``trpo`` (sb3-contrib), which is left alone:
 - ``trpo_ext`` -> :class:`sb3_trpo_ext.TRPO`
 - ``natural_pg`` -> :class:`sb3_trpo_ext.NaturalPG`
 - ``vine_trpo`` -> ``sb3_trpo_ext.vine.VineTRPO``, only when that module imports
+- ``trpo_lstm`` -> :class:`sb3_trpo_ext.RecurrentTRPO`, ``natural_pg_lstm`` -> :class:`sb3_trpo_ext.RecurrentNaturalPG`
+  (named after rl-zoo3's ``ppo_lstm``)
 - ``trpo_mask`` -> :class:`sb3_trpo_ext.MaskableTRPO`, ``natural_pg_mask`` -> :class:`sb3_trpo_ext.MaskableNaturalPG`
   (named after sb3-contrib's ``ppo_mask``; the env must give action masks)
 
@@ -27,10 +29,11 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 import sb3_trpo_ext
 from sb3_trpo_ext.maskable import MaskableNaturalPG, MaskableTRPO
 from sb3_trpo_ext.npg import NaturalPG
+from sb3_trpo_ext.recurrent import RecurrentNaturalPG, RecurrentTRPO
 from sb3_trpo_ext.trpo import TRPO
 from sb3_trpo_ext.zoo.samplers import CONVERTERS, SAMPLERS
 
-ZOO_KEYS = ("trpo_ext", "natural_pg", "vine_trpo", "trpo_mask", "natural_pg_mask")
+ZOO_KEYS = ("trpo_ext", "natural_pg", "vine_trpo", "trpo_lstm", "natural_pg_lstm", "trpo_mask", "natural_pg_mask")
 """Every key this package may register (``vine_trpo`` only when ``sb3_trpo_ext.vine`` provides ``VineTRPO``)."""
 
 HYPERPARAMS_ENV_VAR = "SB3_TRPO_EXT_HYPERPARAMS"
@@ -49,6 +52,7 @@ def zoo_algorithms() -> dict[str, type[BaseAlgorithm]]:
     """:return: our zoo keys and their classes (``vine_trpo`` only when available)"""
     algorithms: dict[str, type[BaseAlgorithm]] = {"trpo_ext": TRPO, "natural_pg": NaturalPG}
     algorithms |= {"trpo_mask": MaskableTRPO, "natural_pg_mask": MaskableNaturalPG}  # after sb3-contrib's ppo_mask
+    algorithms |= {"trpo_lstm": RecurrentTRPO, "natural_pg_lstm": RecurrentNaturalPG}  # after rl-zoo3's ppo_lstm
     vine = vine_class()
     if vine is not None:
         algorithms["vine_trpo"] = vine

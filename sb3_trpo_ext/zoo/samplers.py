@@ -152,6 +152,9 @@ SAMPLERS = {
     "trpo_ext": sample_trpo_params,
     "natural_pg": sample_natural_pg_params,
     "vine_trpo": sample_vine_trpo_params,
+    # the recurrent classes take the same keywords (the LSTM's own go in policy_kwargs, as for ppo_lstm)
+    "trpo_lstm": sample_trpo_params,
+    "natural_pg_lstm": sample_natural_pg_params,
     "trpo_mask": sample_trpo_params,  # the maskable classes take TRPO's and NaturalPG's keywords
     "natural_pg_mask": sample_natural_pg_params,
 }
@@ -159,6 +162,8 @@ CONVERTERS = {
     "trpo_ext": convert_trpo_params,
     "natural_pg": convert_natural_pg_params,
     "vine_trpo": convert_vine_trpo_params,
+    "trpo_lstm": convert_trpo_params,
+    "natural_pg_lstm": convert_natural_pg_params,
     "trpo_mask": convert_trpo_params,
     "natural_pg_mask": convert_natural_pg_params,
 }
