@@ -208,7 +208,9 @@ def figure(all_runs: list[dict[str, Any]]) -> None:
     import matplotlib.pyplot as plt
 
     games = sorted({game_name(run["env"]) for run in all_runs} | {"Breakout"})
-    fig, axes = plt.subplots(2, 4, figsize=(16, 7))
+    columns = min(4, len(games))
+    rows = -(-len(games) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(max(6, 4 * columns), 3.5 * rows + 0.5), squeeze=False)
     for ax, game in zip(axes.flat, games, strict=False):
         for run in [r for r in all_runs if game_name(r["env"]) == game] + (gpu_curves() if game == "Breakout" else []):
             if len(run["scores"]) == 0:
@@ -216,7 +218,8 @@ def figure(all_runs: list[dict[str, Any]]) -> None:
             window = np.convolve(run["scores"], np.ones(LAST_GAMES), "valid") / LAST_GAMES
             x = run["game_steps"][LAST_GAMES - 1 :] if len(window) else run["game_steps"]
             y = window if len(window) else run["scores"]
-            label = ALGOS.get(run["algo"], run["algo"]) + (f" {run['config']} ({run['device']})" if "config" in run else "")
+            config = {"yaml": "after", "before": "before"}.get(run.get("config", ""), "")
+            label = ALGOS.get(run["algo"], run["algo"]) + (f", YAML {config} ({run['device']})" if config else ", cpu")
             ax.plot(x / 1e6, y, label=f"{label}, seed {run['seed']}")
         ref = REFERENCE[game]
         ax.axhline(ref["random"], color="grey", linestyle=":", label="random")
