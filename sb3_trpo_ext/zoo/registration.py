@@ -34,29 +34,29 @@ from sb3_trpo_ext.trpo import TRPO
 from sb3_trpo_ext.zoo.samplers import CONVERTERS, SAMPLERS
 
 ZOO_KEYS = ("trpo_ext", "natural_pg", "vine_trpo", "trpo_lstm", "natural_pg_lstm", "trpo_mask", "natural_pg_mask")
-"""Every key this package may register (``vine_trpo`` only when ``sb3_trpo_ext.vine`` provides ``VineTRPO``)."""
+"""Every key this package registers."""
 
 HYPERPARAMS_ENV_VAR = "SB3_TRPO_EXT_HYPERPARAMS"
 
 
-def vine_class() -> type[BaseAlgorithm] | None:
-    """:return: ``VineTRPO`` when ``sb3_trpo_ext.vine`` provides it, else ``None``"""
-    try:
-        from sb3_trpo_ext.vine import VineTRPO  # type: ignore[attr-defined]
-    except ImportError:
-        return None
+def vine_class() -> type[BaseAlgorithm]:
+    """:return: ``VineTRPO`` (imported when asked for: the vine's modules are the package's largest)"""
+    from sb3_trpo_ext.vine import VineTRPO
+
     return VineTRPO
 
 
 def zoo_algorithms() -> dict[str, type[BaseAlgorithm]]:
-    """:return: our zoo keys and their classes (``vine_trpo`` only when available)"""
-    algorithms: dict[str, type[BaseAlgorithm]] = {"trpo_ext": TRPO, "natural_pg": NaturalPG}
-    algorithms |= {"trpo_mask": MaskableTRPO, "natural_pg_mask": MaskableNaturalPG}  # after sb3-contrib's ppo_mask
-    algorithms |= {"trpo_lstm": RecurrentTRPO, "natural_pg_lstm": RecurrentNaturalPG}  # after rl-zoo3's ppo_lstm
-    vine = vine_class()
-    if vine is not None:
-        algorithms["vine_trpo"] = vine
-    return algorithms
+    """:return: our zoo keys and their classes"""
+    return {
+        "trpo_ext": TRPO,
+        "natural_pg": NaturalPG,
+        "vine_trpo": vine_class(),
+        "trpo_lstm": RecurrentTRPO,  # named after rl-zoo3's ppo_lstm (sb3-contrib's RecurrentPPO)
+        "natural_pg_lstm": RecurrentNaturalPG,
+        "trpo_mask": MaskableTRPO,  # named after sb3-contrib's ppo_mask (MaskablePPO)
+        "natural_pg_mask": MaskableNaturalPG,
+    }
 
 
 def hyperparams_folder() -> Path:
