@@ -19,11 +19,12 @@ import pytest
 from stable_baselines3.common.logger import KVWriter, Logger
 
 from benchmarks import results_io
-from sb3_trpo_ext import TRPO, MaskableNaturalPG, MaskableTRPO, NaturalPG, VineTRPO
+from sb3_trpo_ext import TRPO, MaskableNaturalPG, MaskableTRPO, NaturalPG, RecurrentNaturalPG, RecurrentTRPO, VineTRPO
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 PAGES = {TRPO: "modules/trpo.html", VineTRPO: "modules/vine_trpo.html", NaturalPG: "modules/natural_pg.html"}
+PAGES |= {RecurrentTRPO: "modules/recurrent_trpo.html", RecurrentNaturalPG: "modules/recurrent_trpo.html"}
 PAGES |= {MaskableTRPO: "modules/maskable.html", MaskableNaturalPG: "modules/maskable.html"}
 NOT_KEYWORDS = {"self", "_init_setup_model"}
 BUILD_TIMEOUT = 300
