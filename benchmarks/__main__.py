@@ -35,6 +35,7 @@ TOOLS = {
     "vine-study": ("vine_study", "the vine's gradient quality against a large-batch reference"),
     "demo-seeds": ("demo_seeds", "the demo's returns over seeds"),
     "maskable": ("maskable", "MaskableTRPO against MaskablePPO and unmasked TRPO on masked-action tasks"),
+    "recurrent": ("recurrent", "RecurrentTRPO against RecurrentPPO and feed-forward TRPO where memory matters; speed"),
     "ray-trunk": ("ray_trunk", "RayVecEnv vs SubprocVecEnv end to end (inside a network namespace)"),
     "ray-vine": ("ray_vine", "the vine's branches on a Ray pool vs the SubprocVecEnv workers"),
     "ray-report": ("ray_report", "the Ray page's measured numbers and scaling projection"),
