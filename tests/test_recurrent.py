@@ -326,3 +326,47 @@ def test_the_peer_cases_without_ppo_keywords_learn(policy: str, env_id: str, kwa
     model = RecurrentTRPO(policy, env, n_steps=16, batch_size=16, seed=0, **kwargs).learn(32)
     assert model.skipped_updates == 0 and model.logger.name_to_value["train/is_line_search_success"] in (0.0, 1.0)
     evaluate_policy(model, model.get_env(), n_eval_episodes=1, warn=False)
+
+
+class Ticker(gym.Env):
+    """Observation ``t / 10``, reward 1 at every step; never terminates (a TimeLimit truncates it)."""
+
+    observation_space = spaces.Box(0.0, 10.0, (1,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+        self.t += 1
+        return np.full(1, self.t / 10, np.float32), 1.0, False, False, {}
+
+
+def test_truncated_episodes_are_bootstrapped_from_the_envs_own_critic_state() -> None:
+    from gymnasium.wrappers import TimeLimit
+    from sb3_contrib.common.recurrent.type_aliases import RNNStates
+
+    env = make_vec_env(lambda: TimeLimit(Ticker(), 3), n_envs=2, seed=0)
+    model = RecurrentTRPO(
+        "MlpLstmPolicy", env, n_steps=6, batch_size=12, gamma=0.9, seed=0, policy_kwargs=dict(lstm_hidden_size=4)
+    )
+    _, callback = model._setup_learn(12, None)
+    model.collect_rollouts(model.env, callback, model.rollout_buffer, 6)
+    buffer, policy = model.rollout_buffer, model.policy
+    terminal = th.full((1, 1), 0.3)
+    with th.no_grad():
+        for t in (2, 5):  # the third step of each episode is truncated
+            for i in range(2):
+                states = RNNStates(
+                    tuple(th.as_tensor(s[t][:, [i]]) for s in (buffer.hidden_states_pi, buffer.cell_states_pi)),
+                    tuple(th.as_tensor(s[t][:, [i]]) for s in (buffer.hidden_states_vf, buffer.cell_states_vf)),
+                )
+                obs, start = th.as_tensor(buffer.observations[t, [i]]), th.as_tensor(buffer.episode_starts[t, [i]])
+                after = policy(obs, states, start)[3].vf  # the env's critic state after its episode's last step
+                own = policy.predict_values(terminal, after, th.zeros(1)).item()
+                fresh = policy.predict_values(terminal, (th.zeros_like(after[0]), th.zeros_like(after[1])), th.zeros(1)).item()
+                assert buffer.rewards[t, i] == pytest.approx(1.0 + 0.9 * own, abs=1e-5)
+                assert abs(own - fresh) > 1e-4  # the env's own state makes a difference the test sees
+    assert np.all(buffer.rewards[[0, 1, 3, 4]] == 1.0)
