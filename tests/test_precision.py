@@ -144,6 +144,22 @@ def test_bfloat16_fisher_product_is_close_to_float32() -> None:
 
 
 @needs_bf16
+def test_bfloat16_changes_the_fisher_product_less_than_another_subsample_of_states() -> None:
+    policy, obs = image_policy(), image_batch(256) / 255.0
+    params = [p for name, p in policy.named_parameters() if "value" not in name and "vf_" not in name and p.requires_grad]
+    policy.normalize_images = False
+    vector = th.randn(sum(p.numel() for p in params), generator=th.Generator().manual_seed(3))
+
+    def product(states: th.Tensor, precision: str) -> th.Tensor:
+        return make_fisher_vector_product("gauss-newton", policy, states, params, None, precision)(vector)  # type: ignore[arg-type]
+
+    first, second = obs[:26], obs[26:52]  # two 10% subsamples of the batch
+    rounding = th.linalg.norm(product(first, "bfloat16") - product(first, "float32"))
+    sampling = th.linalg.norm(product(second, "float32") - product(first, "float32"))
+    assert rounding < 0.5 * sampling
+
+
+@needs_bf16
 def test_the_trust_region_is_measured_in_float32_under_bfloat16() -> None:
     model = image_model(precision="bfloat16", target_kl=0.005)
     assert model.backends.precision == "bfloat16"

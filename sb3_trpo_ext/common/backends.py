@@ -29,9 +29,9 @@ Fisher product      ``"numpy-gauss-newton"``: plain MLP     ``"double-backprop"`
                     images)                                 it is faster than torch.func
 ==================  ======================================  ==================================================
 
-Every Fisher path is the analytic Fisher; the choice is about speed (figures in :mod:`sb3_trpo_ext.common.fisher`:
-on a NatureCNN actor torch.func takes 26 s per 25-step CG solve where double back-propagation takes 42 s; on a
-64x64 MLP behind a Dict extractor 83 ms where double back-propagation takes 55 ms).
+Every Fisher path is the analytic Fisher; the choice is about speed, which ``benchmarks/fisher_paths.py`` measures
+path against path (torch.func is the faster on a CNN actor, double back-propagation on a small MLP behind a Dict
+extractor, the NumPy path on a plain MLP).
 
 A *plain MLP* is what :func:`~sb3_trpo_ext.common.fast_mlp.mlp_layers` reads (``Linear`` layers and the activations
 of :data:`~sb3_trpo_ext.common.fast_mlp.ACTIVATIONS` behind a ``FlattenExtractor``, or behind a ``CombinedExtractor``

@@ -192,13 +192,10 @@ def _torch_func_gauss_newton(
 
     ``J v`` comes from ``linearize`` (the forward-mode pass traced once at the old parameters) rather than ``jvp``,
     which runs the primal forward again at every product; the trace costs ~50 ms of Python per build, which only
-    pays where the products are expensive. Measured (``benchmarks/fisher_paths.py`` and variants; one thread,
-    median of 3), NatureCNN actor, Breakout-sized batch of 1024 84x84x4 frames, per 25-step CG solve (setup + 25
-    products): ``linearize`` 26.4 s (1.05 s + 1.02 s per product), ``jvp`` 31.1 s (0.35 s + 1.23 s), double
-    back-propagation 42.3 s (0.87 s + 1.66 s). On small MLPs double back-propagation is faster (MultiInput,
-    11-dim vector + Discrete(3), 64x64, batch 2048, 25 products: ``linearize`` 83 ms, ``jvp`` 66 ms, double
-    back-propagation 55 ms), so :func:`~sb3_trpo_ext.common.backends.choose_backends` picks this path only for
-    actors with a learned features extractor.
+    pays where the products are expensive: on a CNN actor it beats ``jvp`` and double back-propagation, on small MLPs
+    double back-propagation is faster (``benchmarks/fisher_paths.py --cnn`` times the paths against each other), so
+    :func:`~sb3_trpo_ext.common.backends.choose_backends` picks this path only for actors with a learned features
+    extractor.
     """
     actor = ActorOutput(policy)
     names = {id(p): name for name, p in actor.named_parameters()}
@@ -243,10 +240,8 @@ def _numpy_gauss_newton(
     ``J^T M J v`` with :class:`~sb3_trpo_ext.common.fast_mlp.NumpyMlp`'s ``jvp`` and ``backward`` (a forward pass at
     the old parameters, then one forward-mode and one reverse-mode pass per product).
 
-    Kept because it is clearly faster than ``torch.func`` on small MLPs, where per-call overhead dominates. Measured
-    (one thread, median of 11), Hopper-v5 sized actor (11 -> 64 -> 64 -> 3, tanh), batch 2048, setup + 25 products:
-    this path 30.2 ms; ``torch.func`` 94.4 ms with ``linearize``, 74.5 ms with ``jvp``; double back-propagation
-    63.0 ms (and the torch hand-written pass it replaced, 35.7 ms).
+    Kept because it is faster than ``torch.func`` and double back-propagation on small MLPs, where per-call overhead
+    dominates (``benchmarks/fisher_paths.py`` times the paths on a Hopper-sized actor).
     """
     assert plan.actor is not None, "the numpy-gauss-newton product needs a plain MLP actor"
     mlp = NumpyMlp(plan.actor)

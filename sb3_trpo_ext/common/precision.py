@@ -6,8 +6,8 @@ run under ``torch.autocast(dtype=torch.bfloat16)``; the surrogate's gradient, co
 ``s^T F s``, the line search (the surrogate and the *measured* KL that decides acceptance) and everything the user
 calls (``predict``, ``evaluate_actions``) stay float32, and so do the parameters and the optimizer state. The
 trust region is therefore enforced in float32 whatever the precision: a bfloat16 Fisher only perturbs the search
-direction, by far less than drawing another 10% subsample of states for it does (``benchmarks/precision_check.py``
-measures both).
+direction, by less than drawing another random subsample of the states it is averaged over does
+(``tests/test_precision.py`` checks both).
 
 ``"auto"`` picks bfloat16 where it pays and the hardware has the units: a stock policy
 (:func:`~sb3_trpo_ext.common.backends.is_stock_policy`) with convolutional layers (image observations; MLP policies

@@ -3,8 +3,8 @@ Image observations normalized once per update instead of at every network pass.
 
 SB3's policies divide image observations by 255 in ``extract_features`` (``preprocess_obs``) at every call. One
 update of TRPO on Atari calls the policy's networks on the whole rollout dozens of times (the gradient, the Fisher
-products, each line-search try, each critic mini-batch), and on 4,096 frames of 84x84x4 the division alone costs
-about 60 ms a call on one core. :func:`images_normalized_once` divides once and lets the policy skip it for the rest
+products, each line-search try, each critic mini-batch), and on thousands of 84x84x4 frames the division is a real
+share of each call. :func:`images_normalized_once` divides once and lets the policy skip it for the rest
 of the update: with ``normalize_images`` off, ``preprocess_obs`` returns a float Box observation as it is, so every
 pass sees the very tensor it would have computed (the same float32 values, bit for bit).
 

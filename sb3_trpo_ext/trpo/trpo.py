@@ -35,15 +35,15 @@ class TRPO(NaturalGradientAlgorithm):
     :param n_steps: steps to run per environment per update
     :param batch_size: mini-batch size of the critic's updates
     :param gamma: discount factor
-    :param cg_max_steps: conjugate-gradient iterations ``k`` (the paper's 10; sb3-contrib's default is 15, and at 10
-        ``TRPO``'s class defaults are even with sb3-contrib's on every task of the defaults matrix)
+    :param cg_max_steps: conjugate-gradient iterations ``k`` (the paper's 10; sb3-contrib's default is 15: the docs'
+        results page compares the class defaults of both)
     :param cg_damping: damping added to the Fisher of the whole-distribution KL (``None``: 0.1 per action dimension,
         sb3-contrib's default; see ``trust_region_units``)
     :param line_search_shrinking_factor: factor by which the step shrinks after a rejected try, in (0, 1)
     :param line_search_max_iter: maximal number of line-search tries
     :param line_search_rescale_on_kl: after a try rejected for its KL, aim the next one at the trust region's
-        boundary (the quadratic KL model through the measured KL) instead of shrinking by the factor (off by default:
-        no better on Acrobot and CartPole in ``benchmarks/ablation.py``, variant ``kl-rescale``)
+        boundary (the quadratic KL model through the measured KL) instead of shrinking by the factor (off by default;
+        ``benchmarks/ablation.py`` variant ``kl-rescale`` compares the two; the Atari YAML turns it on)
     :param n_critic_updates: epochs of critic updates per rollout
     :param gae_lambda: GAE trade-off of bias and variance
     :param use_sde: use generalized State Dependent Exploration
@@ -61,10 +61,8 @@ class TRPO(NaturalGradientAlgorithm):
     :param fisher_sample_fraction: fraction of the policy batch used for the Fisher-vector products (paper: 0.1)
     :param damped_step_length: scale the full step by ``sqrt(2 delta / s^T (F + damping I) s)``, as sb3-contrib and
         the paper's reference code (modular_rl) do, instead of the undamped ``s^T F s`` of the paper's text (off by
-        default: no better on Acrobot, CartPole and Walker2d in ``benchmarks/ablation.py``, variant
-        ``damped-full-step``, nor at the class defaults: over the 9 tasks of the defaults matrix, 3 seeds each, the
-        ``trpo_ext-defaults-damped`` cells are even with the undamped step in final return and AUC; the docs' results
-        page gives the per-task verdicts)
+        default; the docs' results page compares the two: ``benchmarks/ablation.py`` variant ``damped-full-step`` and
+        the ``trpo_ext-defaults-damped`` cells of the defaults matrix)
     :param precision: the number format of the rollout's forward passes, the critic fit and the Fisher-vector
         products: ``"auto"`` (bfloat16 for a convolutional policy on a device with bfloat16 units, else float32),
         ``"float32"`` or ``"bfloat16"``; the gradient, conjugate gradient, step length and line search (the measured
