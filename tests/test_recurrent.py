@@ -370,3 +370,12 @@ def test_truncated_episodes_are_bootstrapped_from_the_envs_own_critic_state() ->
                 assert buffer.rewards[t, i] == pytest.approx(1.0 + 0.9 * own, abs=1e-5)
                 assert abs(own - fresh) > 1e-4  # the env's own state makes a difference the test sees
     assert np.all(buffer.rewards[[0, 1, 3, 4]] == 1.0)
+
+
+@pytest.mark.slow
+def test_recurrent_trpo_learns_cartpole_without_velocities_where_feed_forward_trpo_cannot() -> None:
+    """trpo_lstm.yml's CartPoleNoVel-v1 entry, 100K steps: 20 deterministic episodes after training."""
+    from benchmarks.recurrent import train_cell
+
+    assert train_cell("trpo_lstm", "CartPoleNoVel-v1", seed=0)["final"] >= 450
+    assert train_cell("trpo", "CartPoleNoVel-v1", seed=0)["final"] < 200
