@@ -26,6 +26,7 @@ import argparse
 import os
 import platform
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -127,7 +128,10 @@ def train_cell(algo: str, env_id: str, seed: int, steps: int | None = None) -> d
     gamma = float(kwargs.get("gamma", 0.99))
     env = make_env(env_id, n_envs, seed, normalize, gamma)
     eval_env = make_env(env_id, 1, seed + 1000, normalize, gamma, training=False)
-    evaluations = EvalCallback(eval_env, n_eval_episodes=10, eval_freq=max(1, budget // 10 // n_envs), verbose=0)
+    log_path = tempfile.mkdtemp(prefix="recurrent_eval_")  # EvalCallback keeps its curve only with a log_path
+    evaluations = EvalCallback(
+        eval_env, n_eval_episodes=10, eval_freq=max(1, budget // 10 // n_envs), log_path=log_path, verbose=0
+    )
     model = algorithm_class(algo)(env_settings["policy"], env, seed=seed, device="cpu", **kwargs)
     start = time.perf_counter()
     model.learn(budget, callback=evaluations)
@@ -221,7 +225,7 @@ def report() -> str:
             if not cells:
                 continue
             finals = [cell["final"] for cell in cells]
-            aucs = [float(np.mean(cell["returns"])) for cell in cells]
+            aucs = [float(np.mean(cell["returns"])) for cell in cells if cell["returns"]]  # none in the first files
             compared = "-" if algo == "trpo_lstm" else verdict(difference_interval(ours, finals))
             budget = cells[0]["budget"]
             lines.append(
