@@ -175,7 +175,7 @@ def test_the_stock_policies_as_users_make_them_keep_the_fast_paths() -> None:
     from conftest import TinyEnv
 
     mlp = TRPO("MlpPolicy", "Pendulum-v1", n_steps=64, batch_size=32)
-    assert tuple(mlp.backends) == ("fast", "numpy-mlp", "numpy-mlp", "numpy-adam", "numpy-gauss-newton")
+    assert tuple(mlp.backends) == ("fast", "numpy-mlp", "numpy-mlp", "numpy-adam", "numpy-gauss-newton", "float32")
     cnn = TRPO("CnnPolicy", TinyEnv(spaces.Discrete(3), "image"), n_steps=64, batch_size=32)
     assert type(cnn.policy.features_extractor).__name__ == "NatureCNN"
     assert cnn.backends.rollouts == "fast" and cnn.backends.fisher == "gauss-newton"

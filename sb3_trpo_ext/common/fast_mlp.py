@@ -104,13 +104,13 @@ def _only_flattens(extractor: nn.Module, obs_space: spaces.Space) -> bool:
 @dataclass(frozen=True)
 class MlpPlan:
     """
-    What the NumPy paths run a policy with, read off it once per model (:func:`mlp_plan`): its actor's and critic's
+    What the NumPy paths run a policy with, read off it once per model (``mlp_plan``): its actor's and critic's
     layers where they are plain MLPs, and the order of a Dict observation's keys. The layers are the policy's own
-    modules, so a :class:`NumpyMlp` built from them sees the current weights.
+    modules, so a ``NumpyMlp`` built from them sees the current weights.
 
-    :param actor: the actor's layers (:func:`mlp_layers`), ``None`` unless a plain MLP
+    :param actor: the actor's layers (``mlp_layers``), ``None`` unless a plain MLP
     :param critic: the critic's layers, ``None`` unless a plain MLP
-    :param input_keys: :func:`mlp_input_keys`
+    :param input_keys: ``mlp_input_keys``
     """
 
     actor: list[Layer] | None

@@ -26,6 +26,7 @@ from typing import Any
 
 import cloudpickle
 import gymnasium as gym
+import numpy as np
 import ray
 from ray.util.placement_group import PlacementGroup, remove_placement_group
 
@@ -239,6 +240,21 @@ class RayBranchPool:
         return f"RayBranchPool(env={self.settings['env']!r}, n_actors={size}, started={self.started})"
 
     # ------------------------------------------------------------------ checks
+
+    def branch_runner(self, venv: Any, config: Any, rng: np.random.Generator, record: Any) -> Any:
+        """
+        The vine's runner of the branch phase on this pool (what ``VineTRPO(branch_pool=pool)`` calls, see
+        ``sb3_trpo_ext.vine.branch_runner.BranchExecutorSource``).
+
+        :param venv: the training environment
+        :param config: the branch settings
+        :param rng: the random generator of the branch phase
+        :param record: logs ``rollout/branch_retries`` after each branch phase
+        :return: a :class:`~sb3_trpo_ext.distributed.vine_runner.RayBranchRunner` on this pool
+        """
+        from sb3_trpo_ext.distributed.vine_runner import RayBranchRunner
+
+        return RayBranchRunner(venv, config, rng, self, record)
 
     def check(self) -> None:
         """:raises SnapshotError: when an actor's env cannot be snapshotted (naming the actor and the fix)"""

@@ -11,7 +11,8 @@ Common random numbers are exact wherever a branch runs: its noise travels with i
 get the same noise row (and the same snapshot, so the same simulator randomness).
 """
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import numpy as np
 from stable_baselines3.common.policies import ActorCriticPolicy
@@ -28,6 +29,26 @@ from sb3_trpo_ext.vine.branches import (
 )
 from sb3_trpo_ext.vine.rollout_set import RolloutSet
 from sb3_trpo_ext.vine.snapshot import Snapshot, SnapshotError
+
+Record = Callable[[str, Any], None]
+"""Logs a value under a key (the model's ``logger.record``)."""
+
+
+class BranchExecutorSource(Protocol):
+    """
+    What runs the vine's branches elsewhere than the training env's workers hands VineTRPO its runner (a
+    ``BranchRunner``): the vine knows this interface only, not where the branches run (Ray's pool,
+    ``sb3_trpo_ext.distributed.RayBranchPool``, is one).
+    """
+
+    def branch_runner(self, venv: VecEnv, config: "BranchConfig", rng: np.random.Generator, record: Record | None) -> Any:
+        """
+        :param venv: the training environment, whose envs the snapshots are taken on
+        :param config: the branch settings
+        :param rng: the random generator of the branch phase
+        :param record: logs the runner's own values (its retries)
+        :return: the runner of the branch phase (a ``BranchRunner``)
+        """
 
 
 class BranchRunner:

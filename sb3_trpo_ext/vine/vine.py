@@ -1,6 +1,6 @@
 """TRPO, vine method: Schulman et al. (2015), https://arxiv.org/abs/1502.05477, Section 5.2."""
 
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch as th
@@ -20,12 +20,9 @@ from sb3_trpo_ext.common.trust_region import TrustRegionUnits
 from sb3_trpo_ext.common.user_warnings import warn_at_user_call
 from sb3_trpo_ext.common.validation import check_int_at_least
 from sb3_trpo_ext.trpo.trpo import TRPO
-from sb3_trpo_ext.vine.branch_runner import BranchConfig, BranchRunner
+from sb3_trpo_ext.vine.branch_runner import BranchConfig, BranchExecutorSource, BranchRunner
 from sb3_trpo_ext.vine.estimators import VineBatch
 from sb3_trpo_ext.vine.rollout_set import RolloutSet, sample_branch_actions, uses_all_actions
-
-if TYPE_CHECKING:  # Ray is optional: the pool is imported only by whoever builds one
-    from sb3_trpo_ext.distributed.branch_pool import RayBranchPool
 
 ACTION_SAMPLING = ("policy", "uniform")
 
@@ -72,8 +69,7 @@ class VineTRPO(TRPO):
     :param common_random_numbers: share simulator randomness and policy noise across the K branches of a state
     :param branch_envs_per_worker: clones of its env each worker keeps for branches; more branches than
         ``n_envs * branch_envs_per_worker`` run in successive waves. Few clones that stay in the CPU cache beat one big
-        batch: on Hopper-v5 (N=64, K=4, m=50, another process on the second core) 32 clones gave about 10,000
-        simulator steps/s against 5,600 for 256 (``benchmarks/speed.py``; the policy forward is cheap either way)
+        batch (``benchmarks/speed.py`` measures the vine's simulator steps per second)
     :param branch_pool: run the branches on Ray actors instead of the training env's workers
         (:class:`~sb3_trpo_ext.distributed.RayBranchPool`, each actor keeping ``branch_envs_per_worker`` clones);
         None: on the training env's workers
@@ -137,7 +133,7 @@ class VineTRPO(TRPO):
         bootstrap_branches: bool = True,
         common_random_numbers: bool = True,
         branch_envs_per_worker: int = 32,
-        branch_pool: "RayBranchPool | None" = None,
+        branch_pool: BranchExecutorSource | None = None,
         learning_rate: float | Schedule = 1e-3,
         n_steps: int = 1024,
         batch_size: int = 128,
@@ -319,11 +315,9 @@ class VineTRPO(TRPO):
             rng = runner.rng if runner is not None else np.random.default_rng(self.seed)
             if self.branch_pool is None:
                 runner = self.branch_runner = BranchRunner(env, config, rng)
-            else:  # on the pool's actors, its re-runs of lost actors' waves logged as rollout/branch_retries
-                from sb3_trpo_ext.distributed.vine_runner import RayBranchRunner  # Ray is there: the user made a pool
-
+            else:  # the pool's own runner (on Ray: its re-runs of lost actors' waves logged as rollout/branch_retries)
                 record = lambda key, value: self.logger.record(key, value)  # noqa: E731 - the logger is set by learn
-                runner = self.branch_runner = RayBranchRunner(env, config, rng, self.branch_pool, record)
+                runner = self.branch_runner = self.branch_pool.branch_runner(env, config, rng, record)
         return runner
 
     # ------------------------------------------------------------------ one iteration: trunk -> rollout set -> branches

@@ -4,7 +4,6 @@ them)."""
 
 from __future__ import annotations
 
-import warnings
 from collections import deque
 from typing import Any
 
@@ -14,6 +13,7 @@ from gymnasium import wrappers as gym_wrappers
 from stable_baselines3.common import atari_wrappers
 from stable_baselines3.common.monitor import Monitor
 
+from sb3_trpo_ext.common.user_warnings import warn_at_user_call
 from sb3_trpo_ext.vine.snapshot.base import _ClassAdapter, _copy_value, _set_array
 
 
@@ -27,11 +27,10 @@ class VineWorkerWrapper(gym.Wrapper):
     """
 
     def __init__(self, env: gym.Env) -> None:
-        warnings.warn(
+        warn_at_user_call(
             "VineWorkerWrapper is deprecated and does nothing: VineTRPO runs its branches on any SubprocVecEnv. Remove "
             "wrapper_class=VineWorkerWrapper; the wrapper will be removed in a later release.",
             DeprecationWarning,
-            stacklevel=2,
         )
         super().__init__(env)
 
