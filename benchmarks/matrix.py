@@ -66,22 +66,13 @@ if not __package__:  # run as a file, python benchmarks/matrix.py: import the pa
 
 from benchmarks.matrix_cells import ALGOS, LOGS, PRESETS, RESULTS, ROOT, Cell, config_path, is_atari, make_cells
 from benchmarks.results_io import command_line, now, write_result
+from sb3_trpo_ext.zoo.resume import process_alive
 
 LAST_GAMES = 100
 """The Atari score of a run: the mean score of its last 100 full games."""
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Locks and result files
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def try_lock(path: str) -> bool:
@@ -115,7 +106,7 @@ def stale_lock(path: str) -> bool:
             owner = json.load(f)
     except (OSError, ValueError):
         return False
-    return owner.get("host") == socket.gethostname() and not pid_alive(int(owner.get("pid", -1)))
+    return owner.get("host") == socket.gethostname() and not process_alive(int(owner.get("pid", -1)))
 
 
 def cell_state(cell: Cell) -> str:
