@@ -241,6 +241,18 @@ def test_wrong_type_is_named_with_its_entry_and_key(key, value, expected):
     assert expected in str(info.value)
 
 
+def test_branch_pool_entry_is_a_dict_of_the_pool_keywords():
+    # the YAML holds RayBranchPool's keywords (the zoo builds the pool with --vec-env ray), not a pool object
+    check_hyperparams(VINE, {"policy": "MlpPolicy", "branch_pool": {"n_actors": 2}}, entry="CartPole-v1")
+    with pytest.raises(HyperparameterError, match="'branch_pool' must be a dict of RayBranchPool keywords"):
+        check_hyperparams(VINE, {"policy": "MlpPolicy", "branch_pool": 16}, entry="CartPole-v1")
+
+
+def test_vine_given_settings_instead_of_a_pool_says_how_to_make_one():
+    with pytest.raises(TypeError, match="RayBranchPool"):
+        VINE("MlpPolicy", "CartPole-v1", branch_pool={"n_actors": 2})
+
+
 def test_valid_zoo_strings_pass_the_checks():
     check_hyperparams(
         TRPO,

@@ -12,7 +12,7 @@ get the same noise row (and the same snapshot, so the same simulator randomness)
 """
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from stable_baselines3.common.policies import ActorCriticPolicy
@@ -34,6 +34,7 @@ Record = Callable[[str, Any], None]
 """Logs a value under a key (the model's ``logger.record``)."""
 
 
+@runtime_checkable
 class BranchExecutorSource(Protocol):
     """
     What runs the vine's branches elsewhere than the training env's workers hands VineTRPO its runner (a

@@ -172,6 +172,13 @@ class VineTRPO(TRPO):
         self.bootstrap_branches = bootstrap_branches
         self.common_random_numbers = common_random_numbers
         self.branch_envs_per_worker = branch_envs_per_worker
+        if branch_pool is not None and not isinstance(branch_pool, BranchExecutorSource):
+            raise TypeError(
+                f"branch_pool must be a pool of branch workers such as sb3_trpo_ext.distributed.RayBranchPool(...) "
+                f"(anything with a branch_runner method), got {type(branch_pool).__name__} {branch_pool!r}. In a zoo "
+                "YAML entry, branch_pool: dict(...) holds RayBranchPool's keywords and is turned into a pool by "
+                "--vec-env ray."
+            )
         self.branch_pool = branch_pool
         super().__init__(
             policy,

@@ -68,6 +68,9 @@ SET_FROM_COMMAND_LINE: dict[str, str] = {
 }
 """Constructor keywords that rl-zoo3 fills from the command line: a YAML value would clash with them."""
 
+SETTINGS_FOR_OBJECTS = {"branch_pool": "RayBranchPool"}
+"""Keywords whose entry value is a dict of the keywords of the object our zoo builds from it (with ``--vec-env ray``)."""
+
 OFF_POLICY_ONLY = {"noise_type", "noise_std"}
 """rl-zoo3 turns these into an ``action_noise`` object, which on-policy algorithms do not take."""
 
@@ -141,7 +144,10 @@ def _matches(value: Any, annotation: Any) -> bool:
     if origin in (list, tuple, collections.abc.Sequence):
         return isinstance(value, (list, tuple))
     if isinstance(annotation, type):
-        return isinstance(value, annotation)
+        try:
+            return isinstance(value, annotation)
+        except TypeError:  # a Protocol that is not runtime-checkable: nothing to check against
+            return True
     return True  # TypeVar, NewType, ...: do not second-guess
 
 
@@ -291,6 +297,11 @@ def _check_key(
         return f"{key!r} is set by rl-zoo3 from the command line ({SET_FROM_COMMAND_LINE[key]}); remove it"
     if key in OFF_POLICY_ONLY:
         return f"{key!r} is an off-policy setting (action noise) that {name} does not take; remove it"
+    if key in SETTINGS_FOR_OBJECTS and key in parameters:
+        if value is None or isinstance(value, dict):
+            return None
+        example = "dict(n_actors=16)" if from_params else "{n_actors: 16}"
+        return f"{key!r} must be a dict of {SETTINGS_FOR_OBJECTS[key]} keywords (e.g. {key}: {example}), got {value!r}"
     if key.startswith("_") or key not in parameters:
         close = difflib.get_close_matches(key, accepted + list(ZOO_KEYS), n=1)
         suggestion = f" (did you mean {close[0]!r}?)" if close else ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -126,8 +127,21 @@ class KillDuringRollout(BaseCallback):
     def _on_step(self) -> bool:
         self.step_in_rollout += 1
         if len(self.snapshots) == self.rollout and self.step_in_rollout == self.step:
-            ray.kill(self.env.actors[1])
+            kill_and_wait(self.env.actors[1])
         return True
+
+
+def kill_and_wait(actor: Any) -> None:
+    """Kills ``actor`` and returns once it is gone (``ray.kill`` is asynchronous: a step sent just after it may still
+    be served, which would move the step at which the loss is seen)."""
+    ray.kill(actor)
+    for _ in range(200):
+        try:
+            ray.get(actor.describe.remote(), timeout=5)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            return
+        time.sleep(0.05)
+    raise AssertionError("the killed actor still answers after 10 s")
 
 
 def test_lost_actor_during_trpo_learn_keeps_the_last_update(tmp_path: Path) -> None:
