@@ -30,13 +30,12 @@ from torch.func import functional_call, jvp
 from torch.nn import functional as F
 
 import sb3_trpo_ext.common.base as base_module
-import sb3_trpo_ext.common.direction as direction_module
+import sb3_trpo_ext.common.natural_gradient as natural_gradient_module
 from sb3_trpo_ext import TRPO, NaturalPG
 from sb3_trpo_ext.common.backends import SB3_CODE, Backends, choose_backends
 from sb3_trpo_ext.common.critic import NumpyAdam, critic_loss, fit_critic
-from sb3_trpo_ext.common.distributions import detach_distribution, kl_per_state
 from sb3_trpo_ext.common.fast_mlp import ACTIVATIONS, NumpyMlp, mlp_layers, side_by_side
-from sb3_trpo_ext.common.fisher import make_fisher_vector_product
+from sb3_trpo_ext.common.fisher import detach_distribution, kl_per_state, make_fisher_vector_product
 from sb3_trpo_ext.common.precision import bfloat16_units
 from sb3_trpo_ext.common.rollout_policy import RolloutNoise, RolloutPolicy
 
@@ -469,7 +468,7 @@ def test_choose_backends_for_each_policy_kind(name: str) -> None:
 )
 def test_the_algorithm_prints_and_uses_the_decision(policy, observation, policy_kwargs, capsys, monkeypatch) -> None:
     used: list[str] = []
-    for module, name in ((direction_module, "make_fisher_vector_product"), (base_module, "fit_critic")):
+    for module, name in ((natural_gradient_module, "make_fisher_vector_product"), (base_module, "fit_critic")):
         original = getattr(module, name)
 
         def spy(backend, *args, _original=original, **kwargs):
@@ -519,7 +518,7 @@ def test_a_saved_model_stores_the_decision_as_plain_json_and_decides_again_on_lo
 @pytest.mark.parametrize("backend", ["numpy-gauss-newton", "double-backprop"])
 def test_natural_direction_solves_the_damped_system_and_returns_the_undamped_product(backend: str) -> None:
     # s solves (F + damping I) s = g; F s is undamped (the step length uses s^T F s); g is the surrogate's gradient
-    from sb3_trpo_ext.common.direction import natural_direction
+    from sb3_trpo_ext.common.natural_gradient import natural_direction
     from sb3_trpo_ext.common.policy_batch import AdvantageBatch
 
     policy = make_policy("mlp", ACTION_SPACES["gaussian"])

@@ -27,8 +27,7 @@ from stable_baselines3.common.monitor import Monitor
 
 from benchmarks.maskable import SlotSchedulingEnv
 from sb3_trpo_ext import TRPO, MaskableNaturalPG, MaskableTRPO, VineTRPO
-from sb3_trpo_ext.common.distributions import actor_parameters, detach_distribution, kl_per_state
-from sb3_trpo_ext.common.fisher import make_fisher_vector_product
+from sb3_trpo_ext.common.fisher import actor_parameters, detach_distribution, kl_per_state, make_fisher_vector_product
 from sb3_trpo_ext.maskable.batch import MaskedAdvantageBatch, masked_batch
 
 MASKABLE = [MaskableTRPO, MaskableNaturalPG]

@@ -30,9 +30,8 @@ from torch import nn
 from torch.func import functional_call
 
 from sb3_trpo_ext.common.backends import choose_backends
-from sb3_trpo_ext.common.distributions import detach_distribution, kl_per_state
-from sb3_trpo_ext.common.fisher import kl_hessian_vector_product, make_fisher_vector_product
-from sb3_trpo_ext.common.flat_params import FlatLayout, set_flat_params
+from sb3_trpo_ext.common.fast_mlp import FlatLayout, set_flat_params
+from sb3_trpo_ext.common.fisher import detach_distribution, kl_hessian_vector_product, kl_per_state, make_fisher_vector_product
 from sb3_trpo_ext.common.natural_gradient import (
     apply_fixed_step,
     backtracking_line_search,
@@ -480,8 +479,8 @@ def test_line_search_restores_parameters_bit_for_bit_when_every_try_fails(failur
 
     result = backtracking_line_search(params, step, evaluate, old_objective, target_kl, 0.5, max_iter=6)
     assert not result.accepted
-    assert result.iterations == 6 == len(seen)
-    assert result.step_fraction == 0.0
+    assert result.line_search_iterations == 6 == len(seen)
+    assert result.step_size == 0.0
     assert _all_equal(params, saved)
     # it really moved the parameters while trying, by 1, 1/2, 1/4, ... of the step
     old_flat = th.cat([s.reshape(-1) for s in saved])
@@ -498,8 +497,8 @@ def test_line_search_accepts_third_try_with_fraction_shrink_squared() -> None:
 
     result = backtracking_line_search(params, step, lambda: next(outcomes), 1.0, target_kl, shrink, max_iter=10)
     assert result.accepted
-    assert result.iterations == 3
-    assert math.isclose(result.step_fraction, shrink**2, rel_tol=1e-15)
+    assert result.line_search_iterations == 3
+    assert math.isclose(result.step_size, shrink**2, rel_tol=1e-15)
     assert result.objective == 1.5 and result.kl == 0.004
     assert th.allclose(get_flat_params(params), old_flat + shrink**2 * step, rtol=0, atol=1e-15)
 
@@ -509,7 +508,7 @@ def test_line_search_accepts_full_step_when_first_try_succeeds() -> None:
     old_flat = get_flat_params(params)
     step = th.ones(7, dtype=DTYPE)
     result = backtracking_line_search(params, step, lambda: (2.0, 0.01), 1.0, 0.01, 0.8, 10)  # KL == target is allowed
-    assert result.accepted and result.iterations == 1 and result.step_fraction == 1.0
+    assert result.accepted and result.line_search_iterations == 1 and result.step_size == 1.0
     assert th.equal(get_flat_params(params), old_flat + step)
 
 
@@ -529,8 +528,8 @@ def test_line_search_rescale_on_kl_aims_at_the_boundary_of_a_quadratic_kl(rescal
 
     result = backtracking_line_search(params, step, evaluate, 1.0, target_kl, 0.8, 10, rescale_on_kl=rescale)
     expected_fraction = 0.49 if rescale else 0.8**4
-    assert result.accepted and result.iterations == expected_tries
-    assert math.isclose(result.step_fraction, expected_fraction, rel_tol=1e-12)
+    assert result.accepted and result.line_search_iterations == expected_tries
+    assert math.isclose(result.step_size, expected_fraction, rel_tol=1e-12)
     assert math.isclose(result.kl, 4.0 * target_kl * expected_fraction**2, rel_tol=1e-9)
     assert result.kl <= target_kl
 
@@ -539,9 +538,10 @@ def test_apply_fixed_step_restores_parameters_exactly_when_evaluate_returns_nan(
     for bad in [(float("nan"), 0.0), (1.0, float("nan")), (float("inf"), 0.0)]:
         params = _make_params(33)
         saved = _snapshot(params)
-        kept, objective, kl = apply_fixed_step(params, th.full((7,), 0.1, dtype=DTYPE), lambda bad=bad: bad)
-        assert kept is False
+        outcome = apply_fixed_step(params, th.full((7,), 0.1, dtype=DTYPE), lambda bad=bad: bad)
+        assert outcome.accepted is False and outcome.non_finite and outcome.step_size == 0.0
         assert _all_equal(params, saved)
+        objective, kl = outcome.objective, outcome.kl
         assert (objective, kl) == bad or math.isnan(objective) or math.isnan(kl)
 
 
@@ -550,8 +550,8 @@ def test_apply_fixed_step_moves_parameters_by_step_when_finite() -> None:
     old_flat = get_flat_params(params)
     step = th.linspace(0.0, 1.0, 7, dtype=DTYPE)
     moved = []
-    kept, objective, kl = apply_fixed_step(params, step, lambda: moved.append(get_flat_params(params)) or (0.3, 0.2))
-    assert kept is True and (objective, kl) == (0.3, 0.2)
+    outcome = apply_fixed_step(params, step, lambda: moved.append(get_flat_params(params)) or (0.3, 0.2))
+    assert outcome.accepted is True and (outcome.objective, outcome.kl) == (0.3, 0.2) and not outcome.non_finite
     assert th.equal(get_flat_params(params), old_flat + step)
     assert th.equal(moved[0], old_flat + step)  # evaluated at the moved parameters
 

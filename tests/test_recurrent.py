@@ -11,9 +11,8 @@ from torch import nn
 from torch.func import functional_call
 
 from sb3_trpo_ext import RecurrentNaturalPG, RecurrentTRPO, VineTRPO
-from sb3_trpo_ext.common.direction import natural_direction
-from sb3_trpo_ext.common.distributions import actor_parameters
-from sb3_trpo_ext.common.fisher import make_fisher_vector_product
+from sb3_trpo_ext.common.fisher import actor_parameters, make_fisher_vector_product
+from sb3_trpo_ext.common.natural_gradient import natural_direction
 from sb3_trpo_ext.recurrent.sequence_batch import SequenceBatch
 
 TINY = dict(lstm_hidden_size=3, net_arch=[], enable_critic_lstm=True)

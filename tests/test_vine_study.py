@@ -19,7 +19,7 @@ import torch as th
 from benchmarks.results_io import read_result
 from benchmarks.vine_study import estimate, plan, reference, report, study
 from benchmarks.vine_study.checkpoint import Checkpoint
-from sb3_trpo_ext.common.distributions import actor_parameters
+from sb3_trpo_ext.common.fisher import actor_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
 CG_STEPS = 10

@@ -1,6 +1,6 @@
 """
 The estimates of the vine study: the gradient and natural-gradient direction of one batch, as the algorithms compute
-them in their update (:func:`~sb3_trpo_ext.common.direction.natural_direction`), from single-path batches
+them in their update (:func:`~sb3_trpo_ext.common.natural_gradient.natural_direction`), from single-path batches
 (:func:`single_path_estimate`) and from one vine iteration (:func:`vine_estimate`), each after a burn-in.
 """
 
@@ -20,7 +20,7 @@ from stable_baselines3.common.utils import obs_as_tensor, set_random_seed
 from benchmarks.vine_study.checkpoint import Checkpoint, time_limit
 from sb3_trpo_ext import VineTRPO
 from sb3_trpo_ext.common.base import NaturalGradientAlgorithm
-from sb3_trpo_ext.common.direction import natural_direction
+from sb3_trpo_ext.common.natural_gradient import natural_direction
 from sb3_trpo_ext.common.policy_batch import AdvantageBatch, PolicyBatch
 from sb3_trpo_ext.common.rollouts import collect_rollouts_fast
 from sb3_trpo_ext.vine.estimators import VineBatch
@@ -148,7 +148,7 @@ class Directions:
 def estimate_directions(model: NaturalGradientAlgorithm, batch: PolicyBatch, cg_max_steps: int) -> tuple[th.Tensor, th.Tensor]:
     """
     The gradient and CG direction of ``batch``'s surrogate at the current parameters, as the model's update computes
-    them (:func:`~sb3_trpo_ext.common.direction.natural_direction` with the model's Fisher path, damping and
+    them (:func:`~sb3_trpo_ext.common.natural_gradient.natural_direction` with the model's Fisher path, damping and
     ``fisher_sample_fraction``).
 
     :param model: the model (its policy and Fisher settings)

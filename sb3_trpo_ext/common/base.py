@@ -5,7 +5,7 @@ It owns the shared ``train()`` skeleton: build the batch, estimate the surrogate
 solve ``F s = g`` with conjugate gradient on the analytic Fisher, take a step with the subclass's step rule,
 fit the critic, log. Subclasses differ only where the methods differ:
 
-- :meth:`NaturalGradientAlgorithm._apply_step`: the step rule (line search for TRPO, a fixed step for NPG);
+- :meth:`NaturalGradientAlgorithm._step_rule`: the step rule (line search for TRPO, a fixed step for NPG);
 - ``train()``: which :class:`~sb3_trpo_ext.common.policy_batch.PolicyBatch` the step is taken on (the rollout's
   advantages here; the vine's Q-values of K actions per state);
 - ``collect_rollouts``: how samples are gathered.
@@ -24,7 +24,7 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.distributions import DiagGaussianDistribution, StateDependentNoiseDistribution
+from stable_baselines3.common.distributions import DiagGaussianDistribution, Distribution, StateDependentNoiseDistribution
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import (
     ActorCriticCnnPolicy,
@@ -38,10 +38,9 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_trpo_ext.common.backends import choose_backends
 from sb3_trpo_ext.common.critic import fit_critic
-from sb3_trpo_ext.common.direction import natural_direction
-from sb3_trpo_ext.common.distributions import SUPPORTED_DISTRIBUTIONS
 from sb3_trpo_ext.common.fast_mlp import mlp_plan
-from sb3_trpo_ext.common.natural_gradient import StepOutcome, full_step_scale
+from sb3_trpo_ext.common.fisher import SUPPORTED_DISTRIBUTIONS, actor_parameters
+from sb3_trpo_ext.common.natural_gradient import StepRule, StepSettings, natural_gradient_step
 from sb3_trpo_ext.common.policy_batch import AdvantageBatch, PolicyBatch
 from sb3_trpo_ext.common.precision import PRECISION_SETTINGS, PrecisionSetting
 from sb3_trpo_ext.common.preprocessing import images_normalized_once, normalizes_images
@@ -262,7 +261,11 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
             self.target_kl, self.cg_damping, self.trust_region_units, self.action_space
         )
         """The bound on the mean whole-distribution KL of a step, and the Fisher's damping, as the step uses them."""
-        self._actor_params: list[th.Tensor] | None = None
+        training = self.policy.training
+        self.policy.set_training_mode(False)  # the probe neither reads nor updates batch statistics
+        self._actor_params = actor_parameters(self.policy, self._probe_distribution())
+        """The parameters the action distribution depends on (the step's), found once through autograd."""
+        self.policy.set_training_mode(training)
         self._normalizes_images = normalizes_images(self.policy)
         """Whether an update divides the image observations by 255 once (:mod:`~sb3_trpo_ext.common.preprocessing`)."""
         self.mlp_plan = mlp_plan(self.policy)
@@ -296,74 +299,44 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
 
     # ------------------------------------------------------------------ hooks for subclasses
 
-    def _apply_step(
-        self,
-        params: list[th.Tensor],
-        direction: th.Tensor,
-        full_step_scale: float,
-        evaluate: Any,
-        old_objective: float,
-    ) -> StepOutcome:
+    def _step_rule(self) -> StepRule:
         """
-        The step rule: move ``params`` along the natural-gradient ``direction``.
+        The step rule, the one place the subclasses' steps differ: how far to move along the natural-gradient
+        direction (:class:`~sb3_trpo_ext.common.natural_gradient.LineSearch` for TRPO,
+        :class:`~sb3_trpo_ext.common.natural_gradient.FixedStep` for NaturalPG).
 
-        :param params: the actor's parameters
-        :param direction: the conjugate-gradient solution ``s ~ F^-1 g``
-        :param full_step_scale: ``beta = sqrt(2 delta / s^T F s)``
-        :param evaluate: returns ``(objective, mean KL)`` at the current parameters
-        :param old_objective: the objective at the old parameters
-        :return: what was done
+        :return: the rule, with this model's settings
         """
         raise NotImplementedError
+
+    def _probe_distribution(self) -> Distribution:
+        """
+        The policy's action distribution on one all-zeros observation, built with gradients, through which
+        :func:`~sb3_trpo_ext.common.fisher.actor_parameters` finds the actor's parameters at setup (a recurrent class
+        builds it from zero LSTM states).
+        """
+        return self.policy.get_distribution(self.policy.obs_to_tensor(zero_observation(self.observation_space))[0])
 
     # ------------------------------------------------------------------ the shared step
 
     def _natural_gradient_step(self, batch: PolicyBatch) -> dict[str, float]:
         """
-        One trust-region step on ``batch``: the direction from :func:`~sb3_trpo_ext.common.direction.natural_direction`,
-        the step rule from :meth:`_apply_step`.
-
-        A non-finite value anywhere (weights, gradient, Fisher-vector product, CG solution) skips the step and
-        leaves the parameters untouched.
+        One trust-region step on ``batch`` (:func:`~sb3_trpo_ext.common.natural_gradient.natural_gradient_step` with
+        this model's step rule and settings), counted as skipped where it was not tried or was undone.
 
         :param batch: the samples
-        :return: diagnostics to log
+        :return: the values to log under ``train/``
         """
-        found = natural_direction(
-            self.policy,
-            batch,
-            self.backends.fisher,
-            self.fisher_damping,
-            self.cg_max_steps,
-            self.fisher_sample_fraction,
-            self._actor_params,
-            self.backends.precision,
-            self.mlp_plan,
-        )
-        self._actor_params = found.params
-        stats: dict[str, float] = {"policy_objective": found.objective, **found.diagnostics}
-        if found.failure is not None:
-            return self._skip_step(stats, found.failure)
-        assert found.direction is not None and found.fisher_direction is not None and found.evaluate is not None
-        curvature_direction = found.fisher_direction
-        if self.damped_step_length:  # sb3-contrib's step length: s^T (F + damping I) s
-            curvature_direction = curvature_direction + self.fisher_damping * found.direction
-        beta = full_step_scale(found.direction, curvature_direction, self.max_kl)
-        if not np.isfinite(beta):
-            return self._skip_step(stats, "non-positive or non-finite curvature s^T F s")
-
-        outcome = self._apply_step(found.params, found.direction, beta, found.evaluate, found.objective)
-        if outcome.non_finite:
+        settings = StepSettings(
+            self.max_kl, self.fisher_damping, self.cg_max_steps, self.backends.fisher, self.fisher_sample_fraction,
+            self.damped_step_length, self.backends.precision,
+        )  # fmt: skip
+        outcome = natural_gradient_step(self.policy, batch, self._actor_params, self._step_rule(), settings, self.mlp_plan)
+        if outcome.counts_as_skipped:
             self.skipped_updates += 1
-        stats.update(
-            kl_divergence_loss=outcome.kl,
-            is_line_search_success=float(outcome.accepted),
-            line_search_iterations=float(outcome.line_search_iterations),
-            step_size=outcome.step_size,
-            surrogate_improvement=outcome.objective - found.objective,
-            **outcome.extra,
-        )
-        return stats
+        if outcome.skipped is not None and self.verbose >= 1:
+            print(f"{type(self).__name__}: skipped the policy step ({outcome.skipped}); parameters unchanged.")
+        return outcome.log_values()
 
     def save(self, path: Any, exclude: Any = None, include: Any = None) -> None:
         """
@@ -387,13 +360,6 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
         # the plan holds the policy's own modules, and the actor's parameters are the policy's: both are rebuilt by
         # _setup_model on load
         return [*super()._excluded_save_params(), "mlp_plan", "_actor_params", "_normalizes_images"]
-
-    def _skip_step(self, stats: dict[str, float], reason: str) -> dict[str, float]:
-        self.skipped_updates += 1
-        if self.verbose >= 1:
-            print(f"{type(self).__name__}: skipped the policy step ({reason}); parameters unchanged.")
-        stats.update(kl_divergence_loss=0.0, is_line_search_success=0.0, step_size=0.0, line_search_iterations=0.0)
-        return stats
 
     def learn(
         self: SelfNaturalGradientAlgorithm,
@@ -495,3 +461,10 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
 
 def _unchanged(observations: Any) -> Any:
     return observations
+
+
+def zero_observation(space: spaces.Space) -> Any:
+    """:return: an all-zeros observation of ``space`` (a dict of them for a ``Dict`` space), in its dtype"""
+    if isinstance(space, spaces.Dict):
+        return {key: zero_observation(subspace) for key, subspace in space.spaces.items()}
+    return np.zeros(space.shape, dtype=space.dtype)

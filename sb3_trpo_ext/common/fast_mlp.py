@@ -1,5 +1,7 @@
 """
-The one NumPy MLP, for plain MLP actors and critics where NumPy beats torch's per-call overhead.
+The one NumPy MLP, for plain MLP actors and critics where NumPy beats torch's per-call overhead, and the one flat
+parameter layout (:class:`FlatLayout`) that its vectors, conjugate gradient's, the Fisher-vector products' and the
+NumPy Adam's share (:func:`flat_grad` gives a gradient in it, :func:`set_flat_params` writes a vector back).
 
 A *plain MLP* is a chain of ``Linear`` layers with activations from :data:`ACTIVATIONS` behind a
 ``FlattenExtractor`` on a flat ``Box`` observation space, or behind a ``CombinedExtractor`` that only flattens
@@ -17,10 +19,10 @@ To support another activation, add it to :data:`ACTIVATIONS` (its forward, in pl
 function of its output); ``tests/test_fast_paths.py`` checks every entry against torch.
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch as th
@@ -30,8 +32,6 @@ from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.torch_layers import CombinedExtractor, FlattenExtractor
 from threadpoolctl import ThreadpoolController
 from torch import nn
-
-from sb3_trpo_ext.common.flat_params import FlatLayout, set_flat_params
 
 
 @dataclass(frozen=True)
@@ -156,6 +156,90 @@ def mlp_inputs(observations: object, keys: list[str] | None) -> np.ndarray:
     parts = [as_array(observations[key]) for key in keys]  # type: ignore[index]
     n = len(parts[0])
     return np.concatenate([part.reshape(n, -1) for part in parts], axis=1).astype(np.float32, copy=False)
+
+
+# ------------------------------------------------------------------ flat parameter vectors
+
+Vector = TypeVar("Vector", np.ndarray, th.Tensor)
+"""A flat vector or its parts: NumPy arrays or tensors (the parts are of the vector's kind)."""
+
+
+@dataclass(frozen=True)
+class FlatLayout:
+    """
+    The flat layout of a list of parameters.
+
+    :param shapes: each parameter's shape, in order
+    :param slices: each parameter's place in the flat vector
+    """
+
+    shapes: tuple[tuple[int, ...], ...]
+    slices: tuple[slice, ...]
+
+    @classmethod
+    def of(cls, params: Sequence[th.Tensor | np.ndarray]) -> "FlatLayout":
+        """:return: the layout of ``params`` (torch parameters or arrays), one after the other"""
+        shapes, slices, offset = [], [], 0
+        for param in params:
+            size = int(np.prod(param.shape, dtype=np.int64))
+            shapes.append(tuple(param.shape))
+            slices.append(slice(offset, offset + size))
+            offset += size
+        return cls(tuple(shapes), tuple(slices))
+
+    @property
+    def size(self) -> int:
+        """The flat vector's length."""
+        return self.slices[-1].stop if self.slices else 0
+
+    def split(self, flat: Vector) -> list[Vector]:
+        """
+        :param flat: a vector in this layout (a NumPy array or a tensor)
+        :return: each parameter's part, shaped like the parameter: views into ``flat``
+        :raises ValueError: when ``flat`` has another length
+        """
+        if flat.shape != (self.size,):
+            raise ValueError(f"flat vector has shape {tuple(flat.shape)} but the parameters need ({self.size},)")
+        return [flat[part].reshape(shape) for part, shape in zip(self.slices, self.shapes, strict=True)]
+
+    def slots(self, params: Sequence[th.Tensor]) -> dict[int, slice]:
+        """:return: each of ``params`` (the list this layout was made of) by ``id``, to its place"""
+        return {id(param): part for param, part in zip(params, self.slices, strict=True)}
+
+
+def set_flat_params(params: Sequence[th.Tensor], flat: th.Tensor | np.ndarray) -> None:
+    """
+    Write a flat vector into the parameters, in place, without recording gradients.
+
+    :param params: the parameters to overwrite
+    :param flat: a 1-D tensor or NumPy array in their :class:`FlatLayout`
+    :raises ValueError: when ``flat`` has another length
+    """
+    parts: list[Any] = FlatLayout.of(params).split(flat)  # type: ignore[type-var]
+    with th.no_grad():
+        for param, part in zip(params, parts, strict=True):
+            param.copy_(th.as_tensor(part))
+
+
+def flat_grad(
+    output: th.Tensor,
+    params: Sequence[th.Tensor],
+    retain_graph: bool = False,
+    create_graph: bool = False,
+) -> th.Tensor:
+    """
+    Gradient of a scalar with respect to ``params`` as one vector (zeros for parameters it does not depend on).
+
+    :param output: a scalar tensor
+    :param params: the parameters to differentiate with respect to
+    :param retain_graph: keep the graph for another backward pass
+    :param create_graph: build the graph of the gradient (for second derivatives)
+    :return: a 1-D tensor
+    """
+    grads = th.autograd.grad(
+        output, params, retain_graph=retain_graph or create_graph, create_graph=create_graph, allow_unused=True
+    )
+    return th.cat([(th.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params, strict=True)])
 
 
 _Views = list[tuple[np.ndarray, np.ndarray | None]]

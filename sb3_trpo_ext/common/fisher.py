@@ -1,7 +1,16 @@
 """
-The Fisher-vector product ``v -> F v`` of the trust-region step, where ``F`` is the analytic Fisher (the Hessian of
-the mean KL at the old parameters), undamped: the step adds its damping once, where conjugate gradient is called
-(:func:`sb3_trpo_ext.common.direction.natural_direction`). Every path lives here; three of them, chosen by
+The trust region's KL and its Fisher: the KL between whole action distributions (:func:`kl_per_state`, for every SB3
+distribution type), the old policy's detached copy, the parameters the distribution depends on, and the
+Fisher-vector product ``v -> F v`` of the step, ``F`` the analytic Fisher (the Hessian of the mean KL at the old
+parameters).
+
+The paper's trust region bounds the mean over states of ``KL(pi_old(.|s) || pi_new(.|s))`` where each KL is taken
+between the *whole* action distributions. For factorised distributions (diagonal Gaussian, gSDE, Bernoulli,
+MultiCategorical) that is the **sum** over action components. (sb3-contrib's TRPO averages over action dimensions
+instead, which makes its trust region ``action_dim`` times looser for Gaussian policies.)
+
+The product is undamped: the step adds its damping once, where conjugate gradient is called
+(:func:`sb3_trpo_ext.common.natural_gradient.natural_direction`). Every path lives here; three of them, chosen by
 :func:`sb3_trpo_ext.common.backends.choose_backends`:
 
 - ``"gauss-newton"``: ``F v = J^T M J v`` (paper, Appendix C.1), ``J`` the Jacobian of the actor's output (Gaussian
@@ -15,6 +24,7 @@ the mean KL at the old parameters), undamped: the step adds its damping once, wh
   (:func:`kl_hessian_vector_product`): gSDE and any policy not covered above.
 """
 
+import copy
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Literal
@@ -27,18 +37,99 @@ from stable_baselines3.common.distributions import (
     DiagGaussianDistribution,
     Distribution,
     MultiCategoricalDistribution,
+    StateDependentNoiseDistribution,
 )
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.preprocessing import preprocess_obs
 from stable_baselines3.common.type_aliases import PyTorchObs
 from torch import nn
+from torch.distributions import Bernoulli, Categorical, Normal
 from torch.func import functional_call, linearize, vjp
 
-from sb3_trpo_ext.common.distributions import detach_distribution, kl_per_state
-from sb3_trpo_ext.common.fast_mlp import MlpPlan, NumpyMlp, mlp_inputs, mlp_plan, single_threaded_blas
-from sb3_trpo_ext.common.flat_params import FlatLayout
-from sb3_trpo_ext.common.natural_gradient import flat_grad
+from sb3_trpo_ext.common.fast_mlp import FlatLayout, MlpPlan, NumpyMlp, flat_grad, mlp_inputs, mlp_plan, single_threaded_blas
 from sb3_trpo_ext.common.precision import Precision, mixed_precision
+
+# ------------------------------------------------------------------ the KL between whole action distributions
+
+SUPPORTED_DISTRIBUTIONS = (
+    DiagGaussianDistribution,  # includes SquashedDiagGaussianDistribution
+    StateDependentNoiseDistribution,
+    CategoricalDistribution,
+    MultiCategoricalDistribution,
+    BernoulliDistribution,
+)
+
+
+def _detach_torch_distribution(dist: th.distributions.Distribution) -> th.distributions.Distribution:
+    if isinstance(dist, Normal):
+        return Normal(dist.loc.detach(), dist.scale.detach(), validate_args=False)
+    if isinstance(dist, Categorical):
+        # Keep the (already normalized) logits exactly: normalizing them again would change them by rounding, and
+        # KL(old || new) at identical parameters would not be exactly 0.
+        logits = dist.logits.detach()
+        detached = Categorical(logits=logits, validate_args=False)
+        detached.logits = detached._param = logits
+        detached.__dict__.pop("probs", None)
+        return detached
+    if isinstance(dist, Bernoulli):
+        return Bernoulli(logits=dist.logits.detach(), validate_args=False)
+    raise TypeError(f"Unsupported torch distribution {type(dist).__name__}")
+
+
+def detach_distribution(distribution: Distribution) -> Distribution:
+    """
+    A copy of an SB3 distribution whose parameters are cut from the autograd graph (the "old" policy).
+
+    :param distribution: an SB3 distribution after ``proba_distribution``
+    :return: a shallow copy holding detached torch distributions
+    """
+    detached = copy.copy(distribution)
+    if isinstance(distribution.distribution, list):
+        detached.distribution = [_detach_torch_distribution(d) for d in distribution.distribution]
+    else:
+        detached.distribution = _detach_torch_distribution(distribution.distribution)
+    return detached
+
+
+def _kl(p: th.distributions.Distribution, q: th.distributions.Distribution) -> th.Tensor:
+    kl = th.distributions.kl_divergence(p, q)
+    return kl.sum(dim=-1) if kl.dim() > 1 else kl
+
+
+def kl_per_state(old: Distribution, new: Distribution) -> th.Tensor:
+    """
+    ``KL(old(.|s) || new(.|s))`` between whole action distributions, one value per state.
+
+    :param old: the old policy's distribution on a batch of states
+    :param new: the new policy's distribution on the same states
+    :return: a tensor of shape ``(batch,)``
+    """
+    if type(old) is not type(new):
+        raise TypeError(f"KL between different distribution types: {type(old).__name__} and {type(new).__name__}")
+    if isinstance(old.distribution, list) and isinstance(new.distribution, list):
+        return th.stack([_kl(p, q) for p, q in zip(old.distribution, new.distribution, strict=True)], dim=1).sum(dim=1)
+    return _kl(old.distribution, new.distribution)  # type: ignore[arg-type]
+
+
+def actor_parameters(policy: th.nn.Module, distribution: Distribution) -> list[th.nn.Parameter]:
+    """
+    The parameters the action distribution depends on (the actor's), found through autograd.
+
+    :param policy: the policy
+    :param distribution: its distribution on some batch (built with gradients)
+    :return: the parameters with a gradient path to the distribution's tensors
+    """
+    params = [p for p in policy.parameters() if p.requires_grad]
+    dists = distribution.distribution if isinstance(distribution.distribution, list) else [distribution.distribution]
+    tensors: list[th.Tensor] = []
+    for dist in dists:
+        tensors += [dist.loc, dist.scale] if isinstance(dist, th.distributions.Normal) else [dist.logits]  # type: ignore[attr-defined]
+    probe = th.stack([t.sum() for t in tensors]).sum()
+    grads = th.autograd.grad(probe, params, retain_graph=True, allow_unused=True)
+    return [p for p, g in zip(params, grads, strict=True) if g is not None]
+
+
+# ------------------------------------------------------------------ the Fisher-vector products
 
 FisherBackend = Literal["numpy-gauss-newton", "gauss-newton", "double-backprop"]
 """The Fisher-vector product's paths (chosen by :func:`~sb3_trpo_ext.common.backends.choose_backends`)."""

@@ -1,64 +1,328 @@
 """
-The natural-gradient engine shared by ``TRPO``, ``NaturalPG`` and ``VineTRPO``.
+The natural-gradient step shared by the whole family, in the paper's order (Schulman et al. 2015, Section 6 and
+Appendix C), as functions over explicit arguments (no ``self``):
 
-Pure functions on tensors (no ``self``), so each piece can be checked against an explicit matrix:
+1. the surrogate ``L`` of a :class:`~sb3_trpo_ext.common.policy_batch.PolicyBatch` and its gradient ``g``
+   (:func:`~sb3_trpo_ext.common.fast_mlp.flat_grad`);
+2. the direction: ``s ~ (F + damping I)^-1 g`` by :func:`conjugate_gradient` on the undamped Fisher-vector product
+   of :mod:`~sb3_trpo_ext.common.fisher` (:func:`natural_direction`: steps 1 and 2, also used by the vine study);
+3. the step length ``beta = sqrt(2 delta / s^T F s)`` (:func:`full_step_scale`);
+4. the step rule, a :class:`StepRule`: :class:`LineSearch` (TRPO: :func:`backtracking_line_search`, which restores the
+   parameters bit for bit when every try fails) or :class:`FixedStep` (NaturalPG: :func:`apply_fixed_step`).
 
-- :func:`flat_grad`: the gradient as one vector (in the :class:`~sb3_trpo_ext.common.flat_params.FlatLayout`,
-  written back by :func:`~sb3_trpo_ext.common.flat_params.set_flat_params`);
-- :func:`conjugate_gradient`: approximately solve ``A x = b`` with ``k`` steps;
-- :func:`full_step_scale`: ``beta = sqrt(2 delta / s^T F s)``, the step that meets the quadratic KL model;
-- :func:`backtracking_line_search`: shrink the step until the surrogate improves and the mean KL stays below
-  ``delta``; when every try fails, the parameters are restored bit for bit.
+:func:`natural_gradient_step` runs the four; every step, rule and skip says what it did in one type,
+:class:`StepOutcome`. The pure pieces are checked against explicit matrices in ``tests/test_natural_gradient.py``.
 """
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
 import torch as th
+from stable_baselines3.common.distributions import Distribution
+from stable_baselines3.common.policies import ActorCriticPolicy
 
-from sb3_trpo_ext.common.flat_params import set_flat_params
+from sb3_trpo_ext.common.fast_mlp import MlpPlan, flat_grad, set_flat_params
+from sb3_trpo_ext.common.fisher import (
+    FisherBackend,
+    FisherVectorProduct,
+    actor_parameters,
+    detach_distribution,
+    kl_per_state,
+    make_fisher_vector_product,
+)
+from sb3_trpo_ext.common.policy_batch import PolicyBatch
+from sb3_trpo_ext.common.precision import Precision
+from sb3_trpo_ext.common.user_warnings import warn_at_user_call
+
+__all__ = [
+    "ConjugateGradientResult",
+    "FixedStep",
+    "LineSearch",
+    "Measure",
+    "NaturalDirection",
+    "StepOutcome",
+    "StepRule",
+    "StepSettings",
+    "apply_fixed_step",
+    "backtracking_line_search",
+    "conjugate_gradient",
+    "flat_grad",
+    "full_step_scale",
+    "natural_direction",
+    "natural_gradient_step",
+]
+
+Measure = Callable[[], tuple[float, float]]
+"""Measures ``(surrogate, mean KL to the old policy)`` at the parameters the policy holds now."""
 
 
 @dataclass
 class StepOutcome:
-    """What a step rule did."""
+    """What a natural-gradient step did: the one result type of :func:`natural_gradient_step` and its step rules."""
 
     accepted: bool
+    """Whether the parameters moved."""
     objective: float
+    """The surrogate at the final parameters (the old one when nothing was accepted)."""
     kl: float
+    """The mean KL at the final parameters (0 when nothing was accepted)."""
     step_size: float
+    """The multiple of the direction ``s`` taken (of the full step, for :func:`backtracking_line_search` alone)."""
     line_search_iterations: int = 0
+    """Candidate steps measured."""
     non_finite: bool = False
-    """The step gave a non-finite result and was undone (counted as a skipped update)."""
-    extra: dict[str, float] = field(default_factory=dict)
+    """A step was tried, gave a non-finite result and was undone (counted as a skipped update)."""
+    skipped: str | None = None
+    """Why no step was tried (a non-finite gradient, solution or curvature); the parameters are untouched."""
+    old_objective: float = math.nan
+    """The surrogate at the old parameters."""
+    diagnostics: dict[str, float] = field(default_factory=dict)
+    """The conjugate gradient's residual norm and iterations."""
+
+    @classmethod
+    def skip(cls, old_objective: float, reason: str, diagnostics: dict[str, float]) -> "StepOutcome":
+        """:return: the outcome of a step not tried for ``reason``"""
+        return cls(False, old_objective, 0.0, 0.0, skipped=reason, old_objective=old_objective, diagnostics=diagnostics)
+
+    @property
+    def counts_as_skipped(self) -> bool:
+        """Whether the update counts as skipped (``skipped_updates``): not tried, or tried and undone."""
+        return self.skipped is not None or self.non_finite
+
+    def log_values(self) -> dict[str, float]:
+        """:return: the ``train/`` values to log (sb3-contrib's keys, then CG and line-search diagnostics)"""
+        values = {"policy_objective": self.old_objective, **self.diagnostics}
+        values.update(
+            kl_divergence_loss=self.kl,
+            is_line_search_success=float(self.accepted),
+            line_search_iterations=float(self.line_search_iterations),
+            step_size=self.step_size,
+        )
+        if self.skipped is None:
+            values["surrogate_improvement"] = self.objective - self.old_objective
+        return values
 
 
-def _restore(params: Sequence[th.Tensor], saved: Sequence[th.Tensor]) -> None:
-    with th.no_grad():
-        for param, value in zip(params, saved, strict=True):
-            param.copy_(value)
+class StepRule(Protocol):
+    """How far to move along the direction: the one place TRPO and NaturalPG differ."""
+
+    def __call__(
+        self, params: Sequence[th.Tensor], direction: th.Tensor, full_step_scale: float, measure: Measure, old_objective: float
+    ) -> StepOutcome:
+        """
+        :param params: the actor's parameters, moved in place
+        :param direction: the conjugate-gradient solution ``s``
+        :param full_step_scale: ``beta = sqrt(2 delta / s^T F s)``
+        :param measure: the surrogate and mean KL at the parameters the policy holds
+        :param old_objective: the surrogate at the old parameters
+        :return: what was done
+        """
+        ...
 
 
-def flat_grad(
-    output: th.Tensor,
+@dataclass(frozen=True)
+class StepSettings:
+    """The step's settings, as a model holds them (its trust region, Fisher path and conjugate gradient)."""
+
+    max_kl: float
+    """``delta``, the bound on the mean whole-distribution KL."""
+    damping: float
+    """Added to the Fisher for conjugate gradient."""
+    cg_max_steps: int
+    fisher_backend: FisherBackend
+    fisher_sample_fraction: float = 1.0
+    damped_step_length: bool = False
+    """``beta`` from ``s^T (F + damping I) s``, as sb3-contrib, instead of the paper's ``s^T F s``."""
+    precision: Precision = "float32"
+    """The number format of the Fisher products' network passes (everything else is float32)."""
+
+
+def natural_gradient_step(
+    policy: ActorCriticPolicy,
+    batch: PolicyBatch,
     params: Sequence[th.Tensor],
-    retain_graph: bool = False,
-    create_graph: bool = False,
-) -> th.Tensor:
+    step_rule: StepRule,
+    settings: StepSettings,
+    plan: MlpPlan | None = None,
+) -> StepOutcome:
     """
-    Gradient of a scalar with respect to ``params`` as one vector (zeros for parameters it does not depend on).
+    One trust-region step on ``batch``. A non-finite value anywhere (advantages, gradient, CG solution, curvature)
+    skips it and leaves the parameters untouched.
 
-    :param output: a scalar tensor
-    :param params: the parameters to differentiate with respect to
-    :param retain_graph: keep the graph for another backward pass
-    :param create_graph: build the graph of the gradient (for second derivatives)
-    :return: a 1-D tensor
+    :param policy: the policy, at the old parameters
+    :param batch: the samples and their surrogate
+    :param params: the actor's parameters (found once per model)
+    :param step_rule: the line search or the fixed step
+    :param settings: the trust region, the Fisher path, conjugate gradient
+    :param plan: the policy's MLP plan (``model.mlp_plan``), for the NumPy Fisher path
+    :return: what was done
     """
-    grads = th.autograd.grad(
-        output, params, retain_graph=retain_graph or create_graph, create_graph=create_graph, allow_unused=True
+    # direction: the surrogate's gradient g, and s ~ (F + damping I)^-1 g by conjugate gradient
+    found = natural_direction(
+        policy, batch, settings.fisher_backend, settings.damping, settings.cg_max_steps,
+        settings.fisher_sample_fraction, params, settings.precision, plan,
+    )  # fmt: skip
+    if found.failure is not None:
+        return StepOutcome.skip(found.objective, found.failure, found.diagnostics)
+    assert found.direction is not None and found.fisher_direction is not None and found.evaluate is not None
+    # step length: beta = sqrt(2 delta / s^T F s), or sb3-contrib's s^T (F + damping I) s
+    curvature_direction = found.fisher_direction
+    if settings.damped_step_length:
+        curvature_direction = curvature_direction + settings.damping * found.direction
+    beta = full_step_scale(found.direction, curvature_direction, settings.max_kl)
+    if not math.isfinite(beta):
+        return StepOutcome.skip(found.objective, "non-positive or non-finite curvature s^T F s", found.diagnostics)
+    # step rule: the line search (TRPO) or the fixed step (NaturalPG), measured on the batch
+    outcome = step_rule(params, found.direction, beta, found.evaluate, found.objective)
+    return replace(outcome, old_objective=found.objective, diagnostics=found.diagnostics)
+
+
+@dataclass(frozen=True)
+class LineSearch:
+    """TRPO's step rule: :func:`backtracking_line_search` from the full step ``beta * s``."""
+
+    target_kl: float
+    shrinking_factor: float = 0.8
+    max_iter: int = 10
+    rescale_on_kl: bool = False
+
+    def __call__(
+        self, params: Sequence[th.Tensor], direction: th.Tensor, full_step_scale: float, measure: Measure, old_objective: float
+    ) -> StepOutcome:
+        """:return: the line search's outcome, its step size in multiples of ``s``"""
+        searched = backtracking_line_search(
+            params, full_step_scale * direction, measure, old_objective, self.target_kl, self.shrinking_factor,
+            self.max_iter, rescale_on_kl=self.rescale_on_kl,
+        )  # fmt: skip
+        return replace(searched, step_size=full_step_scale * searched.step_size)
+
+
+@dataclass(frozen=True)
+class FixedStep:
+    """NaturalPG's step rule: :func:`apply_fixed_step` of ``beta * s`` (``step_size`` None) or ``step_size * s``."""
+
+    step_size: float | None = None
+
+    def __call__(
+        self, params: Sequence[th.Tensor], direction: th.Tensor, full_step_scale: float, measure: Measure, old_objective: float
+    ) -> StepOutcome:
+        """:return: the step's outcome (undone, with the old surrogate, when non-finite)"""
+        scale = full_step_scale if self.step_size is None else self.step_size
+        outcome = apply_fixed_step(params, scale * direction, measure)
+        if outcome.non_finite:
+            return StepOutcome(accepted=False, objective=old_objective, kl=0.0, step_size=0.0, non_finite=True)
+        return replace(outcome, step_size=scale)
+
+
+@dataclass
+class NaturalDirection:
+    """What :func:`natural_direction` found: steps 1 and 2 of the step."""
+
+    params: list[th.Tensor]
+    """The actor's parameters, in the order of the vectors."""
+    objective: float
+    """The surrogate at the old parameters."""
+    gradient: th.Tensor
+    """``g``, the surrogate's gradient."""
+    direction: th.Tensor | None = None
+    """``s ~ (F + damping I)^-1 g`` (``None`` when ``failure``)."""
+    fisher_direction: th.Tensor | None = None
+    """``F s``, undamped."""
+    evaluate: Measure | None = None
+    """``(surrogate, mean KL to the old policy)`` at the policy's current parameters."""
+    diagnostics: dict[str, float] = field(default_factory=dict)
+    failure: str | None = None
+    """Why no direction could be found (non-finite gradient or solution); the step is then skipped."""
+
+
+def natural_direction(
+    policy: ActorCriticPolicy,
+    batch: PolicyBatch,
+    fisher_backend: FisherBackend,
+    damping: float,
+    cg_max_steps: int,
+    fisher_sample_fraction: float = 1.0,
+    params: Sequence[th.Tensor] | None = None,
+    precision: Precision = "float32",
+    plan: MlpPlan | None = None,
+) -> NaturalDirection:
+    """
+    The surrogate's gradient ``g``, the conjugate-gradient solution ``s`` of ``(F + damping I) s = g`` (the only place
+    the damping is added), the undamped ``F s`` and the measure of the surrogate and mean KL that a step rule calls.
+
+    :param policy: the policy, at the old parameters
+    :param batch: the samples and their surrogate
+    :param fisher_backend: the Fisher-vector product's path (``model.backends.fisher``)
+    :param damping: added to the Fisher for conjugate gradient
+    :param cg_max_steps: conjugate-gradient iterations
+    :param fisher_sample_fraction: the share of the batch the Fisher is averaged over (a random subsample)
+    :param params: the actor's parameters (default: found from the policy's distribution)
+    :param precision: the number format of the Fisher products' network passes (everything else is float32)
+    :param plan: the policy's MLP plan (``model.mlp_plan``), for the NumPy Fisher path
+    :return: the direction, or the reason there is none
+    """
+    distribution = batch.distribution(policy)
+    old_distribution = detach_distribution(distribution)
+    log_prob = distribution.log_prob(batch.actions)
+    old_log_prob = log_prob.detach()
+    params = list(params) if params is not None else list(actor_parameters(policy, distribution))
+    objective = batch.surrogate(log_prob, old_log_prob)
+    gradient = flat_grad(objective, params, retain_graph=True)
+    found = NaturalDirection(params=params, objective=float(objective.item()), gradient=gradient)
+    if not (batch.is_finite() and th.isfinite(gradient).all()):
+        found.failure = "non-finite advantages or gradient"
+        return found
+
+    fisher = _batch_fisher_product(
+        policy, batch, distribution, params, fisher_backend, fisher_sample_fraction, precision, plan, gradient.device
     )
-    return th.cat([(th.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params, strict=True)])
+    cg = conjugate_gradient(lambda v: fisher(v) + damping * v, gradient, cg_max_steps)
+    found.diagnostics = {"cg_residual": cg.residual_norm, "cg_iterations": float(cg.iterations)}
+    if not th.isfinite(cg.solution).all():
+        found.failure = "non-finite conjugate-gradient solution"
+        return found
+    found.direction, found.fisher_direction = cg.solution, fisher(cg.solution)
+
+    def evaluate() -> tuple[float, float]:
+        with th.no_grad():
+            new_distribution = batch.distribution(policy)
+            new_objective = batch.surrogate(new_distribution.log_prob(batch.actions), old_log_prob)
+            kl = batch.state_mean(kl_per_state(old_distribution, new_distribution))
+        return float(new_objective.item()), float(kl.item())
+
+    found.evaluate = evaluate
+    return found
+
+
+def _batch_fisher_product(
+    policy: ActorCriticPolicy,
+    batch: PolicyBatch,
+    distribution: Distribution,
+    params: Sequence[th.Tensor],
+    backend: FisherBackend,
+    sample_fraction: float,
+    precision: Precision,
+    plan: MlpPlan | None,
+    device: th.device,
+) -> FisherVectorProduct:
+    """
+    :return: the undamped Fisher-vector product of ``batch``, or of a random ``sample_fraction`` of its states
+        (``distribution``: the policy's on the whole batch, reused where it can be; ``device``: of the subsample's
+        indices)
+    """
+    fisher_batch, n_samples = batch, len(batch.actions)
+    n_fisher = max(1, round(sample_fraction * n_samples))
+    fisher_distribution: Distribution | None = distribution
+    if n_fisher < n_samples:
+        fisher_batch = batch.states(th.randperm(n_samples, device=device)[:n_fisher])
+        fisher_distribution = None
+    if backend == "double-backprop" and fisher_distribution is None and precision == "float32":
+        fisher_distribution = fisher_batch.distribution(policy)
+    return make_fisher_vector_product(
+        backend, policy, fisher_batch.observations, params, fisher_distribution, precision, fisher_batch.state_mean, plan
+    )
 
 
 @dataclass
@@ -130,54 +394,16 @@ def full_step_scale(direction: th.Tensor, fisher_direction: th.Tensor, target_kl
     return (2.0 * target_kl / curvature) ** 0.5
 
 
-def apply_fixed_step(
-    params: Sequence[th.Tensor],
-    step: th.Tensor,
-    evaluate: Callable[[], tuple[float, float]],
-) -> tuple[bool, float, float]:
-    """
-    Move ``params`` by ``step`` without a line search; undo the move, bit for bit, if the result is non-finite.
-
-    :param params: the policy parameters, modified in place
-    :param step: the full parameter change
-    :param evaluate: returns ``(surrogate objective, mean KL)`` at the current parameters
-    :return: whether the step was kept, and the objective and mean KL after it
-    """
-    saved = [p.detach().clone() for p in params]
-    set_flat_params(params, th.cat([s.reshape(-1) for s in saved]) + step)
-    objective, kl = evaluate()
-    if math.isfinite(objective) and math.isfinite(kl):
-        return True, objective, kl
-    _restore(params, saved)
-    return False, objective, kl
-
-
-@dataclass
-class LineSearchResult:
-    """Outcome of :func:`backtracking_line_search`."""
-
-    accepted: bool
-    """Whether a step was accepted (otherwise the parameters are unchanged)."""
-    iterations: int
-    """Number of candidate steps evaluated."""
-    step_fraction: float
-    """Fraction of the full step that was accepted (0 when none)."""
-    objective: float
-    """Surrogate objective at the final parameters."""
-    kl: float
-    """Mean KL at the final parameters (0 when none was accepted)."""
-
-
 def backtracking_line_search(
     params: Sequence[th.Tensor],
     full_step: th.Tensor,
-    evaluate: Callable[[], tuple[float, float]],
+    evaluate: Measure,
     old_objective: float,
     target_kl: float,
     shrinking_factor: float = 0.8,
     max_iter: int = 10,
     rescale_on_kl: bool = False,
-) -> LineSearchResult:
+) -> StepOutcome:
     """
     Try ``theta_old + shrinking_factor^i * full_step`` for ``i = 0, 1, ...`` and keep the first candidate whose
     surrogate objective improves on ``old_objective`` and whose mean KL is at most ``target_kl``.
@@ -198,7 +424,8 @@ def backtracking_line_search(
     :param shrinking_factor: the factor by which the step is shrunk after a failed try, in (0, 1)
     :param max_iter: the maximal number of tries
     :param rescale_on_kl: after a try over the KL bound, aim the next one at the boundary (see above)
-    :return: whether a step was accepted, and its diagnostics
+    :return: whether a step was accepted, the surrogate and mean KL after it, the accepted fraction of ``full_step``
+        (``step_size``, 0 when none) and the candidates measured
     """
     saved = [p.detach().clone() for p in params]
     old_flat = th.cat([s.reshape(-1) for s in saved])
@@ -207,10 +434,46 @@ def backtracking_line_search(
         set_flat_params(params, old_flat + fraction * full_step)
         objective, kl = evaluate()
         if math.isfinite(objective) and math.isfinite(kl) and kl <= target_kl and objective > old_objective:
-            return LineSearchResult(True, iteration, fraction, objective, kl)
+            return StepOutcome(True, objective, kl, step_size=fraction, line_search_iterations=iteration)
         if rescale_on_kl and math.isfinite(kl) and kl > target_kl:
             fraction *= min(0.98 * (target_kl / kl) ** 0.5, 0.98)
         else:
             fraction *= shrinking_factor
     _restore(params, saved)
-    return LineSearchResult(False, max_iter, 0.0, old_objective, 0.0)
+    return StepOutcome(False, old_objective, 0.0, step_size=0.0, line_search_iterations=max_iter)
+
+
+def apply_fixed_step(params: Sequence[th.Tensor], step: th.Tensor, evaluate: Measure) -> StepOutcome:
+    """
+    Move ``params`` by ``step`` without a line search; undo the move, bit for bit, if the result is non-finite.
+
+    :param params: the policy parameters, modified in place
+    :param step: the full parameter change
+    :param evaluate: returns ``(surrogate objective, mean KL)`` at the current parameters
+    :return: whether the step was kept (``non_finite`` when undone), and the objective and mean KL after it
+        (``step_size`` 1: the whole of ``step``)
+    """
+    saved = [p.detach().clone() for p in params]
+    set_flat_params(params, th.cat([s.reshape(-1) for s in saved]) + step)
+    objective, kl = evaluate()
+    if math.isfinite(objective) and math.isfinite(kl):
+        return StepOutcome(True, objective, kl, step_size=1.0)
+    _restore(params, saved)
+    return StepOutcome(False, objective, kl, step_size=0.0, non_finite=True)
+
+
+def _restore(params: Sequence[th.Tensor], saved: Sequence[th.Tensor]) -> None:
+    with th.no_grad():
+        for param, value in zip(params, saved, strict=True):
+            param.copy_(value)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "LineSearchResult":  # 0.2's line-search result: the fields are StepOutcome's
+        warn_at_user_call(
+            "LineSearchResult is deprecated: backtracking_line_search returns a StepOutcome (step_size is the accepted "
+            "fraction, line_search_iterations the tries).",
+            DeprecationWarning,
+        )
+        return StepOutcome
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

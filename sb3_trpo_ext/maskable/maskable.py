@@ -18,12 +18,13 @@ from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
 from sb3_contrib.ppo_mask.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import MaybeCallback
 from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_trpo_ext.common.base import NaturalGradientAlgorithm
-from sb3_trpo_ext.maskable.batch import masked_batch
+from sb3_trpo_ext.maskable.batch import as_engine_distribution, masked_batch
 from sb3_trpo_ext.maskable.rollouts import collect_masked_rollouts
 from sb3_trpo_ext.npg import NaturalPG
 from sb3_trpo_ext.trpo import TRPO
@@ -178,6 +179,10 @@ class MaskingMixin(NaturalGradientAlgorithm):
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "_use_masking"]
+
+    def _probe_distribution(self) -> Distribution:
+        """The unmasked distribution on one all-zeros observation, as the engine reads distributions."""
+        return as_engine_distribution(super()._probe_distribution())  # type: ignore[arg-type]
 
 
 def _masked_docstring(algorithm: type, summary: str) -> str:

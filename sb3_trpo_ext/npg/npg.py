@@ -8,7 +8,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 
 from sb3_trpo_ext.common.base import NaturalGradientAlgorithm
-from sb3_trpo_ext.common.natural_gradient import StepOutcome, apply_fixed_step
+from sb3_trpo_ext.common.natural_gradient import FixedStep, StepRule
 from sb3_trpo_ext.common.precision import PrecisionSetting
 from sb3_trpo_ext.common.trust_region import TrustRegionUnits
 from sb3_trpo_ext.common.validation import check_positive
@@ -141,16 +141,6 @@ class NaturalPG(NaturalGradientAlgorithm):
             _init_setup_model=_init_setup_model,
         )
 
-    def _apply_step(
-        self,
-        params: list[th.Tensor],
-        direction: th.Tensor,
-        full_step_scale: float,
-        evaluate: Any,
-        old_objective: float,
-    ) -> StepOutcome:
-        scale = full_step_scale if self.step_mode == "kl" else self.step_size
-        kept, objective, kl = apply_fixed_step(params, scale * direction, evaluate)
-        if not kept:
-            return StepOutcome(accepted=False, objective=old_objective, kl=0.0, step_size=0.0, non_finite=True)
-        return StepOutcome(accepted=True, objective=objective, kl=kl, step_size=scale)
+    def _step_rule(self) -> StepRule:
+        """:return: the fixed step: ``beta * s`` (``step_mode="kl"``) or ``step_size * s`` (``"constant"``)"""
+        return FixedStep(None if self.step_mode == "kl" else self.step_size)

@@ -21,12 +21,13 @@ from sb3_contrib.common.recurrent.type_aliases import RecurrentRolloutBufferSamp
 from sb3_contrib.ppo_recurrent.policies import CnnLstmPolicy, MlpLstmPolicy, MultiInputLstmPolicy
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import MaybeCallback, RolloutBufferSamples
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 
-from sb3_trpo_ext.common.base import NaturalGradientAlgorithm
+from sb3_trpo_ext.common.base import NaturalGradientAlgorithm, zero_observation
 from sb3_trpo_ext.npg.npg import NaturalPG
 from sb3_trpo_ext.recurrent.sequence_batch import SequenceBatch, starts_folded
 from sb3_trpo_ext.trpo.trpo import TRPO
@@ -96,6 +97,16 @@ class RecurrentMixin(NaturalGradientAlgorithm):
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "_last_lstm_states"]
+
+    def _probe_distribution(self) -> Distribution:
+        """The policy's distribution on one all-zeros observation from zero LSTM states (the actor's parameters)."""
+        if not isinstance(self.policy, RecurrentActorCriticPolicy):
+            return super()._probe_distribution()  # refused, with the fix, once the engine's set-up returns
+        lstm = self.policy.lstm_actor
+        zeros = th.zeros(lstm.num_layers, 1, lstm.hidden_size, device=self.device)
+        observation = self.policy.obs_to_tensor(zero_observation(self.observation_space))[0]
+        distribution, _ = self.policy.get_distribution(observation, (zeros, zeros), th.zeros(1, device=self.device))  # type: ignore[arg-type]
+        return distribution
 
     # ------------------------------------------------------------------ rollouts
 
@@ -233,7 +244,7 @@ class RecurrentMixin(NaturalGradientAlgorithm):
         """
         if not th.isfinite(th.as_tensor(self.rollout_buffer.returns)).all():
             return []
-        actor = {id(p) for p in self._actor_params or []}
+        actor = {id(p) for p in self._actor_params}
         optimizer = self.policy.optimizer
         losses = []
         for _ in range(self.n_critic_updates):

@@ -4,7 +4,7 @@ The policy batch of a recurrent policy: padded sequences, each started from the 
 sb3-contrib's recurrent rollout buffer cuts the rollout into sequences at every episode start and at every change of
 environment, pads them to one length and flattens them to ``(n_seq * max_len, ...)`` rows in sequence order. A
 :class:`SequenceBatch` keeps that layout and its mask, so that the trust-region step
-(:func:`~sb3_trpo_ext.common.direction.natural_direction`) sees exactly what it sees on a flat batch:
+(:func:`~sb3_trpo_ext.common.natural_gradient.natural_direction`) sees exactly what it sees on a flat batch:
 
 - :meth:`SequenceBatch.distribution`: the policy run over the sequences from their stored start states, resetting the
   state at each episode start inside a sequence;

@@ -8,7 +8,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 
 from sb3_trpo_ext.common.base import NaturalGradientAlgorithm
-from sb3_trpo_ext.common.natural_gradient import StepOutcome, backtracking_line_search
+from sb3_trpo_ext.common.natural_gradient import LineSearch, StepRule
 from sb3_trpo_ext.common.precision import PrecisionSetting
 from sb3_trpo_ext.common.trust_region import TrustRegionUnits
 from sb3_trpo_ext.common.validation import check_in_range, check_int_at_least
@@ -146,28 +146,8 @@ class TRPO(NaturalGradientAlgorithm):
             _init_setup_model=_init_setup_model,
         )
 
-    def _apply_step(
-        self,
-        params: list[th.Tensor],
-        direction: th.Tensor,
-        full_step_scale: float,
-        evaluate: Any,
-        old_objective: float,
-    ) -> StepOutcome:
-        result = backtracking_line_search(
-            params,
-            full_step_scale * direction,
-            evaluate,
-            old_objective,
-            self.max_kl,
-            self.line_search_shrinking_factor,
-            self.line_search_max_iter,
-            rescale_on_kl=self.line_search_rescale_on_kl,
-        )
-        return StepOutcome(
-            accepted=result.accepted,
-            objective=result.objective,
-            kl=result.kl,
-            step_size=full_step_scale * result.step_fraction,
-            line_search_iterations=result.iterations,
+    def _step_rule(self) -> StepRule:
+        """:return: the backtracking line search from ``beta * s``, within ``max_kl``"""
+        return LineSearch(
+            self.max_kl, self.line_search_shrinking_factor, self.line_search_max_iter, self.line_search_rescale_on_kl
         )
