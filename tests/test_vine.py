@@ -37,12 +37,12 @@ from stable_baselines3.common.logger import KVWriter, Logger
 from stable_baselines3.common.monitor import Monitor, load_results
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecFrameStack
 
-import sb3_trpo_ext.vine.estimators as estimators_module
+import sb3_trpo_ext.vine.rollout_set as estimators_module
 from sb3_trpo_ext import VineTRPO
 from sb3_trpo_ext.vine import VineWorkerWrapper
 from sb3_trpo_ext.vine.branch_runner import BranchRunner
 from sb3_trpo_ext.vine.branches import call_subproc_workers
-from sb3_trpo_ext.vine.estimators import (
+from sb3_trpo_ext.vine.rollout_set import (
     all_actions_surrogate,
     importance_sampling_surrogate,
 )
@@ -776,7 +776,7 @@ def test_vine_pong_with_cnn_policy_and_uniform_q_runs_and_logs() -> None:
 
 def test_frame_stack_state_reads_vec_frame_stack_buffers_and_axis() -> None:
     """The one read of SB3's private ``VecFrameStack.stacked_obs`` (buffer per env, stacking axis)."""
-    from sb3_trpo_ext.vine.branch_transform import frame_stack_state
+    from sb3_trpo_ext.vine.branches import frame_stack_state
 
     venv = VecFrameStack(DummyVecEnv([lambda: TinyEnv(spaces.Discrete(2), observation="image")] * 2), n_stack=3)
     obs = venv.reset()
@@ -819,7 +819,7 @@ def test_branch_transform_replays_what_the_vec_env_wrappers_compute(case: str) -
     from stable_baselines3.common.vec_env import VecTransposeImage
 
     from sb3_trpo_ext.common.rollout_policy import stack_observations
-    from sb3_trpo_ext.vine.branch_transform import BranchTransform
+    from sb3_trpo_ext.vine.branches import BranchTransform
 
     if case == "dict-frame-stack":
         venv = VecFrameStack(DummyVecEnv([lambda: _RawObservations(_DictOfBoxes(TinyEnv(spaces.Discrete(2))))]), 3)

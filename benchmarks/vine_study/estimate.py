@@ -23,7 +23,7 @@ from sb3_trpo_ext.common.base import NaturalGradientAlgorithm
 from sb3_trpo_ext.common.natural_gradient import natural_direction
 from sb3_trpo_ext.common.policy_batch import AdvantageBatch, PolicyBatch
 from sb3_trpo_ext.common.rollouts import collect_rollouts_fast
-from sb3_trpo_ext.vine.estimators import VineBatch
+from sb3_trpo_ext.vine.rollout_set import VineBatch
 
 
 class _Quiet(BaseCallback):

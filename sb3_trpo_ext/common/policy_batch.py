@@ -2,7 +2,7 @@
 The samples of one policy step and the surrogate objective estimated on them.
 
 :class:`AdvantageBatch` is single-path TRPO's (and NPG's): the importance-weighted advantages of the rollout. The
-vine method's batch (:class:`sb3_trpo_ext.vine.estimators.VineBatch`) holds Q-values of K actions per state instead.
+vine method's batch (:class:`sb3_trpo_ext.vine.rollout_set.VineBatch`) holds Q-values of K actions per state instead.
 The trust-region step only needs what :class:`PolicyBatch` declares.
 """
 

@@ -24,8 +24,7 @@ import cloudpickle
 import numpy as np
 import torch as th
 
-from sb3_trpo_ext.vine.branch_transform import BranchTransform
-from sb3_trpo_ext.vine.branches import BranchConfig, BranchWorker, Wave
+from sb3_trpo_ext.vine.branches import BranchConfig, BranchTransform, BranchWorker, Wave
 from sb3_trpo_ext.vine.snapshot import Snapshot, capture
 
 

@@ -21,8 +21,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv,
 from sb3_trpo_ext.distributed.branch_actor import layer_chain, split_wave
 from sb3_trpo_ext.distributed.ray_vec_env import RayVecEnv
 from sb3_trpo_ext.vine.branch_runner import BranchRunner
-from sb3_trpo_ext.vine.branch_transform import BranchTransform
-from sb3_trpo_ext.vine.branches import BRANCH_WORKER_ATTRIBUTE, BranchConfig, BranchWorker
+from sb3_trpo_ext.vine.branches import BRANCH_WORKER_ATTRIBUTE, BranchConfig, BranchTransform, BranchWorker
 from sb3_trpo_ext.vine.rollout_set import RolloutSet
 from sb3_trpo_ext.vine.snapshot import Snapshot, SnapshotError
 

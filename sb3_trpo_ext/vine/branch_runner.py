@@ -19,10 +19,10 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecEnvWrapper
 
 from sb3_trpo_ext.common.rollout_policy import RolloutNoise, env_action_function
-from sb3_trpo_ext.vine.branch_transform import BranchTransform
 from sb3_trpo_ext.vine.branches import (
     BRANCH_WORKER_ATTRIBUTE,
     BranchConfig,
+    BranchTransform,
     BranchWorker,
     Wave,
     call_subproc_workers,

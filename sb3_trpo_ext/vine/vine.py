@@ -21,8 +21,7 @@ from sb3_trpo_ext.common.user_warnings import warn_at_user_call
 from sb3_trpo_ext.common.validation import check_int_at_least
 from sb3_trpo_ext.trpo.trpo import TRPO
 from sb3_trpo_ext.vine.branch_runner import BranchConfig, BranchExecutorSource, BranchRunner
-from sb3_trpo_ext.vine.estimators import VineBatch
-from sb3_trpo_ext.vine.rollout_set import RolloutSet, sample_branch_actions, uses_all_actions
+from sb3_trpo_ext.vine.rollout_set import RolloutSet, VineBatch, sample_branch_actions, uses_all_actions
 
 ACTION_SAMPLING = ("policy", "uniform")
 
@@ -339,7 +338,7 @@ class VineTRPO(TRPO):
         """
         Trunk rollouts (filling ``rollout_buffer`` as TRPO does, for the critic), with the rollout set's states
         snapshotted as the trunk visits them; then the K actions at each state and the branch rollouts, which give
-        the :class:`~sb3_trpo_ext.vine.estimators.VineBatch` that ``train()`` takes its step on.
+        the :class:`~sb3_trpo_ext.vine.rollout_set.VineBatch` that ``train()`` takes its step on.
 
         :param env: the training environment
         :param callback: callback called at each trunk step

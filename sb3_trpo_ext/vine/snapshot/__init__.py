@@ -85,10 +85,10 @@ the ``spawn`` / ``forkserver`` start methods, register the adapter at import tim
 
 from __future__ import annotations
 
+from sb3_trpo_ext.vine.snapshot.adapters import AtariSnapshotAdapter, MujocoSnapshotAdapter
 from sb3_trpo_ext.vine.snapshot.base import LayerState, Snapshot, SnapshotAdapter, SnapshotError, capture_is_live
 from sb3_trpo_ext.vine.snapshot.check import check_snapshottable
 from sb3_trpo_ext.vine.snapshot.core import capture, register_snapshot_adapter, restore, unregister_snapshot_adapter
-from sb3_trpo_ext.vine.snapshot.simulators import AtariSnapshotAdapter, MujocoSnapshotAdapter
 
 __all__ = [
     "AtariSnapshotAdapter",

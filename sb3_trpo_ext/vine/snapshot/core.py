@@ -7,10 +7,10 @@ from typing import Any
 import gymnasium as gym
 from stable_baselines3.common.vec_env import VecEnv
 
-from sb3_trpo_ext.vine.snapshot.base import _LIVE_CAPTURE, LayerState, Snapshot, SnapshotError, _layer_name
-from sb3_trpo_ext.vine.snapshot.fallback import _GenericEnvAdapter, _GenericWrapperAdapter
-from sb3_trpo_ext.vine.snapshot.simulators import _CLASSIC_CONTROL_ADAPTERS, AtariSnapshotAdapter, MujocoSnapshotAdapter
-from sb3_trpo_ext.vine.snapshot.wrappers import (
+from sb3_trpo_ext.vine.snapshot.adapters import (
+    _CLASSIC_CONTROL_ADAPTERS,
+    AtariSnapshotAdapter,
+    MujocoSnapshotAdapter,
     _AtariPreprocessingAdapter,
     _EpisodicLifeAdapter,
     _FrameStackObservationAdapter,
@@ -22,6 +22,8 @@ from sb3_trpo_ext.vine.snapshot.wrappers import (
     _StickyActionAdapter,
     _TimeLimitAdapter,
 )
+from sb3_trpo_ext.vine.snapshot.base import _LIVE_CAPTURE, LayerState, Snapshot, SnapshotError, _layer_name
+from sb3_trpo_ext.vine.snapshot.fallback import _GenericEnvAdapter, _GenericWrapperAdapter
 
 # ------------------------------------------------------------------------------------------------------- adapters
 
