@@ -13,7 +13,8 @@ paths use it, and ``tests/test_fast_paths.py`` checks the derivative against aut
 other.
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
@@ -117,18 +118,37 @@ def _fit_torch(
     batches: Iterator[np.ndarray],
     precision: Precision = "float32",
 ) -> list[float]:
-    optimizer = policy.optimizer
-    losses = []
-    for batch in batches:
+    def minibatch_loss(batch: np.ndarray) -> th.Tensor:
         index = th.as_tensor(batch, device=returns.device)
-        optimizer.zero_grad(set_to_none=True)
         with mixed_precision(precision, returns.device):
             values = critic_values(policy, index_observations(observations, index)).flatten()
-        loss, _ = critic_loss(values.float(), returns[index])
+        return critic_loss(values.float(), returns[index])[0]
+
+    return optimizer_steps(policy.optimizer, (partial(minibatch_loss, batch) for batch in batches))
+
+
+def optimizer_steps(
+    optimizer: th.optim.Optimizer, losses: Iterable[Callable[[], th.Tensor]], frozen: Sequence[th.Tensor] = ()
+) -> list[float]:
+    """
+    The torch critic fit's loop, one optimizer step per mini-batch loss (the feed-forward fit's and the recurrent
+    classes' fit on sequences).
+
+    :param optimizer: the policy's optimizer
+    :param losses: each mini-batch's loss, computed when called (after the gradients are zeroed)
+    :param frozen: parameters whose gradients are dropped before each step (the actor's, where the loss reaches them)
+    :return: the mini-batch losses
+    """
+    values = []
+    for loss_of in losses:
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_of()
         loss.backward()
+        for param in frozen:
+            param.grad = None
         optimizer.step()
-        losses.append(loss.detach())
-    return th.stack(losses).tolist() if losses else []
+        values.append(loss.detach())
+    return th.stack(values).tolist() if values else []
 
 
 def critic_values(policy: ActorCriticPolicy, observations: PyTorchObs) -> th.Tensor:

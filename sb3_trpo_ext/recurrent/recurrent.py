@@ -10,6 +10,7 @@ is the feed-forward class's, and the trust-region step the engine's (:mod:`sb3_t
 """
 
 import inspect
+from functools import partial
 from typing import Any, ClassVar, TypeVar, cast
 
 import numpy as np
@@ -28,6 +29,7 @@ from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_trpo_ext.common.base import NaturalGradientAlgorithm, zero_observation
+from sb3_trpo_ext.common.critic import optimizer_steps
 from sb3_trpo_ext.npg.npg import NaturalPG
 from sb3_trpo_ext.recurrent.sequence_batch import SequenceBatch, starts_folded
 from sb3_trpo_ext.trpo.trpo import TRPO
@@ -244,24 +246,16 @@ class RecurrentMixin(NaturalGradientAlgorithm):
         """
         if not th.isfinite(th.as_tensor(self.rollout_buffer.returns)).all():
             return []
-        actor = {id(p) for p in self._actor_params}
-        optimizer = self.policy.optimizer
-        losses = []
-        for _ in range(self.n_critic_updates):
-            for sequences in self.rollout_buffer.get(self.batch_size):
-                optimizer.zero_grad(set_to_none=True)
-                states, starts = starts_folded(sequences.lstm_states.vf, sequences.episode_starts)  # type: ignore[arg-type]
-                values = self.policy.predict_values(sequences.observations, states, starts).flatten()  # type: ignore[arg-type]
-                mask = sequences.mask > 0
-                loss = ((values - sequences.returns)[mask] ** 2).mean()
-                loss.backward()
-                for group in optimizer.param_groups:
-                    for p in group["params"]:
-                        if id(p) in actor:
-                            p.grad = None
-                optimizer.step()
-                losses.append(loss.detach())
-        return th.stack(losses).tolist() if losses else []
+        epochs = (self.rollout_buffer.get(self.batch_size) for _ in range(self.n_critic_updates))
+        losses = (partial(self._sequence_critic_loss, sequences) for epoch in epochs for sequences in epoch)
+        return optimizer_steps(self.policy.optimizer, losses, frozen=self._actor_params)
+
+    def _sequence_critic_loss(self, sequences: RecurrentRolloutBufferSamples) -> th.Tensor:
+        """:return: the critic's squared error on a mini-batch of sequences, averaged over its real steps"""
+        states, starts = starts_folded(sequences.lstm_states.vf, sequences.episode_starts)  # type: ignore[arg-type]
+        values = self.policy.predict_values(sequences.observations, states, starts).flatten()  # type: ignore[arg-type]
+        mask = sequences.mask > 0
+        return ((values - sequences.returns)[mask] ** 2).mean()
 
     def learn(
         self: SelfRecurrent,
