@@ -13,13 +13,14 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticPolicy
+from stable_baselines3.common.torch_layers import NatureCNN
 
 import sb3_trpo_ext.common.base as base_module
 from sb3_trpo_ext import TRPO
 from sb3_trpo_ext.common.backends import choose_backends
 from sb3_trpo_ext.common.fisher import make_fisher_vector_product
 from sb3_trpo_ext.common.precision import bfloat16_units
-from sb3_trpo_ext.common.preprocessing import images_normalized_once
+from sb3_trpo_ext.common.preprocessing import channels_last_safe, images_normalized_once
 from sb3_trpo_ext.common.torch_layers import TRPOAtariCNN
 from tests.conftest import TINY_CNN_KWARGS, TinyEnv
 
@@ -94,13 +95,52 @@ def test_an_update_is_bit_identical_with_and_without_the_single_normalization(mo
     def learned(normalize_once: bool) -> list[th.Tensor]:
         if not normalize_once:
             original = images_normalized_once
-            monkeypatch.setattr(base_module, "images_normalized_once", lambda policy, enabled=True: original(policy, False))
+            monkeypatch.setattr(
+                base_module, "images_normalized_once", lambda policy, enabled=True, **_: original(policy, False)
+            )
         model = image_model(precision="float32").learn(256)
         monkeypatch.undo()
         return [p.detach().clone() for p in model.policy.parameters()]
 
     once, every_call = learned(True), learned(False)
     assert all(th.equal(a, b) for a, b in zip(once, every_call, strict=True))
+
+
+def nature_policy() -> ActorCriticPolicy:
+    return ActorCriticPolicy(
+        spaces.Box(0, 255, (4, 36, 36), np.uint8),
+        spaces.Discrete(3),
+        lambda _: 1e-3,
+        features_extractor_class=NatureCNN,
+        features_extractor_kwargs=dict(features_dim=16),
+        share_features_extractor=False,
+    )
+
+
+def test_channels_last_only_for_extractors_that_take_any_layout() -> None:
+    assert channels_last_safe(nature_policy())
+    assert not channels_last_safe(image_policy())  # a user's extractor might .view() a conv output
+    policy, obs = nature_policy(), th.randint(0, 256, (8, 4, 36, 36)).float()
+    with th.no_grad():
+        expected = policy.get_distribution(obs).distribution.logits
+        with images_normalized_once(policy, channels_last=True) as normalize:
+            normalized = normalize(obs)
+            assert normalized.is_contiguous(memory_format=th.channels_last) and not normalized.is_contiguous()
+            assert th.equal(normalized, obs / 255.0)  # the same values, another layout
+            logits = policy.get_distribution(normalized).distribution.logits
+            values = policy.predict_values(normalized)
+    assert th.allclose(logits, expected, atol=1e-5) and th.allclose(values, policy.predict_values(obs), atol=1e-5)
+
+
+def test_a_model_with_nature_cnn_updates_on_channels_last_frames() -> None:
+    env = make_vec_env(lambda: TinyEnv(observation="image"), n_envs=2, seed=0)
+    kwargs = dict(features_extractor_class=NatureCNN, features_extractor_kwargs=dict(features_dim=16))
+    model = TRPO("CnnPolicy", env, n_steps=64, batch_size=32, n_critic_updates=2, policy_kwargs=kwargs, seed=0)
+    assert model._images_channels_last
+    before = [p.detach().clone() for p in model.policy.parameters()]
+    model.learn(128)
+    assert any(not th.equal(a, b) for a, b in zip(before, model.policy.parameters(), strict=True))
+    assert model.logger.name_to_value["train/is_line_search_success"] in (0.0, 1.0)
 
 
 # ---------------------------------------------------------------------------------------------------- precision
