@@ -42,12 +42,12 @@ test-slow: $(STAMP)
 benchmark: $(STAMP)
 	$(PY) benchmarks/speed.py
 	$(PY) benchmarks/matrix.py --preset classic --workers 2
-	$(PY) benchmarks/report.py
+	$(PY) -m reporting matrix-report
 
 lint: $(STAMP)
 	$(PIP) install ruff mypy
-	$(PY) -m ruff check sb3_trpo_ext tests benchmarks examples
-	$(PY) -m ruff format --check sb3_trpo_ext tests benchmarks examples
+	$(PY) -m ruff check sb3_trpo_ext tests benchmarks reporting vine_study envs examples
+	$(PY) -m ruff format --check sb3_trpo_ext tests benchmarks reporting vine_study envs examples
 	$(PY) -m mypy sb3_trpo_ext
 
 # the documentation site into docs/_build/html: warnings are errors, every cross-reference is checked (nitpicky)

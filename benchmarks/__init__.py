@@ -1,5 +1,6 @@
 """
-The benchmark tools of sb3-trpo-ext: one package, one entry point (``python -m benchmarks TOOL``, see
-:mod:`benchmarks.__main__`), one result schema (:mod:`benchmarks.results_io`). The tools also run as files,
-``python benchmarks/NAME.py``, the form the recorded commands use.
+The benchmark runners of sb3-trpo-ext, the code that times and trains: one package, one entry point
+(``python -m benchmarks TOOL``, see :mod:`benchmarks.__main__`). The runners also run as files,
+``python benchmarks/NAME.py``, the form the recorded commands use. Their result files go under ``benchmarks/results/``
+in the schema of :mod:`reporting.results_io`; the reports made from them are in :mod:`reporting`.
 """

@@ -6,7 +6,7 @@ Every variant trains in this process, one after another, with the task's entry o
 (n_envs, VecNormalize when the entry says ``normalize``, and its keyword arguments; sb3-contrib gets rl-zoo3's
 ``trpo.yml`` entry), and is evaluated every ``--eval-every`` steps on 10 deterministic episodes (the eval env uses the
 training env's normalization statistics). Each (variant, seed) result is saved as it ends under
-``benchmarks/results/ablation/{env}/{variant}/seed_{S}.json`` (a result file of ``benchmarks/results_io.py``) and
+``benchmarks/results/ablation/{env}/{variant}/seed_{S}.json`` (a result file of ``reporting/results_io.py``) and
 skipped when present; ``--report`` prints the table.
 
 Variants (each differs from ``ours`` in one thing):
@@ -41,7 +41,8 @@ import yaml
 if not __package__:  # run as a file, python benchmarks/ablation.py: import the package from the repository root
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from benchmarks.results_io import ROOT, read_result, replace_readme_section, write_result
+from reporting.results_io import ROOT, read_result, write_result
+from reporting.sections import replace_readme_section
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "ablation")
 VARIANTS = ("ours", "cg-15", "damped-full-step", "kl-rescale", "sb3-contrib")

@@ -6,7 +6,7 @@ This runs the demo itself (its own settings, only --seed and --output change) on
 one torch thread, and keeps each seed's result in benchmarks/results/demo_seeds/seed_S.json as soon as it finishes
 (seeds whose file exists are skipped, so an interrupted run resumes). It then writes summary.json there: mean, min,
 max and std over seeds of the reloaded model's 10-episode return and of the last training-time evaluation. Both are
-result files of benchmarks/results_io.py (machine, date, commit, versions, command). The demo reads summary.json to
+result files of reporting/results_io.py (machine, date, commit, versions, command). The demo reads summary.json to
 print its own result next to the range.
 
     python benchmarks/demo_seeds.py                 # seeds 0..4, the demo's default 300K steps
@@ -34,7 +34,8 @@ import numpy as np
 if not __package__:  # run as a file, python benchmarks/demo_seeds.py: import the package from the repository root
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from benchmarks.results_io import ROOT, read_result, replace_readme_section, write_result
+from reporting.results_io import ROOT, read_result, write_result
+from reporting.sections import replace_readme_section
 
 DEMO = os.path.join(ROOT, "examples", "demo_hopper.py")
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "demo_seeds")

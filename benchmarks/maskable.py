@@ -4,24 +4,21 @@ masked-action test envs and on a scheduling task where most actions are invalid 
 
 Each (task, algorithm, seed) run trains one model in this process (one torch thread), evaluates it deterministically
 every fifth of the budget (masked algorithms with the env's masks, the unmasked TRPO without) and keeps the result in
-``benchmarks/results/maskable/TASK__ALGO__seedS.json`` (a result file of ``benchmarks/results_io.py``); runs whose file
-exists are skipped, so an interrupted run resumes. ``--readme`` writes the table (IQM over seeds, 95% bootstrap
-intervals, verdicts from ``benchmarks/intervals.py``) into the docs between the ``maskable`` markers.
+``benchmarks/results/maskable/TASK__ALGO__seedS.json`` (a result file of ``reporting/results_io.py``); runs whose file
+exists are skipped, so an interrupted run resumes. ``--readme`` writes the table (:mod:`reporting.maskable_report`)
+into the docs between the ``maskable`` markers.
 
     python benchmarks/maskable.py --seeds 0 1 2                 # every task and algorithm
     python benchmarks/maskable.py --tasks SlotScheduling --algos MaskableTRPO TRPO --seeds 0
     python benchmarks/maskable.py --readme                      # the table, into docs/misc/results.md and the page
 
-:class:`SlotSchedulingEnv` is the task where masking changes the outcome: 8 jobs arrive one by one, each may go into
-one of the 3 slots of its window (of 24) that is still free, or be skipped; the earlier slot of its window pays more
-(1, 0.6, 0.3). Placing a job in a slot that is taken or outside its window makes the schedule infeasible: reward -1
-and the episode ends. With masks only the feasible slots (and skip) can be chosen, about 3 of 25 actions.
+:class:`~envs.slot_scheduling.SlotSchedulingEnv` is the task where masking changes the outcome (most actions invalid
+in most states); importing this module registers it as ``SlotScheduling-v0`` (``--gym-packages benchmarks.maskable``).
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -33,75 +30,14 @@ import numpy as np
 if not __package__:  # run as a file, python benchmarks/maskable.py: import the package from the repository root
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from benchmarks.intervals import difference_interval, iqm_interval, verdict
-from benchmarks.results_io import read_result, replace_docs_section, replace_readme_section, write_result
+from envs.slot_scheduling import SlotSchedulingEnv  # registers SlotScheduling-v0 (for the zoo)
+from reporting import maskable_report
+from reporting.results_io import write_result
+from reporting.sections import replace_docs_section, replace_readme_section
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "maskable")
 DOCS_PAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "modules", "maskable.md")
 N_EVALUATIONS = 5
-
-
-class SlotSchedulingEnv(gym.Env):
-    """
-    Jobs into time slots (see the module's docstring). Observation: which slots are taken, the current job's window
-    (one-hot over the slots) and the share of jobs left; action: a slot, or the last action, skip the job.
-
-    :param n_slots: the number of slots
-    :param n_jobs: the jobs of an episode
-    :param window: the slots a job may take, from its (random) earliest one
-    """
-
-    VALUES = (1.0, 0.6, 0.3)
-
-    def __init__(self, n_slots: int = 24, n_jobs: int = 8, window: int = 3) -> None:
-        self.n_slots, self.n_jobs, self.window = n_slots, n_jobs, window
-        self.observation_space = gym.spaces.Box(0.0, 1.0, (2 * n_slots + 1,), dtype=np.float32)
-        self.action_space = gym.spaces.Discrete(n_slots + 1)
-        self.taken = np.zeros(n_slots, dtype=bool)
-        self.starts = np.zeros(n_jobs, dtype=int)
-        self.job = 0
-
-    def _observation(self) -> np.ndarray:
-        in_window = np.zeros(self.n_slots, dtype=np.float32)
-        if self.job < self.n_jobs:
-            in_window[self.starts[self.job] : self.starts[self.job] + self.window] = 1.0
-        left = np.float32((self.n_jobs - self.job) / self.n_jobs)
-        return np.concatenate([self.taken.astype(np.float32), in_window, [left]]).astype(np.float32)
-
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
-        super().reset(seed=seed)
-        self.taken[:] = False
-        self.starts = self.np_random.integers(0, self.n_slots - self.window + 1, self.n_jobs)
-        self.job = 0
-        return self._observation(), {}
-
-    def action_masks(self) -> np.ndarray:
-        """:return: True for the free slots of the current job's window, and for skip"""
-        valid = np.zeros(self.n_slots + 1, dtype=bool)
-        start = self.starts[self.job]
-        valid[start : start + self.window] = ~self.taken[start : start + self.window]
-        valid[-1] = True
-        return valid
-
-    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
-        action = int(action)
-        if not self.action_masks()[action]:
-            return self._observation(), -1.0, True, False, {"infeasible": True}
-        reward = 0.0
-        if action < self.n_slots:
-            self.taken[action] = True
-            reward = self.VALUES[action - self.starts[self.job]]
-        self.job += 1
-        done = self.job == self.n_jobs
-        if done:
-            self.job -= 1  # the observation after the last job keeps its shape
-        observation = self._observation()
-        self.job += int(done)
-        return observation, reward, done, False, {}
-
-
-if "SlotScheduling-v0" not in gym.registry:  # for the zoo: --gym-packages benchmarks.maskable
-    gym.register("SlotScheduling-v0", entry_point=SlotSchedulingEnv)
 
 
 def _invalid_action_env(kind: str) -> Callable[[], gym.Env]:
@@ -184,56 +120,6 @@ def result_path(task: str, algo: str, seed: int) -> str:
     return os.path.join(RESULTS, f"{task}__{algo}__seed{seed}.json")
 
 
-def load(results: str = RESULTS) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    """:return: (task, algo) -> the runs' data, by seed"""
-    found: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for path in sorted(glob.glob(os.path.join(results, "*.json"))):
-        data = read_result(path)["data"]
-        found.setdefault((data["task"], data["algo"]), []).append(data)
-    return found
-
-
-def _cell(runs: list[dict[str, Any]], key: str) -> str:
-    return iqm_interval([run[key] for run in runs]).text(lambda value: f"{value:.1f}") if runs else "-"
-
-
-def _versus(ours: list[dict[str, Any]], other: list[dict[str, Any]], key: str) -> str:
-    if not ours or not other:
-        return "-"
-    difference = difference_interval([run[key] for run in ours], [run[key] for run in other])
-    return f"{verdict(difference)} ({difference.text(lambda value: f'{value:+.1f}')})"
-
-
-def table(found: dict[tuple[str, str], list[dict[str, Any]]]) -> str:
-    """The markdown section: final return per task and algorithm, and MaskableTRPO's verdicts."""
-    lines = [
-        "Final return (deterministic episodes after the budget: 20 of SlotScheduling, 5 of the 100-step identity envs; "
-        "masked algorithms evaluated with the env's masks, "
-        "the unmasked TRPO without) as the IQM over seeds [95% bootstrap CI]; verdict of MaskableTRPO against each "
-        "other algorithm from the interval of the IQM difference (ahead / behind where it excludes 0, else even), "
-        "the difference in parentheses; AUC: the same verdicts on a run's mean evaluation return over its 5 evaluations "
-        f"(how fast it learns). Every algorithm at its class defaults with n_steps={N_STEPS} (and gamma 0.1 "
-        "on the identity envs, as sb3-contrib's test); one torch thread. Made by `python benchmarks/maskable.py "
-        "--seeds 0 1 2` then `python benchmarks/maskable.py --readme`; result files in "
-        "[`benchmarks/results/maskable/`](benchmarks/results/maskable/).",
-        "",
-        "| task | action space | budget | seeds | MaskableTRPO | MaskablePPO | TRPO (unmasked) | MaskableNaturalPG "
-        "| MaskableTRPO vs MaskablePPO | MaskableTRPO vs TRPO | AUC: vs MaskablePPO | AUC: vs TRPO |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for task, spec in TASKS.items():
-        runs = {algo: found.get((task, algo), []) for algo in ALGOS}
-        if not any(runs.values()):
-            continue
-        seeds = min(len(r) for r in runs.values() if r)
-        cells = [_cell(runs[algo], "final") for algo in ALGOS]
-        pairs = [(key, other) for key in ("final", "auc") for other in ("MaskablePPO", "TRPO")]
-        versus = [_versus(runs["MaskableTRPO"], runs[other], key) for key, other in pairs]
-        row = [task, spec["shape"], f"{spec['budget'] // 1000}K", str(seeds), *cells, *versus]
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
@@ -242,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--readme", action="store_true", help="write the table into the docs (no training)")
     args = parser.parse_args(argv)
     if args.readme:
-        text = table(load())
+        text = maskable_report.table(maskable_report.load(RESULTS), TASKS, ALGOS, N_STEPS)
         replace_readme_section(text, "maskable")
         if not replace_docs_section(text.strip("\n"), "maskable", DOCS_PAGE):
             print(f"note: {DOCS_PAGE} has no maskable markers", file=sys.stderr)

@@ -13,7 +13,7 @@ Algorithms: ``trpo_ext``, ``natural_pg`` and ``vine_trpo`` run our zoo entry poi
 
 Every cell: ``--seed S -n BUDGET --eval-freq F --eval-episodes 10 --num-threads 1`` (OMP_NUM_THREADS=1), so rl-zoo3's
 EvalCallback runs 10 deterministic episodes every F steps and writes ``evaluations.npz``. The runner then writes
-``benchmarks/results/matrix/{algo}/{env}/seed_{S}.json``, a result file of ``benchmarks/results_io.py`` (machine,
+``benchmarks/results/matrix/{algo}/{env}/seed_{S}.json``, a result file of ``reporting/results_io.py`` (machine,
 date, commit, versions and the runner's command; its data: the steps, mean and std of the evaluation return at each
 step, wall seconds, the YAML and the cell's training command) and deletes the run's logs (``benchmarks/output/matrix/``).
 The algorithms, presets, YAML entries and commands of the cells are ``benchmarks/matrix_cells.py``'s.
@@ -65,7 +65,7 @@ if not __package__:  # run as a file, python benchmarks/matrix.py: import the pa
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from benchmarks.matrix_cells import ALGOS, LOGS, PRESETS, RESULTS, ROOT, Cell, config_path, is_atari, make_cells
-from benchmarks.results_io import command_line, now, write_result
+from reporting.results_io import command_line, now, write_result
 from sb3_trpo_ext.zoo.resume import process_alive
 
 LAST_GAMES = 100

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from benchmarks.results_io import ROOT
+from reporting.results_io import ROOT
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "matrix")
 LOGS = os.environ.get("SB3_TRPO_EXT_MATRIX_LOGS") or os.path.join(ROOT, "benchmarks", "output", "matrix")

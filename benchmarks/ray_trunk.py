@@ -34,7 +34,7 @@ from stable_baselines3.common.vec_env import SubprocVecEnv, VecEnv
 if not __package__:  # run as a file, python benchmarks/ray_trunk.py: import the package from the repository root
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from benchmarks.results_io import ROOT, command_line, write_result
+from reporting.results_io import ROOT, command_line, write_result
 from sb3_trpo_ext import TRPO
 
 N_ENVS, ENVS_PER_ACTOR, ENV_ID = 16, 8, "Hopper-v5"

@@ -12,7 +12,7 @@ The vine's branches on a 2-actor RayBranchPool against the 2 workers of a Subpro
   store, scheduling, transfer), and the message sizes of a wave (the shared object, the per-actor parts, the replies;
   pickled, Ray's framing not counted), and the driver's time per wave outside the pool (building the waves: noise,
   first actions, weights). The updates' cost per sample (critic fit, policy step) for the projection of
-  ``benchmarks/ray_report.py``.
+  ``reporting/ray_report.py``.
 
 Ray runs only inside a private network namespace here (loopback only):
 
@@ -42,7 +42,7 @@ if not __package__:  # run as a file, python benchmarks/ray_vine.py: import the 
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from benchmarks.ray_trunk import check_namespace, namespace_command
-from benchmarks.results_io import ROOT, write_result
+from reporting.results_io import ROOT, write_result
 from sb3_trpo_ext import VineTRPO
 
 ENV_ID, N_ENVS, N_ACTORS = "Hopper-v5", 2, 2

@@ -36,8 +36,7 @@ import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import results_io  # noqa: E402
-from benchmarks.intervals import difference_interval, iqm_interval, verdict  # noqa: E402
+from reporting import recurrent_report, results_io, sections  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "recurrent")
@@ -189,64 +188,6 @@ def speed(rounds: int, steps: int) -> dict[str, Any]:
     }
 
 
-# ------------------------------------------------------------------ report
-
-
-def fmt(value: float) -> str:
-    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
-
-
-def report() -> str:
-    found: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    speed_file = None
-    for name in sorted(os.listdir(RESULTS)) if os.path.isdir(RESULTS) else []:
-        if not name.endswith(".json"):
-            continue
-        content = results_io.read_result(os.path.join(RESULTS, name))
-        if name == "speed.json":
-            speed_file = content
-            continue
-        data = content["data"]
-        found.setdefault((data["env"], data["algo"]), []).append(data)
-    lines = [
-        "Final return: 20 deterministic episodes after training; AUC: the mean of the 10 evaluations (10 episodes each) "
-        "made every 10% of the budget. IQM over seeds [95% bootstrap CI] (`benchmarks/intervals.py`); the verdict is "
-        "RecurrentTRPO's against each other row, `ahead` / `behind` where the interval of the IQM difference excludes 0. "
-        "Made by `python benchmarks/recurrent.py --algos trpo_lstm ppo_lstm trpo --envs CartPoleNoVel-v1 --seeds 0 1 2` "
-        "then `python benchmarks/recurrent.py --readme` (one torch thread per run).",
-        "",
-        "| task | algorithm | seeds | final return | each seed | AUC | final: RecurrentTRPO vs this |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for env_id in sorted({env for env, _ in found}):
-        ours = [cell["final"] for cell in found.get((env_id, "trpo_lstm"), [])]
-        for algo in ALGOS:
-            cells = sorted(found.get((env_id, algo), []), key=lambda cell: cell["seed"])
-            if not cells:
-                continue
-            finals = [cell["final"] for cell in cells]
-            aucs = [float(np.mean(cell["returns"])) for cell in cells if cell["returns"]]  # none in the first files
-            compared = "-" if algo == "trpo_lstm" else verdict(difference_interval(ours, finals))
-            budget = cells[0]["budget"]
-            lines.append(
-                f"| {env_id} ({budget // 1000}K) | {LABELS[algo]} | {len(cells)} | {iqm_interval(finals).text(fmt)} | "
-                f"{', '.join(fmt(v) for v in finals)} | {iqm_interval(aucs).text(fmt)} | {compared} |"
-            )
-    if speed_file is not None:
-        data = speed_file["data"]
-        ours, ppo = max(data["rates"]["trpo_lstm"]), max(data["rates"]["ppo_lstm"])
-        lines += [
-            "",
-            f"Speed, {data['env']}, {data['n_envs']} envs x n_steps {data['n_steps']} (equal rollouts, the same LSTM "
-            f"network), {data['steps_per_round']:,} env steps per round after a one-update warm-up, best of "
-            f"{len(data['rates']['trpo_lstm'])} alternating rounds, one torch thread, {speed_file.get('machine', '')}: "
-            f"RecurrentTRPO {ours:,.0f} env-steps/s, RecurrentPPO ({data['ppo_epochs']} epochs, batch "
-            f"{data['ppo_batch_size']}, rl-zoo3's ppo_lstm) {ppo:,.0f} env-steps/s: {ours / ppo:.2f}x "
-            "(`python benchmarks/recurrent.py --speed`).",
-        ]
-    return "\n".join(lines) + "\n"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--algos", nargs="+", choices=ALGOS, default=["trpo_lstm", "ppo_lstm", "trpo"])
@@ -260,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--readme", action="store_true", help="write the tables into the docs page")
     args = parser.parse_args(argv)
     if args.readme:
-        results_io.replace_readme_section(report(), "recurrent", readme=PAGE)
+        sections.replace_readme_section(recurrent_report.report(RESULTS, ALGOS, LABELS), "recurrent", readme=PAGE)
         return 0
     if args.speed:
         data = speed(args.speed_rounds, args.speed_steps)

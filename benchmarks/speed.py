@@ -32,7 +32,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 if not __package__:  # run as a file, python benchmarks/speed.py: import the package from the repository root
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from benchmarks.results_io import ROOT, write_result
+from reporting.results_io import ROOT, write_result
 from sb3_trpo_ext import TRPO, VineTRPO
 
 ZOO_SETTINGS: dict[str, Any] = dict(

@@ -54,7 +54,7 @@ if not __package__:  # run as a file, python benchmarks/speed_atari.py: import t
 if "--ours-from" in sys.argv:  # another checkout's sb3_trpo_ext as "ours" (e.g. the code before a change)
     sys.path.insert(0, os.path.abspath(sys.argv[sys.argv.index("--ours-from") + 1]))
 
-from benchmarks.results_io import ROOT, write_result
+from reporting.results_io import ROOT, write_result
 from sb3_trpo_ext import TRPO
 
 ENV_ID = "BreakoutNoFrameskip-v4"

@@ -1,6 +1,6 @@
 """
-The interval statistics of the benchmark tables (``benchmarks/intervals.py``) against independent computations, the
-class-defaults report (``benchmarks/defaults_report.py``) and the matrix summary on hand-made result files, and the
+The interval statistics of the benchmark tables (``reporting/intervals.py``) against independent computations, the
+class-defaults report (``reporting/defaults_report.py``) and the matrix summary on hand-made result files, and the
 README / docs sections they write.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks import defaults_report, intervals, report, results_io
+from reporting import defaults_report, intervals, matrix_report, sections
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -227,13 +227,13 @@ def test_section_goes_to_the_docs_page_when_the_readme_has_no_markers(tmp_path: 
     readme, docs = tmp_path / "README.md", tmp_path / "results.md"
     readme.write_text("front page\n")
     docs.write_text("<!-- toy:start -->\nold\n<!-- toy:end -->\n")
-    results_io.replace_readme_section("NEW", "toy", str(readme), str(docs))
+    sections.replace_readme_section("NEW", "toy", str(readme), str(docs))
     assert readme.read_text() == "front page\n" and docs.read_text() == "<!-- toy:start -->\nNEW\n<!-- toy:end -->\n"
     with pytest.raises(SystemExit, match="markers"):
-        results_io.replace_readme_section("NEW", "other", str(readme), str(docs))
+        sections.replace_readme_section("NEW", "other", str(readme), str(docs))
     assert readme.read_text() == "front page\n" and docs.read_text() == "<!-- toy:start -->\nNEW\n<!-- toy:end -->\n"
     readme.write_text("<!-- toy:start -->\n<!-- toy:end -->\n")
-    results_io.replace_readme_section("BOTH", "toy", str(readme), str(docs))
+    sections.replace_readme_section("BOTH", "toy", str(readme), str(docs))
     assert "BOTH" in readme.read_text() and "BOTH" in docs.read_text()
 
 
@@ -254,7 +254,7 @@ def test_matrix_summary_gives_intervals_and_verdicts(tmp_path: Path) -> None:
         write_cell(results, "trpo_ext", "Toy-v0", seed, [10.0 + seed, 20.0 + seed, 30.0 + seed])
         write_cell(results, "sb3-contrib", "Toy-v0", seed, [1.0 + seed, 2.0 + seed, 3.0 + seed])
         write_cell(results, "trpo_ext-defaults", "Toy-v0", seed, [0.0, 0.0, 0.0])  # left to defaults_report.py
-    text = report.report(str(results), plots=False)
+    text = matrix_report.report(str(results), plots=False)
     ours = row(text, "Toy-v0", "`trpo_ext`")
     assert ours[2:] == ["3", "31.0 ± 1.0", "31.0 [30.0, 32.0]", "21.0 ± 1.0", "21.0 [20.0, 22.0]", "ahead / ahead"]
     assert row(text, "Toy-v0", "`sb3-contrib`")[-1] == "-"

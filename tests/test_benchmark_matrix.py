@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks import figure4, matrix, matrix_cells, report, results_io, vine_vs_single
+from benchmarks import matrix, matrix_cells
+from reporting import figure4, matrix_report, results_io, vine_vs_single
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,8 +64,8 @@ def hand_made(tmp_path: Path) -> Path:
 
 
 def test_report_statistics(hand_made: Path) -> None:
-    found = report.load(str(hand_made))
-    ours = report.summarize(found["Toy-v0"]["trpo_ext"])
+    found = matrix_report.load(str(hand_made))
+    ours = matrix_report.summarize(found["Toy-v0"]["trpo_ext"])
     assert ours["seeds"] == [0, 1, 2] and ours["budget"] == 100
     at25, at50, final = ours["at"]
     assert (at25.mean, at25.n) == (2.0, 3)
@@ -75,7 +76,7 @@ def test_report_statistics(hand_made: Path) -> None:
     assert ours["auc"].mean == pytest.approx(4.5) and ours["auc"].std == pytest.approx(2.0)
     assert ours["wall_s"] == pytest.approx(11.0)
 
-    theirs = report.summarize(found["Toy-v0"]["sb3-contrib"])
+    theirs = matrix_report.summarize(found["Toy-v0"]["sb3-contrib"])
     assert [stat.mean for stat in theirs["at"]] == [10.0, 20.0, 50.0]
     assert all(stat.n == 1 and math.isnan(stat.std) for stat in theirs["at"])  # one seed: no std
     assert theirs["auc"].mean == pytest.approx(30.0)
@@ -83,12 +84,12 @@ def test_report_statistics(hand_made: Path) -> None:
 
 def test_value_at_and_curves() -> None:
     cell = {"steps": [10, 20, 30], "mean": [1.0, 2.0, 3.0]}
-    assert report.value_at(cell, 5) is None
-    assert report.value_at(cell, 10) == 1.0
-    assert report.value_at(cell, 29.9) == 2.0
-    assert report.value_at(cell, 100) == 3.0
+    assert matrix_report.value_at(cell, 5) is None
+    assert matrix_report.value_at(cell, 10) == 1.0
+    assert matrix_report.value_at(cell, 29.9) == 2.0
+    assert matrix_report.value_at(cell, 100) == 3.0
     other = {"steps": [15, 30], "mean": [0.0, 6.0]}
-    steps, mean, std = report.curves([cell, other])
+    steps, mean, std = matrix_report.curves([cell, other])
     # grid: the steps of the seed with more evaluations, within the range both cover (15 to 30)
     assert steps.tolist() == [20.0, 30.0]
     assert mean.tolist() == pytest.approx([(2.0 + 2.0) / 2, (3.0 + 6.0) / 2])
@@ -96,7 +97,7 @@ def test_value_at_and_curves() -> None:
 
 
 def test_report_markdown_and_plots(hand_made: Path) -> None:
-    text = report.report(str(hand_made))
+    text = matrix_report.report(str(hand_made))
     assert "#### Toy-v0 (100 steps)" in text
     assert "python benchmarks/matrix.py --preset test" in text and "Test CPU, 2 cores" in text
     assert "2025-01-01 to 2025-01-03" in text and "0123456" in text
@@ -112,10 +113,10 @@ def test_readme_markers(hand_made: Path, tmp_path: Path) -> None:
     readme = tmp_path / "README.md"
     readme.write_text("intro\n")
     with pytest.raises(SystemExit, match="markers"):
-        report.write_readme("TABLE", str(readme))
+        matrix_report.write_readme("TABLE", str(readme))
     assert readme.read_text() == "intro\n"
     readme.write_text("intro\n<!-- matrix:start -->\nold\n<!-- matrix:end -->\nend\n")
-    report.main(["--results", str(hand_made), "--no-plots", "--readme", "--readme-path", str(readme)])
+    matrix_report.main(["--results", str(hand_made), "--no-plots", "--readme", "--readme-path", str(readme)])
     content = readme.read_text()
     assert "old" not in content and "| `trpo_ext` | 3 |" in content and content.endswith("<!-- matrix:end -->\nend\n")
 
@@ -231,7 +232,7 @@ def test_tiny_cell_end_to_end(tmp_path: Path) -> None:
     assert all(9 <= value <= 500 for value in cell["mean"]) and all(value >= 0 for value in cell["std"])
     assert cell["wall_s"] > 0
     assert "--seed 0 -n 2000 --eval-freq 1000 --eval-episodes 10 --num-threads 1" in cell["command"]  # the training's
-    assert report.cell_of(result)["runner_command"] == result["command"]
+    assert matrix_report.cell_of(result)["runner_command"] == result["command"]
     assert not (logs / "trpo_ext" / "CartPole-v1" / "seed_0").exists()  # the big logs are deleted
     assert not list(results.rglob("*.lock")) and not list(results.rglob("*.tmp*"))
 
@@ -240,7 +241,7 @@ def test_tiny_cell_end_to_end(tmp_path: Path) -> None:
     assert matrix.main(argv) == 0
     assert (results / "trpo_ext" / "CartPole-v1" / "seed_0.json").stat().st_mtime == mtime
 
-    text = report.report(str(results))
+    text = matrix_report.report(str(results))
     assert "#### CartPole-v1 (2K steps)" in text and "| `trpo_ext` | 1 |" in text
     assert (results / "CartPole-v1.png").exists()
 
@@ -250,7 +251,7 @@ def test_summary_table_compares_each_of_ours_with_sb3_contrib(hand_made: Path) -
     write_cell(hand_made, "trpo_ext-equal-tr", "Toy-v0", 0, [50, 100], [40.0, 60.0])
     for seed in (1, 2):
         write_cell(hand_made, "sb3-contrib", "Toy-v0", seed, [50, 100], [30.0, 50.0 + seed])
-    header, _, *rows = report.summary_table(report.load(str(hand_made))).splitlines()
+    header, _, *rows = matrix_report.summary_table(matrix_report.load(str(hand_made))).splitlines()
     assert header.split(" | ")[1:5] == ["algorithm", "seeds", "final: mean ± std", "final: IQM [95% CI]"]
     cells = {row.split(" | ")[1]: [cell.strip() for cell in row.strip("|").split("|")] for row in rows}
     assert list(cells) == ["`trpo_ext`", "`trpo_ext-equal-tr`", "`sb3-contrib`"]
@@ -300,7 +301,7 @@ def test_vine_vs_single_counts_updates_from_the_yaml_and_compares_at_equal_updat
     write_cell(results, "trpo_ext", "Toy-v0", 0, steps, [1.0, 2.0, 3.0, 4.0, 5.0], budget=1000)
     write_cell(results, "trpo_ext", "Toy-v0", 1, steps, [1.0, 2.0, 5.0, 4.0, 7.0], budget=1000)
     write_cell(results, "vine_trpo", "Toy-v0", 0, steps, [0.0, 1.0, 1.0, 2.0, 2.0], budget=1000)
-    found = report.load(str(results))
+    found = matrix_report.load(str(results))
     entries = {("trpo_ext", "Toy-v0"): single, ("vine_trpo", "Toy-v0"): vine}
     row = vine_vs_single.compare(found, entries).splitlines()[2]
     cells = [cell.strip() for cell in row.strip("|").split("|")]

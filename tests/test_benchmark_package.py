@@ -1,7 +1,8 @@
 """
-The benchmarks as one package: the result schema (written by one function, read by one loader that also reads the
-flat files written before it), the entry point ``python -m benchmarks``, the scripts still run as files, and the
-modules stay small.
+The benchmark runners and their reports as packages: the result schema (``reporting/results_io.py``: written by one
+function, read by one loader that also reads the flat files written before it), the entry points ``python -m
+benchmarks`` (runners) and ``python -m reporting`` (reports), the scripts still run as files, ``benchmarks/`` holds
+runners only, and the modules stay small.
 """
 
 import ast
@@ -13,10 +14,12 @@ from pathlib import Path
 import pytest
 
 from benchmarks import __main__ as entry
-from benchmarks import results_io
+from reporting import __main__ as reporting_entry
+from reporting import results_io, tool_entry
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
+PACKAGES = [ROOT / "benchmarks", ROOT / "reporting", ROOT / "vine_study"]
 
 LEGACY_MATRIX_CELL = {
     "algo": "trpo_ext-defaults",
@@ -102,16 +105,22 @@ def test_command_line_names_how_the_tool_was_started() -> None:
     assert results_io.command_line([str(BENCHMARKS / "matrix.py"), "--preset", "defaults"]) == (
         "python benchmarks/matrix.py --preset defaults"
     )
-    assert results_io.command_line([str(BENCHMARKS / "__main__.py"), "report"]) == "python -m benchmarks report"
-    main = BENCHMARKS / "vine_study" / "__main__.py"
-    assert results_io.command_line([str(main), "--quick"]) == "python -m benchmarks.vine_study --quick"
+    assert results_io.command_line([str(BENCHMARKS / "__main__.py"), "speed"]) == "python -m benchmarks speed"
+    main = ROOT / "vine_study" / "__main__.py"
+    assert results_io.command_line([str(main), "--quick"]) == "python -m vine_study --quick"
 
 
-def test_python_m_benchmarks_lists_the_tools() -> None:
-    listed = subprocess.run([sys.executable, "-m", "benchmarks"], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert listed.returncode == 0, listed.stderr
-    assert "tools:" in listed.stdout and "defaults-report" in listed.stdout and "vine-study" in listed.stdout
-    assert entry.available() == list(entry.TOOLS)  # every tool's module is there
+def test_python_m_benchmarks_and_reporting_list_their_tools() -> None:
+    def listed(package: str) -> str:
+        done = subprocess.run([sys.executable, "-m", package], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    runners, reports = listed("benchmarks"), listed("reporting")
+    assert "tools:" in runners and "  matrix " in runners and "defaults-report" not in runners
+    assert "tools:" in reports and "defaults-report" in reports and "  matrix " not in reports
+    assert tool_entry.available(entry.TOOLS) == list(entry.TOOLS)  # every tool's module is there
+    assert tool_entry.available(reporting_entry.TOOLS) == list(reporting_entry.TOOLS)
     unknown = subprocess.run([sys.executable, "-m", "benchmarks", "no-such-tool"], cwd=ROOT, capture_output=True, timeout=60)
     assert unknown.returncode == 2
 
@@ -129,13 +138,16 @@ def test_scripts_run_as_files_and_through_the_entry_point(tmp_path: Path) -> Non
     assert "[todo  ] trpo_ext-defaults CartPole-v1 seed 0: python benchmarks/train_defaults.py" in as_file
     assert run("-m", "benchmarks", "matrix", *dry_run, "--dry-run") == as_file
     assert "usage: matrix.py" in run("-m", "benchmarks", "matrix", "--help")  # as if started directly
-    assert "--checkpoints" in run("benchmarks/vine_study", "--help")
+    assert "--checkpoints" in run("-m", "vine_study", "--help")
+    assert "--checkpoints" in run("vine_study", "--help")  # the folder, as a script
+    assert "--snapshot" in run("benchmarks/atari_report.py", "--help")  # a command the results page names
+    assert run("-m", "reporting", "defaults-report", "--help") == run("reporting/defaults_report.py", "--help")
     assert not list(tmp_path.iterdir())  # a dry run trains and writes nothing
 
 
 def test_benchmark_modules_and_functions_stay_small() -> None:
     too_long = []
-    for path in sorted(BENCHMARKS.rglob("*.py")):
+    for path in sorted(path for package in PACKAGES for path in package.rglob("*.py")):
         text = path.read_text()
         if len(text.splitlines()) > 400:
             too_long.append(f"{path.relative_to(ROOT)}: {len(text.splitlines())} lines")
@@ -143,3 +155,18 @@ def test_benchmark_modules_and_functions_stay_small() -> None:
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno >= 60:
                 too_long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1}")
     assert not too_long, too_long
+
+
+# the modules of benchmarks/ that are not runners: the commands the results pages name next to their tables (a
+# generated section is rewritten only by its report), each a few lines that run the report's module of reporting/
+REPORT_COMMANDS = {"report.py", "defaults_report.py", "figure4.py", "vine_vs_single.py", "atari_report.py"}
+
+
+def test_benchmarks_holds_runners_only() -> None:
+    for path in sorted(BENCHMARKS.glob("*.py")):
+        text = path.read_text()
+        if path.name in REPORT_COMMANDS:
+            assert len(text.splitlines()) <= 20 and "from reporting." in text, path.name
+        else:  # a runner, or the package's own files: the statistics of the tables are reporting's
+            assert "reporting.intervals" not in text and "import intervals" not in text, path.name
+    assert not (BENCHMARKS / "vine_study").exists() and not (BENCHMARKS / "intervals.py").exists()

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from stable_baselines3.common.logger import KVWriter, Logger
 
-from benchmarks import results_io
+from reporting import sections
 from sb3_trpo_ext import TRPO, MaskableNaturalPG, MaskableTRPO, NaturalPG, RecurrentNaturalPG, RecurrentTRPO, VineTRPO
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,7 +111,7 @@ def test_results_page_shows_the_benchmark_images(built_docs: Path) -> None:
 def test_readme_sections_reach_the_docs_page_with_paths_relative_to_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(results_io, "ROOT", str(tmp_path))  # a repository of its own: README.md, hyperparams/, docs/misc/
+    monkeypatch.setattr(sections, "ROOT", str(tmp_path))  # a repository of its own: README.md, hyperparams/, docs/misc/
     (tmp_path / "hyperparams").mkdir()
     (tmp_path / "hyperparams" / "trpo_ext.yml").write_text("default: {}\n")
     section = (
@@ -125,7 +125,7 @@ def test_readme_sections_reach_the_docs_page_with_paths_relative_to_it(
     docs.parent.mkdir(parents=True)
     docs.write_text("# Toy\n\n<!-- toy:start -->\nold\n<!-- toy:end -->\n\n<!-- other:start -->\n<!-- other:end -->\n")
 
-    assert results_io.sync_docs_results(str(readme), str(docs)) == ["toy"]
+    assert sections.sync_docs_results(str(readme), str(docs)) == ["toy"]
     content = docs.read_text()
     assert "old" not in content and "| 1 | 2 |" in content
     assert "![curves](../../benchmarks/results/figure4.png)" in content  # Sphinx copies the image from there
@@ -134,7 +134,7 @@ def test_readme_sections_reach_the_docs_page_with_paths_relative_to_it(
     assert "[paper](https://arxiv.org/abs/1502.05477)" in content
     assert content.endswith("<!-- toy:end -->\n\n<!-- other:start -->\n<!-- other:end -->\n")
     assert readme.read_text().endswith("<!-- toy:end -->\nend\n")  # the README is only read
-    assert results_io.sync_docs_results(str(readme), str(docs)) == ["toy"] and docs.read_text() == content  # idempotent
+    assert sections.sync_docs_results(str(readme), str(docs)) == ["toy"] and docs.read_text() == content  # idempotent
 
 
 # ---------------------------------------------------------------------------------------------------- what pages claim

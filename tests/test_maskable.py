@@ -25,7 +25,7 @@ from stable_baselines3.common.callbacks import EventCallback, StopTrainingOnNoMo
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.monitor import Monitor
 
-from benchmarks.maskable import SlotSchedulingEnv
+from envs.slot_scheduling import SlotSchedulingEnv
 from sb3_trpo_ext import TRPO, MaskableNaturalPG, MaskableTRPO, VineTRPO
 from sb3_trpo_ext.common.fisher import actor_parameters, detach_distribution, kl_per_state, make_fisher_vector_product
 from sb3_trpo_ext.maskable.batch import MaskedAdvantageBatch, masked_batch

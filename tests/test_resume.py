@@ -27,7 +27,8 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from benchmarks import matrix, matrix_cells, results_io
+from benchmarks import matrix, matrix_cells
+from reporting import results_io
 from sb3_trpo_ext import TRPO
 from sb3_trpo_ext.zoo.resume import (
     EPISODES_FILE,

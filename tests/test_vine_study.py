@@ -1,5 +1,5 @@
 """
-The vine study (``benchmarks/vine_study/``) on CartPole-v1 and Pendulum-v1 at tiny sizes, with untrained policies:
+The vine study (``vine_study/``) on CartPole-v1 and Pendulum-v1 at tiny sizes, with untrained policies:
 
 - the single-path estimate gets closer to a large-batch reference as its batch grows;
 - the vine's gradient (from ``VineTRPO.collect_rollouts``'s ``vine_batch``) equals Eq. (15) and Eq. (16) computed
@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch as th
 
-from benchmarks.results_io import read_result
-from benchmarks.vine_study import estimate, plan, reference, report, study
-from benchmarks.vine_study.checkpoint import Checkpoint
+from reporting.results_io import read_result
 from sb3_trpo_ext.common.fisher import actor_parameters
+from vine_study import estimate, plan, reference, report, study
+from vine_study.checkpoint import Checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 CG_STEPS = 10
@@ -120,7 +120,7 @@ def test_steps_to_reach():
 
 
 def test_quick_run_resumes_and_reports(tmp_path, monkeypatch):
-    monkeypatch.setattr(sys, "argv", [str(ROOT / "benchmarks" / "vine_study" / "__main__.py"), "--quick"])
+    monkeypatch.setattr(sys, "argv", [str(ROOT / "vine_study" / "__main__.py"), "--quick"])
     study.run_study(["CartPole-v1"], ["early"], str(tmp_path), quick=True, repeats=2, only=["single_path-B256", "vine-N8"])
     folder = tmp_path / "CartPole-v1" / "early"
     assert (tmp_path / "checkpoints" / "CartPole-v1" / "early" / "policy.pt").exists()
@@ -128,7 +128,7 @@ def test_quick_run_resumes_and_reports(tmp_path, monkeypatch):
     assert files == ["reference.json", "reference.npz", "single_path-B256.json", "vine-N8.json"]
     result = read_result(str(folder / "vine-N8.json"))
     assert result["schema"] == 1 and result["git"]["commit"] and result["machine"]
-    assert result["command"] == "python -m benchmarks.vine_study --quick"
+    assert result["command"] == "python -m vine_study --quick"
     run = result["data"]
     assert len(run["cos_gradient"]) == 2 and run["torch_threads"] == 1
     assert all(s == t + b for s, t, b in zip(run["sim_steps"], run["trunk_steps"], run["branch_steps"], strict=True))
@@ -137,7 +137,7 @@ def test_quick_run_resumes_and_reports(tmp_path, monkeypatch):
     assert (folder / "vine-N8.json").stat().st_mtime_ns == stamp  # skipped when present
     text = report.report(str(tmp_path))
     assert "#### CartPole-v1, early checkpoint" in text and "| vine (N sweep at the baseline) |" in text
-    assert "Measured by `python -m benchmarks.vine_study --quick`" in text
+    assert "Measured by `python -m vine_study --quick`" in text
     assert (tmp_path / "CartPole-v1_early.png").stat().st_size > 0
     readme = tmp_path / "README.md"
     readme.write_text("before\n<!-- vine-study:start -->\nold\n<!-- vine-study:end -->\nafter\n")

@@ -1,9 +1,9 @@
 """
 Turn the benchmark matrix's result files (``benchmarks/matrix.py``) into markdown tables and PNG learning curves.
 
-    python benchmarks/report.py                  # print the tables, write benchmarks/results/matrix/{env}.png
-    python benchmarks/report.py --readme         # also write the tables between the matrix markers (docs results page)
-    python benchmarks/report.py --envs Hopper-v5 --no-plots
+    python -m reporting matrix-report                  # print the tables, write benchmarks/results/matrix/{env}.png
+    python -m reporting matrix-report --readme         # also write the tables between the matrix markers (docs results page)
+    python -m reporting matrix-report --envs Hopper-v5 --no-plots
 
 Reads ``benchmarks/results/matrix/{algo}/{env}/seed_{S}.json``. Per env and algorithm, over the seeds present:
 - the evaluation return at 25% and 50% of the budget (each seed's last evaluation at or before that step) and the
@@ -14,8 +14,8 @@ Reads ``benchmarks/results/matrix/{algo}/{env}/seed_{S}.json``. Per env and algo
 - n, the number of seeds;
 - in the summary, the final return and the AUC also as the interquartile mean with a 95% bootstrap confidence
   interval, and each of ours against sb3-contrib: ahead / behind where the interval of the IQM difference excludes
-  0, else even (``benchmarks/intervals.py``).
-The class-defaults cells (``*-defaults*``) are left out: ``benchmarks/defaults_report.py`` reports them.
+  0, else even (``reporting/intervals.py``).
+The class-defaults cells (``*-defaults*``) are left out: ``reporting/defaults_report.py`` reports them.
 Each evaluation return is the mean of the cell's deterministic evaluation episodes. The curves show the mean over
 seeds with a shaded +-1 std band.
 """
@@ -32,12 +32,13 @@ from typing import Any
 
 import numpy as np
 
-if not __package__:  # run as a file, python benchmarks/report.py: import the package from the repository root
+if not __package__:  # run as a file, python reporting/matrix_report.py: import the package from the repository root
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from benchmarks import intervals
 from benchmarks.matrix_cells import DEFAULTS, RESULTS
-from benchmarks.results_io import README, ROOT, read_result, replace_readme_section
+from reporting import intervals
+from reporting.results_io import ROOT, read_result
+from reporting.sections import README, replace_readme_section
 
 FRACTIONS = (0.25, 0.5, 1.0)
 ALGO_ORDER = (
@@ -89,7 +90,7 @@ def cell_of(result: dict[str, Any]) -> dict[str, Any]:
     machine, date, commit and versions beside, and the runner's command as ``runner_command`` (the flat layout the
     runner wrote before the schema).
 
-    :param result: a matrix result (:func:`~benchmarks.results_io.read_result`)
+    :param result: a matrix result (:func:`~reporting.results_io.read_result`)
     :return: the cell
     """
     provenance = {key: result[key] for key in ("machine", "date", "git", "versions") if result[key] is not None}
@@ -279,7 +280,7 @@ def plot(env: str, algos: dict[str, list[dict[str, Any]]], path: str) -> None:
 def summary_table(found: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
     """
     One row per env and algorithm: the seeds, the final return and the AUC as mean ± std and as IQM [95% bootstrap
-    CI] over seeds (``benchmarks/intervals.py``; no interval below 3 seeds), and, for each of ours, the verdict
+    CI] over seeds (``reporting/intervals.py``; no interval below 3 seeds), and, for each of ours, the verdict
     against sb3-contrib on each (``ahead`` / ``behind`` where the interval of the IQM difference excludes 0, else
     ``even``; ``mean only`` below 3 seeds of either).
     """
@@ -309,7 +310,7 @@ def summary_table(found: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
 
 
 def without_defaults(found: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """The matrix without its class-defaults cells (``benchmarks/defaults_report.py`` reports those)."""
+    """The matrix without its class-defaults cells (``reporting/defaults_report.py`` reports those)."""
     kept = {env: {algo: cells for algo, cells in algos.items() if algo not in DEFAULTS} for env, algos in found.items()}
     return {env: algos for env, algos in kept.items() if algos}
 

@@ -62,7 +62,7 @@ Design (and the choices the issue left open):
   gamma, gae_lambda, gSDE (Pendulum), CG steps and damping; ``fisher_sample_fraction`` is VineTRPO's default 1.0
   (the rollout set is small; single path keeps its YAML value, 0.1 on Hopper).
 
-Each (task, checkpoint, configuration) is one result file (``benchmarks/results_io.py``) under
+Each (task, checkpoint, configuration) is one result file (``reporting/results_io.py``) under
 ``benchmarks/results/vine_study/{task}/{checkpoint}/`` (written as it finishes, skipped when present, so an
 interrupted run resumes), the reference's directions one small ``reference.npz`` beside its ``reference.json``.
 ``--report`` prints the tables (simulator steps needed to reach cosine 0.5 / 0.8 / 0.9 on the mean curve,
@@ -70,16 +70,17 @@ interpolated in log steps) and draws ``benchmarks/results/vine_study/{task}_{che
 the tables into the docs' results page between ``<!-- vine-study:start -->`` and ``<!-- vine-study:end -->``. One
 torch thread, DummyVecEnv throughout.
 
-    OMP_NUM_THREADS=1 python -m benchmarks vine-study --tasks CartPole-v1 Pendulum-v1
-    python -m benchmarks vine-study --quick          # tiny sizes, results under benchmarks/results/vine_study_quick
-    python -m benchmarks vine-study --report         # or --readme
+    OMP_NUM_THREADS=1 python -m vine_study --tasks CartPole-v1 Pendulum-v1
+    python -m vine_study --quick          # tiny sizes, results under benchmarks/results/vine_study_quick
+    python -m vine_study --report         # or --readme
 
-(``python benchmarks/vine_study ARGS`` and ``python -m benchmarks.vine_study ARGS`` run the same; the results made
-before this package record ``python benchmarks/vine_study.py ARGS``, the single file it was split from.)
+(``python vine_study ARGS`` runs the same; the results made before this package record ``python
+benchmarks/vine_study.py ARGS``, the single file it was split from, and those made while it was a folder of
+``benchmarks/`` ``python -m benchmarks.vine_study ARGS``.)
 
-The modules, by role: :mod:`~benchmarks.vine_study.plan` (what to estimate: the tasks' sizes, the configurations,
-the seeds), :mod:`~benchmarks.vine_study.checkpoint` (the policies studied), :mod:`~benchmarks.vine_study.estimate`
-(single-path and vine estimates of the directions), :mod:`~benchmarks.vine_study.reference` (the large-batch
-reference and the cosines), :mod:`~benchmarks.vine_study.study` (running the configurations, the files) and
-:mod:`~benchmarks.vine_study.report` (the tables, the plots, the results page's section).
+The modules, by role: :mod:`~vine_study.plan` (what to estimate: the tasks' sizes, the configurations,
+the seeds), :mod:`~vine_study.checkpoint` (the policies studied), :mod:`~vine_study.estimate`
+(single-path and vine estimates of the directions), :mod:`~vine_study.reference` (the large-batch
+reference and the cosines), :mod:`~vine_study.study` (running the configurations, the files) and
+:mod:`~vine_study.report` (the tables, the plots, the results page's section).
 """

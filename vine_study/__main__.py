@@ -1,6 +1,6 @@
 """
-The vine study's command line: ``python -m benchmarks vine-study [options]`` (or ``python benchmarks/vine_study``,
-``python -m benchmarks.vine_study``); what it does: :mod:`benchmarks.vine_study`.
+The vine study's command line: ``python -m vine_study [options]`` (or ``python vine_study``); what it does:
+:mod:`vine_study`.
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ from collections.abc import Sequence
 import torch as th
 from threadpoolctl import threadpool_limits
 
-if not __package__:  # run as a folder, python benchmarks/vine_study: import the package from the repository root
-    sys.path[0] = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if not __package__:  # run as a folder, python vine_study: import the package from the repository root
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-import benchmarks.vine_study
-from benchmarks.results_io import ROOT
-from benchmarks.vine_study.plan import PLANS
-from benchmarks.vine_study.report import report, write_readme
-from benchmarks.vine_study.study import run_study
+import vine_study
+from reporting.results_io import ROOT
+from vine_study.plan import PLANS
+from vine_study.report import report, write_readme
+from vine_study.study import run_study
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "vine_study")
 QUICK_RESULTS = os.path.join(ROOT, "benchmarks", "results", "vine_study_quick")
@@ -28,7 +28,7 @@ QUICK_RESULTS = os.path.join(ROOT, "benchmarks", "results", "vine_study_quick")
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="vine_study", description=benchmarks.vine_study.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="vine_study", description=vine_study.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--tasks", nargs="+", default=list(PLANS), choices=list(PLANS))
     parser.add_argument("--checkpoints", nargs="+", default=["early", "mid"], choices=["early", "mid"])

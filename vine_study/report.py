@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.results_io import README, read_result, replace_readme_section
-from benchmarks.vine_study.plan import PLANS
+from reporting.results_io import read_result
+from reporting.sections import README, replace_readme_section
+from vine_study.plan import PLANS
 
 THRESHOLDS = (0.5, 0.8, 0.9)
 MIN_PAIRWISE = 0.25

@@ -1,8 +1,8 @@
 """
 Turn the speed benchmark's result files into the README's Speed tables (between its ``speed`` markers).
 
-    python benchmarks/speed_report.py            # print the markdown
-    python benchmarks/speed_report.py --readme   # write it between the speed markers (docs/misc/results.md)
+    python -m reporting speed-report            # print the markdown
+    python -m reporting speed-report --readme   # write it between the speed markers (docs/misc/results.md)
 
 Reads ``benchmarks/results/speed.json`` (the current code, ``benchmarks/speed.py``) and, when present,
 ``benchmarks/results/speed_0.1.0.json`` (the same script run on release 0.1.0's package in the same sitting) and
@@ -17,16 +17,17 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-if not __package__:  # run as a file, python benchmarks/speed_report.py: import the package from the repository root
+if not __package__:  # run as a file, python reporting/speed_report.py: import the package from the repository root
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from benchmarks.results_io import ROOT, read_result, replace_readme_section
+from reporting.results_io import ROOT, read_result
+from reporting.sections import replace_readme_section
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 
 
 def load(name: str) -> dict[str, Any] | None:
-    """:return: the result file ``benchmarks/results/{name}`` (:func:`~benchmarks.results_io.read_result`), if present"""
+    """:return: the result file ``benchmarks/results/{name}`` (:func:`~reporting.results_io.read_result`), if present"""
     path = os.path.join(RESULTS, name)
     return read_result(path) if os.path.exists(path) else None
 

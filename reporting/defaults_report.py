@@ -3,13 +3,13 @@ The class-defaults table: each algorithm as a user without the zoo runs it, ``Cl
 (``benchmarks/train_defaults.py``), ours against sb3-contrib's ``TRPO``, from the matrix's ``*-defaults`` cells.
 
     python benchmarks/matrix.py --preset defaults --workers 2    # train the cells (9 tasks x 3 seeds per algorithm)
-    python benchmarks/defaults_report.py                         # print the tables
-    python benchmarks/defaults_report.py --readme                # write them into README.md and the docs' results page
+    python -m reporting defaults-report                         # print the tables
+    python -m reporting defaults-report --readme                # write them into README.md and the docs' results page
 
 Reads ``benchmarks/results/matrix/{algo}-defaults*/{env}/seed_{S}.json`` (whichever exist). Per task and algorithm,
 over its seeds: the final return (each seed's last evaluation) and the area under the curve (AUC: each seed's mean of
 its evaluation returns over all its evaluations), as the interquartile mean with a 95% bootstrap confidence interval
-(``benchmarks/intervals.py``; below 3 seeds the mean, with no interval), and the verdict against sb3-contrib's
+(``reporting/intervals.py``; below 3 seeds the mean, with no interval), and the verdict against sb3-contrib's
 defaults: ``ahead`` / ``behind`` where the interval of the IQM difference excludes 0, else ``even``; ``mean only``
 below 3 seeds of either.
 
@@ -27,12 +27,12 @@ from typing import Any
 
 import numpy as np
 
-if not __package__:  # run as a file, python benchmarks/defaults_report.py: import the package from the repository root
+if not __package__:  # run as a file, python reporting/defaults_report.py: import the package from the repository root
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from benchmarks import intervals, report
 from benchmarks.matrix_cells import PRESETS, RESULTS
-from benchmarks.results_io import DOCS_RESULTS, README, replace_readme_section
+from reporting import intervals, matrix_report
+from reporting.sections import DOCS_RESULTS, README, replace_readme_section
 
 OURS = "trpo_ext-defaults"
 CONTRIB = "sb3-contrib-defaults"
@@ -52,7 +52,7 @@ METRICS = ("final", "AUC")
 
 def load(results: str = RESULTS) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """``{env: {algo: [cell, ...]}}`` of the class-defaults algorithms of :data:`DETAIL` (whichever cells exist)."""
-    found = report.load(results)
+    found = matrix_report.load(results)
     kept = {env: {algo: cells for algo, cells in algos.items() if algo in DETAIL} for env, algos in found.items()}
     return {env: algos for env, algos in kept.items() if algos}
 
@@ -64,13 +64,13 @@ def tasks(found: dict[str, dict[str, list[dict[str, Any]]]]) -> list[str]:
 
 def runs(cells: Sequence[dict[str, Any]], metric: str) -> np.ndarray:
     """One value per seed: its final return or its AUC."""
-    values = [report.final(cell) if metric == "final" else report.auc(cell) for cell in cells if cell["mean"]]
+    values = [matrix_report.final(cell) if metric == "final" else matrix_report.auc(cell) for cell in cells if cell["mean"]]
     return np.asarray([value for value in values if value is not None], dtype=float)
 
 
 def budget_text(env: str, cells: Sequence[dict[str, Any]]) -> str:
-    budget = report.budget_of(cells) if cells else PRESET["budgets"].get(env)
-    return report.steps_text(budget) if budget else "-"
+    budget = matrix_report.budget_of(cells) if cells else PRESET["budgets"].get(env)
+    return matrix_report.steps_text(budget) if budget else "-"
 
 
 def provenance(found: dict[str, dict[str, list[dict[str, Any]]]], algos: Sequence[str]) -> tuple[str, str, str]:
@@ -81,7 +81,7 @@ def provenance(found: dict[str, dict[str, list[dict[str, Any]]]], algos: Sequenc
     dates = sorted(cell["date"][:10] for cell in cells)
     date = dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}"
     commits = sorted({(cell.get("git") or {}).get("commit") or "unknown" for cell in cells})
-    return report.join_unique(sorted(cell["machine"] for cell in cells)), date, ", ".join(c[:8] for c in commits)
+    return matrix_report.join_unique(sorted(cell["machine"] for cell in cells)), date, ", ".join(c[:8] for c in commits)
 
 
 def headline(found: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
@@ -111,7 +111,11 @@ def headline(found: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
         for metric in METRICS:
             x, y = runs(ours, metric), runs(theirs, metric)
             result = intervals.compare(x, y) if x.size and y.size else "-"
-            row += [report.interval_text(intervals.iqm_interval(x)), report.interval_text(intervals.iqm_interval(y)), result]
+            row += [
+                matrix_report.interval_text(intervals.iqm_interval(x)),
+                matrix_report.interval_text(intervals.iqm_interval(y)),
+                result,
+            ]
             verdicts.append(result)
             if min(x.size, y.size) >= intervals.MIN_SEEDS:
                 paired[metric][env] = (x, y)
@@ -124,7 +128,8 @@ def headline(found: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
             row.append("unchanged (d = 1: the same settings)")
         elif before.size and now.size:
             change = intervals.compare(now, before)
-            row.append(f"{report.fmt(float(intervals.iqm(before)))} -> {report.fmt(float(intervals.iqm(now)))} ({change})")
+            was, is_now = matrix_report.fmt(float(intervals.iqm(before))), matrix_report.fmt(float(intervals.iqm(now)))
+            row.append(f"{was} -> {is_now} ({change})")
         else:
             row.append("-")
         lines.append("| " + " | ".join(row) + " |")
@@ -214,7 +219,7 @@ def detail(found: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
             row = [env, f"`{algo}`", str(len(cells))]
             for metric in METRICS:
                 x = runs(cells, metric)
-                row.append(report.interval_text(intervals.iqm_interval(x)))
+                row.append(matrix_report.interval_text(intervals.iqm_interval(x)))
                 if algo == CONTRIB:
                     row.append("-")
                 else:

@@ -17,9 +17,9 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize
 
-from benchmarks.results_io import read_result, write_result
-from benchmarks.vine_study.plan import TRAINING_SEED, TaskPlan, constructor_keywords, yaml_entry
+from reporting.results_io import read_result, write_result
 from sb3_trpo_ext import TRPO, VineTRPO
+from vine_study.plan import TRAINING_SEED, TaskPlan, constructor_keywords, yaml_entry
 
 
 @dataclass

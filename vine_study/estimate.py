@@ -17,13 +17,13 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.utils import obs_as_tensor, set_random_seed
 
-from benchmarks.vine_study.checkpoint import Checkpoint, time_limit
 from sb3_trpo_ext import VineTRPO
 from sb3_trpo_ext.common.base import NaturalGradientAlgorithm
 from sb3_trpo_ext.common.natural_gradient import natural_direction
 from sb3_trpo_ext.common.policy_batch import AdvantageBatch, PolicyBatch
 from sb3_trpo_ext.common.rollouts import collect_rollouts_fast
 from sb3_trpo_ext.vine.rollout_set import VineBatch
+from vine_study.checkpoint import Checkpoint, time_limit
 
 
 class _Quiet(BaseCallback):

@@ -14,7 +14,7 @@ from typing import Any
 import torch as th
 import yaml
 
-from benchmarks.results_io import ROOT
+from reporting.results_io import ROOT
 
 REFERENCE_TARGET = 0.95
 """Half-vs-half gradient cosine at which the reference stops growing."""

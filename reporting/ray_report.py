@@ -3,7 +3,7 @@ The Ray numbers of ``docs/guide/distributed.md``: what ``benchmarks/ray_trunk.py
 measured, and a scaling projection from these costs, between the page's ``<!-- ray:start -->`` and
 ``<!-- ray:end -->`` markers.
 
-    python benchmarks/ray_report.py          # reads benchmarks/results/ray_trunk.json and ray_vine.json
+    python -m reporting ray-report          # reads benchmarks/results/ray_trunk.json and ray_vine.json
 
 The projection is arithmetic on the measured per-step, per-round-trip and per-byte costs; its assumptions are written
 out with the table (:data:`ASSUMPTIONS`).
@@ -18,10 +18,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-if not __package__:  # run as a file, python benchmarks/ray_report.py: import the package from the repository root
+if not __package__:  # run as a file, python reporting/ray_report.py: import the package from the repository root
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from benchmarks.results_io import README, ROOT, read_result, replace_readme_section
+from reporting.results_io import ROOT, read_result
+from reporting.sections import README, replace_readme_section
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 DOCS_PAGE = os.path.join(ROOT, "docs", "guide", "distributed.md")
@@ -55,7 +56,7 @@ Assumptions of the projection (each number from the two result files above unles
 
 
 def load(name: str) -> dict[str, Any]:
-    """:return: the result file ``benchmarks/results/{name}.json`` (:func:`~benchmarks.results_io.read_result`)"""
+    """:return: the result file ``benchmarks/results/{name}.json`` (:func:`~reporting.results_io.read_result`)"""
     return read_result(os.path.join(RESULTS, f"{name}.json"))
 
 

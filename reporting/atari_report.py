@@ -1,8 +1,8 @@
 """
 The Atari tables and curves of the README and the docs' results page, from result files only.
 
-    python benchmarks/atari_report.py --snapshot /work/atari-runs   # runs still training: their games so far
-    python benchmarks/atari_report.py --readme                      # the tables and the figure, into README and docs
+    python -m reporting atari-report --snapshot /work/atari-runs   # runs still training: their games so far
+    python -m reporting atari-report --readme                      # the tables and the figure, into README and docs
 
 Sources:
 
@@ -33,10 +33,11 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-if not __package__:  # run as a file, python benchmarks/atari_report.py: import the package from the repository root
+if not __package__:  # run as a file, python reporting/atari_report.py: import the package from the repository root
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from benchmarks.results_io import ROOT, read_result, replace_readme_section, write_result
+from reporting.results_io import ROOT, read_result, write_result
+from reporting.sections import replace_readme_section
 
 MATRIX = os.path.join(ROOT, "benchmarks", "results", "matrix")
 PROGRESS = os.path.join(ROOT, "benchmarks", "results", "atari_progress")

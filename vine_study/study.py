@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 import torch as th
 
-from benchmarks.results_io import read_result, write_result
-from benchmarks.vine_study.checkpoint import Checkpoint, train_checkpoints
-from benchmarks.vine_study.estimate import Directions, single_path_estimate, vine_estimate
-from benchmarks.vine_study.plan import PLANS, SINGLE_PATH_SEED, VINE_SEED, Config, TaskPlan, configs, quick_plan
-from benchmarks.vine_study.reference import FisherMetric, cosine, euclidean_norm, reference_directions
+from reporting.results_io import read_result, write_result
+from vine_study.checkpoint import Checkpoint, train_checkpoints
+from vine_study.estimate import Directions, single_path_estimate, vine_estimate
+from vine_study.plan import PLANS, SINGLE_PATH_SEED, VINE_SEED, Config, TaskPlan, configs, quick_plan
+from vine_study.reference import FisherMetric, cosine, euclidean_norm, reference_directions
 
 
 def run_config(

@@ -13,13 +13,13 @@ from typing import Any
 import numpy as np
 import torch as th
 
-from benchmarks.vine_study.checkpoint import Checkpoint
-from benchmarks.vine_study.estimate import Samples, collect_single_path
-from benchmarks.vine_study.plan import REFERENCE_SEED, REFERENCE_TARGET, TaskPlan
 from sb3_trpo_ext.common.base import NaturalGradientAlgorithm
 from sb3_trpo_ext.common.fisher import actor_parameters, make_fisher_vector_product
 from sb3_trpo_ext.common.natural_gradient import conjugate_gradient, flat_grad
 from sb3_trpo_ext.common.policy_batch import AdvantageBatch, index_observations
+from vine_study.checkpoint import Checkpoint
+from vine_study.estimate import Samples, collect_single_path
+from vine_study.plan import REFERENCE_SEED, REFERENCE_TARGET, TaskPlan
 
 
 def cosine(a: th.Tensor, b: th.Tensor) -> float:

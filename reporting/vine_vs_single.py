@@ -1,8 +1,8 @@
 """
 Vine against single path per simulator step and per policy update, from the benchmark matrix's files.
 
-    python benchmarks/vine_vs_single.py              # print the table, write benchmarks/results/vine_vs_single.png
-    python benchmarks/vine_vs_single.py --readme     # and write the table into README.md between its markers
+    python -m reporting vine-vs-single              # print the table, write benchmarks/results/vine_vs_single.png
+    python -m reporting vine-vs-single --readme     # and write the table into README.md between its markers
 
 For every env where the matrix has both ``trpo_ext`` and ``vine_trpo`` cells: the final return and the area under the
 curve at the same simulator-step budget, the number of policy updates each made (budget / simulator steps per
@@ -22,12 +22,13 @@ from typing import Any
 
 import numpy as np
 
-if not __package__:  # run as a file, python benchmarks/vine_vs_single.py: import the package from the repository root
+if not __package__:  # run as a file, python reporting/vine_vs_single.py: import the package from the repository root
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from benchmarks import report
 from benchmarks.matrix_cells import config_entry
-from benchmarks.results_io import README, ROOT
+from reporting import matrix_report
+from reporting.results_io import ROOT
+from reporting.sections import README
 
 SINGLE, VINE = "trpo_ext", "vine_trpo"
 
@@ -46,7 +47,7 @@ def steps_per_iteration(entry: dict[str, Any], vine: bool) -> int:
 
 def compare(found: dict[str, dict[str, list[dict[str, Any]]]], entries: dict[tuple[str, str], dict[str, Any]]) -> str:
     """
-    :param found: ``{env: {algo: [cell, ...]}}`` (``benchmarks/report.py``'s ``load``)
+    :param found: ``{env: {algo: [cell, ...]}}`` (``reporting/matrix_report.py``'s ``load``)
     :param entries: the YAML entry of each ``(algo, env)``
     :return: the markdown table
     """
@@ -59,14 +60,14 @@ def compare(found: dict[str, dict[str, list[dict[str, Any]]]], entries: dict[tup
         if SINGLE not in algos or VINE not in algos:
             continue
         single, vine = algos[SINGLE], algos[VINE]
-        budget = report.budget_of(single + vine)
+        budget = matrix_report.budget_of(single + vine)
         per_single = steps_per_iteration(entries[(SINGLE, env)], vine=False)
         per_vine = steps_per_iteration(entries[(VINE, env)], vine=True)
         vine_updates = budget // per_vine
-        single_summary, vine_summary = report.summarize(single), report.summarize(vine)
-        at_vine_updates = report.Stat.of([report.value_at(cell, vine_updates * per_single) for cell in single])
+        single_summary, vine_summary = matrix_report.summarize(single), matrix_report.summarize(vine)
+        at_vine_updates = matrix_report.Stat.of([matrix_report.value_at(cell, vine_updates * per_single) for cell in single])
         lines.append(
-            f"| {env} | {report.steps_text(budget)} | {len(single)} / {len(vine)} | {budget // per_single} / "
+            f"| {env} | {matrix_report.steps_text(budget)} | {len(single)} / {len(vine)} | {budget // per_single} / "
             f"{vine_updates} | {single_summary['at'][-1].text()} / {vine_summary['at'][-1].text()} | "
             f"{single_summary['auc'].text()} / {vine_summary['auc'].text()} | {at_vine_updates.text()} |"
         )
@@ -86,7 +87,7 @@ def plot(found: dict[str, dict[str, list[dict[str, Any]]]], entries: dict[tuple[
     figure, axes = plt.subplots(1, len(envs), figsize=(4.2 * len(envs), 3.5), squeeze=False)
     for axis, env in zip(axes[0], envs, strict=True):
         for algo, label in ((SINGLE, "single path"), (VINE, "vine")):
-            steps, mean, std = report.curves(found[env][algo])
+            steps, mean, std = matrix_report.curves(found[env][algo])
             updates = np.asarray(steps) / steps_per_iteration(entries[(algo, env)], vine=algo == VINE)
             (line,) = axis.plot(updates, mean, label=f"{label} (n={len(found[env][algo])})")
             axis.fill_between(updates, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
@@ -106,14 +107,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "vine_vs_single.png"))
     parser.add_argument("--readme", action="store_true", help="write the table into README.md between its markers")
     args = parser.parse_args(argv)
-    found = {env: algos for env, algos in report.load(args.results).items() if SINGLE in algos and VINE in algos}
-    found = {env: found[env] for env in report.ordered(list(found), report.ENV_ORDER)}
+    found = {env: algos for env, algos in matrix_report.load(args.results).items() if SINGLE in algos and VINE in algos}
+    found = {env: found[env] for env in matrix_report.ordered(list(found), matrix_report.ENV_ORDER)}
     entries = {(algo, env): config_entry(algo, env) for env in found for algo in (SINGLE, VINE)}
     text = compare(found, entries)
     plot(found, entries, args.out)
     print(text)
     if args.readme:
-        report.write_readme(
+        matrix_report.write_readme(
             "Made by `python benchmarks/vine_vs_single.py --readme` from the matrix files (each method's YAML; mean ± "
             "std over seeds; updates from the YAML entries):\n\n" + text,
             README,
