@@ -1,5 +1,7 @@
 """
-Fast on-policy rollout collection that keeps every SB3 behaviour: :func:`collect_rollouts_fast`.
+Fast on-policy rollout collection that keeps every SB3 behaviour: :func:`collect_rollouts_fast`; and SB3's own loop
+with hooks for policies that carry more than an observation (:func:`collect_sb3_style` with :class:`StepHooks`: the
+maskable classes' action masks, the recurrent classes' LSTM states).
 
 SB3's ``collect_rollouts`` runs the full actor-critic forward (building a ``torch.distributions`` object) once per
 environment step. Here the policy is frozen for the rollout in a
@@ -160,6 +162,113 @@ class AfterStepCallback(BaseCallback):
 
     def _on_step(self) -> bool:  # unused: on_step above forwards to the user's callback
         return True
+
+
+class StepHooks:
+    """
+    What :func:`collect_sb3_style` asks of the policy, answered here as SB3 does for a feed-forward policy: the action
+    drawn from the observation alone, a truncated episode bootstrapped with the critic's value of its last
+    observation, the last value from the last observation. A subclass changes what its policy does differently
+    (the state it carries from step to step, what it stores with a step), and shows that state to the callback.
+
+    :param algorithm: the algorithm whose policy acts
+    """
+
+    def __init__(self, algorithm: OnPolicyAlgorithm) -> None:
+        self.algorithm = algorithm
+        self.policy = algorithm.policy
+        self.truncation: dict[str, Any] = {}
+        """The last truncation bootstrapped (``idx``, ``terminal``, ``terminal_value``): a loop's leftovers in its locals."""
+
+    def act(self, obs_tensor: th.Tensor | dict[str, th.Tensor]) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        """:return: the actions, the critic's values and the actions' log-probabilities (called under ``no_grad``)"""
+        return self.policy(obs_tensor)
+
+    def step_locals(self) -> dict[str, Any]:
+        """:return: what the callback sees besides the loop's own locals (the state the policy carries)"""
+        return dict(self.truncation)
+
+    def buffer_extras(self) -> dict[str, Any]:
+        """:return: the keywords the step's ``rollout_buffer.add`` takes besides SB3's"""
+        return {}
+
+    def bootstrap(self, rewards: np.ndarray, dones: np.ndarray, infos: list[dict[str, Any]]) -> np.ndarray:
+        """:return: the rewards, each truncated episode's plus ``gamma V(terminal observation)`` (in place)"""
+        for idx, terminal in truncations(dones, infos):
+            with th.no_grad():
+                terminal_value = self.policy.predict_values(self.policy.obs_to_tensor(terminal)[0])[0]  # type: ignore[arg-type]
+            rewards[idx] += self.algorithm.gamma * float(terminal_value)
+            self.truncation = {"idx": idx, "terminal": terminal, "terminal_value": terminal_value}
+        return rewards
+
+    def advance(self) -> None:
+        """Called once the step is stored: the state the policy carries becomes the next step's."""
+
+    def last_values(self, last_obs: Observation, dones: np.ndarray) -> th.Tensor:
+        """:return: the critic's values of the observations after the rollout's last step"""
+        with th.no_grad():
+            return self.policy.predict_values(obs_as_tensor(last_obs, self.algorithm.device))  # type: ignore[arg-type]
+
+
+def collect_sb3_style(
+    algorithm: OnPolicyAlgorithm,
+    env: VecEnv,
+    callback: BaseCallback,
+    rollout_buffer: RolloutBuffer,
+    n_rollout_steps: int,
+    hooks: StepHooks,
+) -> bool:
+    """
+    SB3's ``OnPolicyAlgorithm.collect_rollouts`` (gSDE noise resets, Box actions clipped or unsquashed, Monitor
+    infos, truncations bootstrapped, GAE at the end) with ``hooks`` doing the policy's part. After each step and at
+    the end the callback sees the loop's locals (SB3's names, ``self`` the algorithm) and the hooks' step_locals.
+
+    :param rollout_buffer: the buffer to fill, one whose ``add`` takes :meth:`StepHooks.buffer_extras`
+    :param hooks: the policy's part of each step
+    :return: False if a callback asked to stop, True otherwise (the other parameters: :func:`collect_rollouts_fast`)
+    """
+    assert algorithm._last_obs is not None, "No previous observation was provided"
+    policy = algorithm.policy
+    policy.set_training_mode(False)
+    rollout_buffer.reset()
+    if algorithm.use_sde:
+        policy.reset_noise(env.num_envs)
+    callback.on_rollout_start()
+    is_discrete = isinstance(algorithm.action_space, spaces.Discrete)
+    to_env, dones = env_action_function(policy, algorithm.action_space), algorithm._last_episode_starts
+
+    for n_steps in range(n_rollout_steps):
+        if algorithm.use_sde and algorithm.sde_sample_freq > 0 and n_steps % algorithm.sde_sample_freq == 0:
+            policy.reset_noise(env.num_envs)
+        with th.no_grad():
+            obs_tensor = obs_as_tensor(algorithm._last_obs, algorithm.device)  # type: ignore[arg-type]
+            actions_tensor, values, log_probs = hooks.act(obs_tensor)
+        actions = actions_tensor.cpu().numpy()
+        clipped_actions = to_env(actions)
+        new_obs, rewards, dones, infos = env.step(clipped_actions)
+        algorithm.num_timesteps += env.num_envs
+        callback.update_locals({"self": algorithm, **locals(), **hooks.step_locals()})
+        if not callback.on_step():
+            return False
+        algorithm._update_info_buffer(infos, dones)
+        rewards = hooks.bootstrap(rewards, dones, infos)
+        rollout_buffer.add(  # type: ignore[call-arg]
+            algorithm._last_obs,  # type: ignore[arg-type]
+            actions.reshape(-1, 1) if is_discrete else actions,
+            rewards,
+            algorithm._last_episode_starts,  # type: ignore[arg-type]
+            values,
+            log_probs,
+            **hooks.buffer_extras(),
+        )
+        hooks.advance()
+        algorithm._last_obs, algorithm._last_episode_starts = new_obs, dones  # type: ignore[assignment]
+
+    last_values = hooks.last_values(algorithm._last_obs, dones)  # type: ignore[arg-type]
+    rollout_buffer.compute_returns_and_advantage(last_values=last_values, dones=dones)  # type: ignore[arg-type]
+    callback.update_locals({"self": algorithm, **locals(), **hooks.step_locals()})
+    callback.on_rollout_end()
+    return True
 
 
 def start_rollout(algorithm: OnPolicyAlgorithm, n_envs: int, n_rollout_steps: int) -> RolloutPolicy:

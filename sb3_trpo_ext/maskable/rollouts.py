@@ -8,18 +8,18 @@ automatic reset the environment's state after an episode's last step is the next
 observation stored next: the mask read there is that state's.
 """
 
+from typing import Any
+
 import numpy as np
 import torch as th
-from gymnasium import spaces
 from sb3_contrib.common.maskable.buffers import MaskableDictRolloutBuffer, MaskableRolloutBuffer
 from sb3_contrib.common.maskable.utils import get_action_masks, is_masking_supported
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
-from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 
-from sb3_trpo_ext.common.rollouts import truncations
+from sb3_trpo_ext.common.rollouts import StepHooks, collect_sb3_style
 
 NO_MASKS_ERROR = (
     "The environment gives no action masks: wrap it in sb3_contrib.common.wrappers.ActionMasker(env, mask_fn) or give "
@@ -55,45 +55,33 @@ def collect_masked_rollouts(
         )
     if use_masking and not is_masking_supported(env):
         raise ValueError(NO_MASKS_ERROR)
-    assert algorithm._last_obs is not None, "No previous observation was provided"
-    policy = algorithm.policy
-    policy.set_training_mode(False)
-    is_discrete = isinstance(algorithm.action_space, spaces.Discrete)
-    action_masks: np.ndarray | None = None
-    rollout_buffer.reset()
-    callback.on_rollout_start()
+    return collect_sb3_style(
+        algorithm, env, callback, rollout_buffer, n_rollout_steps, MaskedStepHooks(algorithm, env, use_masking)
+    )
 
-    for n_steps in range(n_rollout_steps):  # noqa: B007 (n_steps: one of SB3's rollout locals the callback sees)
-        with th.no_grad():
-            obs_tensor = obs_as_tensor(algorithm._last_obs, algorithm.device)  # type: ignore[arg-type]
-            if use_masking:
-                action_masks = get_action_masks(env)  # the mask of the state the action is drawn in
-            actions, values, log_probs = policy(obs_tensor, action_masks=action_masks)
-        actions = actions.cpu().numpy()
-        new_obs, rewards, dones, infos = env.step(actions)
-        algorithm.num_timesteps += env.num_envs
-        callback.update_locals(locals())
-        if not callback.on_step():
-            return False
-        algorithm._update_info_buffer(infos, dones)
-        for idx, terminal in truncations(dones, infos):  # a time limit cut the episode: bootstrap with the critic
-            with th.no_grad():
-                terminal_value = policy.predict_values(policy.obs_to_tensor(terminal)[0])[0]
-            rewards[idx] += algorithm.gamma * float(terminal_value)
-        rollout_buffer.add(  # type: ignore[call-arg]
-            algorithm._last_obs,  # type: ignore[arg-type]
-            actions.reshape(-1, 1) if is_discrete else actions,
-            rewards,
-            algorithm._last_episode_starts,  # type: ignore[arg-type]
-            values,
-            log_probs,
-            action_masks=action_masks,
-        )
-        algorithm._last_obs, algorithm._last_episode_starts = new_obs, dones  # type: ignore[assignment]
 
-    with th.no_grad():  # the value of the state after the last step (no mask needed: only its value)
-        last_values = policy.predict_values(obs_as_tensor(new_obs, algorithm.device))  # type: ignore[arg-type]
-    rollout_buffer.compute_returns_and_advantage(last_values=last_values, dones=dones)
-    callback.update_locals(locals())
-    callback.on_rollout_end()
-    return True
+class MaskedStepHooks(StepHooks):
+    """
+    A maskable policy's part of SB3's rollout loop: each step's mask read before its action is drawn, the action drawn
+    from the masked distribution, the mask stored with the step (the last value needs no mask: only its value).
+
+    :param algorithm: the algorithm whose maskable policy acts
+    :param env: the training environment (its ``action_masks()``)
+    :param use_masking: read and apply the masks (False: every action valid)
+    """
+
+    def __init__(self, algorithm: OnPolicyAlgorithm, env: VecEnv, use_masking: bool) -> None:
+        super().__init__(algorithm)
+        self.env, self.use_masking = env, use_masking
+        self.action_masks: np.ndarray | None = None
+
+    def act(self, obs_tensor: th.Tensor | dict[str, th.Tensor]) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        if self.use_masking:
+            self.action_masks = get_action_masks(self.env)  # the mask of the state the action is drawn in
+        return self.policy(obs_tensor, action_masks=self.action_masks)
+
+    def step_locals(self) -> dict[str, Any]:
+        return {**super().step_locals(), "action_masks": self.action_masks, "use_masking": self.use_masking}
+
+    def buffer_extras(self) -> dict[str, Any]:
+        return {"action_masks": self.action_masks}

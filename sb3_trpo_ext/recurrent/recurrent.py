@@ -30,6 +30,8 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_trpo_ext.common.base import NaturalGradientAlgorithm, zero_observation
 from sb3_trpo_ext.common.critic import optimizer_steps
+from sb3_trpo_ext.common.rollout_policy import Observation, stack_observations
+from sb3_trpo_ext.common.rollouts import StepHooks, collect_sb3_style, truncations
 from sb3_trpo_ext.npg.npg import NaturalPG
 from sb3_trpo_ext.recurrent.sequence_batch import SequenceBatch, starts_folded
 from sb3_trpo_ext.trpo.trpo import TRPO
@@ -121,7 +123,8 @@ class RecurrentMixin(NaturalGradientAlgorithm):
     ) -> bool:
         """
         Collect ``n_rollout_steps`` steps per environment, carrying each env's LSTM states from step to step (the
-        policy resets them where an episode starts) and storing in the buffer the states each step started from.
+        policy resets them where an episode starts) and storing in the buffer the states each step started from: SB3's
+        loop (``sb3_trpo_ext.common.rollouts.collect_sb3_style``) with :class:`LstmStepHooks`.
 
         :param env: the training environment
         :param callback: callback called at each step (with SB3's rollout locals)
@@ -130,91 +133,7 @@ class RecurrentMixin(NaturalGradientAlgorithm):
         :return: True if collection finished, False if a callback stopped it
         """
         assert isinstance(rollout_buffer, RECURRENT_BUFFERS), f"{type(rollout_buffer).__name__} stores no LSTM states"
-        assert self._last_obs is not None, "No previous observation was provided"
-        self.policy.set_training_mode(False)
-        rollout_buffer.reset()
-        if self.use_sde:
-            self.policy.reset_noise(env.num_envs)
-        callback.on_rollout_start()
-        lstm_states = self._last_lstm_states
-        dones = self._last_episode_starts
-        assert dones is not None
-
-        for n_steps in range(n_rollout_steps):
-            if self.use_sde and self.sde_sample_freq > 0 and n_steps % self.sde_sample_freq == 0:
-                self.policy.reset_noise(env.num_envs)
-            with th.no_grad():
-                obs_tensor = obs_as_tensor(self._last_obs, self.device)  # type: ignore[arg-type]
-                episode_starts = th.as_tensor(self._last_episode_starts, dtype=th.float32, device=self.device)
-                actions, values, log_probs, lstm_states = self.policy(obs_tensor, lstm_states, episode_starts)
-            actions = actions.cpu().numpy()
-            clipped_actions = actions
-            if isinstance(self.action_space, spaces.Box):
-                if self.policy.squash_output:
-                    clipped_actions = self.policy.unscale_action(clipped_actions)
-                else:
-                    clipped_actions = np.clip(actions, self.action_space.low, self.action_space.high)
-
-            new_obs, rewards, dones, infos = env.step(clipped_actions)
-            self.num_timesteps += env.num_envs
-            callback.update_locals(locals())
-            if not callback.on_step():
-                return False
-            self._update_info_buffer(infos, dones)
-            if isinstance(self.action_space, spaces.Discrete):
-                actions = actions.reshape(-1, 1)
-            rewards = rewards + self.gamma * self._truncation_values(infos, dones, lstm_states)
-
-            rollout_buffer.add(
-                self._last_obs,  # type: ignore[arg-type]
-                actions,
-                rewards,
-                self._last_episode_starts,  # type: ignore[arg-type]
-                values,
-                log_probs,
-                lstm_states=self._last_lstm_states,
-            )
-            self._last_obs, self._last_episode_starts, self._last_lstm_states = new_obs, dones, lstm_states  # type: ignore[assignment]
-
-        with th.no_grad():
-            last_values = self.policy.predict_values(
-                obs_as_tensor(self._last_obs, self.device),  # type: ignore[arg-type]
-                lstm_states.vf,  # type: ignore[arg-type]
-                th.as_tensor(dones, dtype=th.float32, device=self.device),
-            )
-        rollout_buffer.compute_returns_and_advantage(last_values=last_values, dones=dones)
-        callback.on_rollout_end()
-        return True
-
-    def _truncation_values(self, infos: list[dict[str, Any]], dones: np.ndarray, lstm_states: RNNStates) -> np.ndarray:
-        """
-        The critic's value of each truncated episode's last observation, from that env's own critic LSTM state (the
-        state after the episode's last step), 0 elsewhere; all truncated envs of the step in one forward pass.
-        """
-        truncated = [
-            i
-            for i, done in enumerate(dones)
-            if done and infos[i].get("terminal_observation") is not None and infos[i].get("TimeLimit.truncated", False)
-        ]
-        values = np.zeros(len(dones), dtype=np.float32)
-        if not truncated:
-            return values
-        terminal = [infos[i]["terminal_observation"] for i in truncated]
-        if isinstance(terminal[0], dict):
-            stacked: Any = {key: np.stack([obs[key] for obs in terminal]) for key in terminal[0]}
-        else:
-            stacked = np.stack(terminal)
-        observations = self.policy.obs_to_tensor(stacked)[0]
-        index = th.as_tensor(truncated, device=self.device)
-        states = (lstm_states.vf[0][:, index].contiguous(), lstm_states.vf[1][:, index].contiguous())
-        with th.no_grad():
-            terminal_values = self.policy.predict_values(
-                observations,  # type: ignore[arg-type]
-                states,
-                th.zeros(len(truncated), dtype=th.float32, device=self.device),
-            )
-        values[truncated] = terminal_values.flatten().cpu().numpy()
-        return values
+        return collect_sb3_style(self, env, callback, rollout_buffer, n_rollout_steps, LstmStepHooks(self))
 
     # ------------------------------------------------------------------ train
 
@@ -278,6 +197,63 @@ class RecurrentMixin(NaturalGradientAlgorithm):
         :return: the trained model
         """
         return super().learn(total_timesteps, callback, log_interval, tb_log_name, reset_num_timesteps, progress_bar)
+
+
+class LstmStepHooks(StepHooks):
+    """
+    An LSTM policy's part of SB3's rollout loop: each env's actor and critic states carried from step to step (the
+    policy resets them where an episode starts), the states each step started from stored with it, a truncated
+    episode bootstrapped from its env's own critic state after the episode's last step, and so is the last value.
+
+    :param algorithm: the recurrent algorithm (its ``_last_lstm_states`` are read, and updated as the steps are stored)
+    """
+
+    algorithm: RecurrentMixin
+    policy: RecurrentActorCriticPolicy
+
+    def __init__(self, algorithm: RecurrentMixin) -> None:
+        super().__init__(algorithm)
+        self.lstm_states = algorithm._last_lstm_states
+        """The states after the current step's observation (the next step starts from them)."""
+        self.episode_starts: th.Tensor | None = None
+
+    def act(self, obs_tensor: th.Tensor | dict[str, th.Tensor]) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        starts = self.algorithm._last_episode_starts
+        self.episode_starts = th.as_tensor(starts, dtype=th.float32, device=self.algorithm.device)
+        actions, values, log_probs, self.lstm_states = self.policy(obs_tensor, self.lstm_states, self.episode_starts)  # type: ignore[arg-type]
+        return actions, values, log_probs
+
+    def step_locals(self) -> dict[str, Any]:
+        return {"lstm_states": self.lstm_states, "episode_starts": self.episode_starts}
+
+    def buffer_extras(self) -> dict[str, Any]:
+        return {"lstm_states": self.algorithm._last_lstm_states}
+
+    def advance(self) -> None:
+        self.algorithm._last_lstm_states = self.lstm_states
+
+    def bootstrap(self, rewards: np.ndarray, dones: np.ndarray, infos: list[dict[str, Any]]) -> np.ndarray:
+        """
+        :return: the rewards plus ``gamma`` times the critic's value of each truncated episode's last observation, from
+            that env's own critic state (all truncated envs of the step in one forward pass)
+        """
+        values = np.zeros(len(dones), dtype=np.float32)
+        truncated = truncations(dones, infos)
+        if truncated:
+            index = [idx for idx, _ in truncated]
+            observations = self.policy.obs_to_tensor(stack_observations([terminal for _, terminal in truncated]))[0]
+            rows = th.as_tensor(index, device=self.algorithm.device)
+            critic_states = tuple(state[:, rows].contiguous() for state in self.lstm_states.vf)
+            starts = th.zeros(len(index), dtype=th.float32, device=self.algorithm.device)
+            with th.no_grad():
+                terminal_values = self.policy.predict_values(observations, critic_states, starts)  # type: ignore[arg-type]
+            values[index] = terminal_values.flatten().cpu().numpy()
+        return rewards + self.algorithm.gamma * values
+
+    def last_values(self, last_obs: Observation, dones: np.ndarray) -> th.Tensor:
+        starts = th.as_tensor(dones, dtype=th.float32, device=self.algorithm.device)
+        with th.no_grad():
+            return self.policy.predict_values(obs_as_tensor(last_obs, self.algorithm.device), self.lstm_states.vf, starts)  # type: ignore[arg-type]
 
 
 def _recurrent_docstring(summary: str, base: type) -> str:
