@@ -440,8 +440,11 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
         self._update_learning_rate(self.policy.optimizer)
         start = time.perf_counter()
         normalize_once = self._normalizes_images and self.backends.rollouts == "fast"
-        normalized_once = images_normalized_once(self.policy, channels_last=self._images_channels_last)
-        with normalized_once if normalize_once else contextlib.nullcontext(_unchanged) as normalize:
+        with (
+            images_normalized_once(self.policy, channels_last=self._images_channels_last)
+            if normalize_once
+            else contextlib.nullcontext(_unchanged)
+        ) as normalize:
             normalized = dataclasses.replace(batch, observations=normalize(batch.observations))  # type: ignore[type-var]
             stats = self._natural_gradient_step(normalized)
             stepped = time.perf_counter()

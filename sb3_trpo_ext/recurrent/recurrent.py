@@ -124,7 +124,7 @@ class RecurrentMixin(NaturalGradientAlgorithm):
         """
         Collect ``n_rollout_steps`` steps per environment, carrying each env's LSTM states from step to step (the
         policy resets them where an episode starts) and storing in the buffer the states each step started from: SB3's
-        loop (``sb3_trpo_ext.common.rollouts.collect_sb3_style``) with :class:`LstmStepHooks`.
+        loop (``sb3_trpo_ext.common.rollouts.collect_sb3_style``) with ``LstmStepHooks``.
 
         :param env: the training environment
         :param callback: callback called at each step (with SB3's rollout locals)
