@@ -3,6 +3,7 @@ Recurrent policies where memory matters: ``RecurrentTRPO`` against sb3-contrib's
 feed-forward ``TRPO`` on the same task, and the recurrent speed run.
 
     python benchmarks/recurrent.py --algos trpo_lstm ppo_lstm trpo --envs CartPoleNoVel-v1 --seeds 0 1 2
+    python benchmarks/recurrent.py --defaults --envs CartPoleNoVel-v1 PendulumNoVel-v1   # the class defaults
     python benchmarks/recurrent.py --speed            # env-steps/s, ours vs RecurrentPPO at equal rollout sizes
     python benchmarks/recurrent.py --readme           # the tables into docs/modules/recurrent_trpo.md
 
@@ -14,6 +15,10 @@ is skipped unless ``--force``); cells run one at a time. The settings are each l
 - ``ppo_lstm``: sb3-contrib's ``RecurrentPPO`` with rl-zoo3's ``ppo_lstm.yml`` (the installed rl-zoo3's);
 - ``trpo``: our feed-forward ``TRPO`` with ``trpo_lstm.yml``'s entry, ``MlpPolicy`` and the LSTM keywords left out
   (the same network otherwise), so that the difference is the memory.
+
+With ``--defaults`` each algorithm runs at its class defaults instead, as a user without the zoo runs it:
+``Cls("MlpLstmPolicy", env, seed=s)`` (``"MlpPolicy"`` for ``trpo``), one env, no normalization, 100K steps (or
+``--steps``); those cells are stored as ``{algo}-defaults``.
 
 The tasks are rl-zoo3's registrations (``CartPoleNoVel-v1``, ``PendulumNoVel-v1``: the velocities masked), with
 ``VecNormalize`` where the YAML says ``normalize``. 10 deterministic evaluation episodes every 10% of the budget on a
@@ -50,6 +55,8 @@ LABELS = {
 }
 LSTM_KEYWORDS = ("lstm_hidden_size", "n_lstm_layers", "shared_lstm", "enable_critic_lstm", "lstm_kwargs")
 ENV_KEYS = ("n_envs", "n_timesteps", "normalize", "policy")
+DEFAULTS_SUFFIX = "-defaults"
+DEFAULTS_BUDGET = 100_000
 
 
 def yaml_entry(algo: str, env_id: str) -> dict[str, Any]:
@@ -76,6 +83,9 @@ def model_settings(algo: str, env_id: str) -> tuple[dict[str, Any], dict[str, An
     """:return: the env settings (n_envs, n_timesteps, normalize) and the constructor keywords"""
     import torch.nn as nn
 
+    if algo.endswith(DEFAULTS_SUFFIX):  # the class defaults: no keywords, one env, no normalization
+        policy = "MlpPolicy" if algo == "trpo" + DEFAULTS_SUFFIX else "MlpLstmPolicy"
+        return {"n_envs": 1, "n_timesteps": DEFAULTS_BUDGET, "normalize": False, "policy": policy}, {}
     entry = yaml_entry(algo, env_id)
     env_settings = {key: entry.pop(key) for key in ENV_KEYS if key in entry}
     kwargs = {key: schedule(value) for key, value in entry.items()}
@@ -88,6 +98,7 @@ def model_settings(algo: str, env_id: str) -> tuple[dict[str, Any], dict[str, An
 
 
 def algorithm_class(algo: str) -> type:
+    algo = algo.removesuffix(DEFAULTS_SUFFIX)
     if algo == "ppo_lstm":
         from sb3_contrib import RecurrentPPO
 
@@ -195,13 +206,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=None, help="budget (default: the YAML's n_timesteps)")
     parser.add_argument("--force", action="store_true", help="train cells whose result file exists")
+    parser.add_argument("--defaults", action="store_true", help="the class defaults instead of the YAML (see above)")
     parser.add_argument("--speed", action="store_true", help="the speed run instead of training")
     parser.add_argument("--speed-rounds", type=int, default=3)
     parser.add_argument("--speed-steps", type=int, default=10_240)
     parser.add_argument("--readme", action="store_true", help="write the tables into the docs page")
     args = parser.parse_args(argv)
     if args.readme:
-        sections.replace_readme_section(recurrent_report.report(RESULTS, ALGOS, LABELS), "recurrent", readme=PAGE)
+        sections.replace_readme_section(
+            recurrent_report.report(RESULTS, ALGOS, LABELS, DEFAULTS_SUFFIX), "recurrent", readme=PAGE
+        )
         return 0
     if args.speed:
         data = speed(args.speed_rounds, args.speed_steps)
@@ -210,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     for env_id in args.envs:
         for seed in args.seeds:
-            for algo in args.algos:
+            for algo in (f"{name}{DEFAULTS_SUFFIX}" if args.defaults else name for name in args.algos):
                 path = result_path(algo, env_id, seed)
                 if os.path.exists(path) and not args.force:
                     continue

@@ -1,5 +1,7 @@
 """RecurrentTRPO and RecurrentNaturalPG: the step's math on padded sequences, the LSTM states, save/load, errors."""
 
+from pathlib import Path
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from torch import nn
 from torch.func import functional_call
 
-from sb3_trpo_ext import RecurrentNaturalPG, RecurrentTRPO, VineTRPO
+from sb3_trpo_ext import TRPO, RecurrentNaturalPG, RecurrentTRPO, VineTRPO
 from sb3_trpo_ext.common.fisher import actor_parameters, make_fisher_vector_product
 from sb3_trpo_ext.common.natural_gradient import natural_direction
 from sb3_trpo_ext.recurrent.sequence_batch import SequenceBatch
@@ -378,3 +380,43 @@ def test_recurrent_trpo_learns_cartpole_without_velocities_where_feed_forward_tr
 
     assert train_cell("trpo_lstm", "CartPoleNoVel-v1", seed=0)["final"] >= 450
     assert train_cell("trpo", "CartPoleNoVel-v1", seed=0)["final"] < 200
+
+
+def test_the_class_defaults_cells_build_each_class_with_no_keywords_on_one_plain_env() -> None:
+    from benchmarks.recurrent import algorithm_class, model_settings
+
+    for algo, policy, cls in [
+        ("trpo_lstm-defaults", "MlpLstmPolicy", RecurrentTRPO),
+        ("trpo-defaults", "MlpPolicy", TRPO),
+    ]:
+        env_settings, kwargs = model_settings(algo, "CartPoleNoVel-v1")
+        assert kwargs == {}
+        assert env_settings == {"n_envs": 1, "n_timesteps": 100_000, "normalize": False, "policy": policy}
+        assert algorithm_class(algo) is cls
+    assert algorithm_class("ppo_lstm-defaults").__name__ == "RecurrentPPO"
+    yaml_settings, yaml_kwargs = model_settings("trpo_lstm", "CartPoleNoVel-v1")
+    assert yaml_settings["n_envs"] == 8 and yaml_kwargs["target_kl"] == 0.01  # the YAML cells are unchanged
+
+
+def test_the_recurrent_report_gives_final_and_auc_verdicts_and_a_table_for_the_class_defaults(tmp_path: Path) -> None:
+    from reporting import recurrent_report, results_io
+
+    def cell(algo: str, seed: int, final: float, curve: list[float]) -> None:
+        data = {"algo": algo, "env": "CartPoleNoVel-v1", "seed": seed, "budget": 100_000, "final": final,
+                "timesteps": [10_000 * (i + 1) for i in range(len(curve))], "returns": curve}  # fmt: skip
+        results_io.write_result(str(tmp_path / f"{algo}_{seed}.json"), data, command="test")
+
+    for seed in range(3):
+        cell("trpo_lstm", seed, 500.0 - seed, [300.0 + seed, 500.0])  # AUC about 400
+        cell("ppo_lstm", seed, 498.0 + seed, [100.0 + seed, 200.0])  # final even, AUC about 150: behind ours
+        cell("trpo_lstm-defaults", seed, 100.0 + seed, [50.0 + seed, 100.0])
+        cell("ppo_lstm-defaults", seed, 20.0 + seed, [10.0 + seed, 20.0])
+    labels = {"trpo_lstm": "RecurrentTRPO", "ppo_lstm": "RecurrentPPO"}
+    text = recurrent_report.report(str(tmp_path), ["trpo_lstm", "ppo_lstm"], labels)
+    yaml_part, defaults_part = text.split("Class defaults")
+    ppo_row = next(line for line in yaml_part.splitlines() if "| RecurrentPPO |" in line)
+    final_verdict, auc_verdict = ppo_row.split("|")[-3:-1]
+    assert final_verdict.strip().startswith("even") and auc_verdict.strip().startswith("ahead (+250")
+    ppo_defaults_row = next(line for line in defaults_part.splitlines() if "| RecurrentPPO |" in line)
+    assert "| 20, 21, 22 |" in ppo_defaults_row
+    assert ppo_defaults_row.split("|")[-3].strip().startswith("ahead (+80")
