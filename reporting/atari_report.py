@@ -42,6 +42,7 @@ from reporting.sections import replace_readme_section
 MATRIX = os.path.join(ROOT, "benchmarks", "results", "matrix")
 PROGRESS = os.path.join(ROOT, "benchmarks", "results", "atari_progress")
 GPU = os.path.join(ROOT, "benchmarks", "results", "atari_gpu")
+THROUGHPUT = os.path.join(ROOT, "benchmarks", "results", "speed_atari_before_after")
 FIGURE = os.path.join("benchmarks", "results", "atari.png")
 LAST_GAMES = 100
 
@@ -202,6 +203,39 @@ def before_after_table(all_runs: list[dict[str, Any]], at: Sequence[int] = (200_
     return lines
 
 
+def throughput_table() -> list[str]:
+    """The CPU throughput before and after the fast CPU path: the latest sitting under :data:`THROUGHPUT` (a dated
+    folder of ``benchmarks/speed_atari.py`` rounds, the two codes alternating with nothing else running), the median
+    of each code's rounds and the seconds per update of each part."""
+    dated = sorted(d for d in glob.glob(os.path.join(THROUGHPUT, "*")) if os.path.isdir(d))
+    if not dated:
+        return []
+    by_label: dict[str, list[dict[str, Any]]] = {}
+    for path in sorted(glob.glob(os.path.join(dated[-1], "*.json"))):
+        result = read_result(path)
+        by_label.setdefault(result["data"]["label"], []).append(result)
+    labels = sorted(by_label, key=lambda label: not label.startswith("before"))
+    rates = {label: [r["data"]["rows"][0]["steps_per_s"] for r in by_label[label]] for label in labels}
+    baseline = float(np.median(rates[labels[0]]))
+    first = by_label[labels[0]][0]
+    lines = [
+        f"Throughput on one core, Breakout, before and after the fast CPU path ({first['date'][:10]}, {first['machine']}, "
+        f"the two codes alternating, nothing else running; `{first['command'].split(' --label')[0]}` for before):",
+        "",
+        "| code | rounds: env-steps/s | median | vs before | rollout s | policy step s | critic fit s (per 4,096 steps) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label in labels:
+        parts = [r["data"]["seconds_per_update"]["sb3-trpo-ext"] for r in by_label[label]]
+        medians = [float(np.median([p[key] for p in parts])) for key in ("rollout", "policy_step", "critic")]
+        median = float(np.median(rates[label]))
+        lines.append(
+            f"| {label} | {', '.join(f'{rate:.1f}' for rate in rates[label])} | {median:.1f} | "
+            f"**{median / baseline:.2f}x** | " + " | ".join(f"{m:.1f}" for m in medians) + " |"
+        )
+    return lines
+
+
 def figure(all_runs: list[dict[str, Any]]) -> None:
     import matplotlib
 
@@ -256,6 +290,9 @@ def report() -> str:
         "",
         *before_after_table(all_runs),
     ]
+    throughput = throughput_table()
+    if throughput:
+        lines += ["", *throughput]
     if all_runs:
         lines += ["", f"![Atari learning curves]({FIGURE})"]
     return "\n".join(lines)

@@ -170,3 +170,25 @@ def test_benchmarks_holds_runners_only() -> None:
         else:  # a runner, or the package's own files: the statistics of the tables are reporting's
             assert "reporting.intervals" not in text and "import intervals" not in text, path.name
     assert not (BENCHMARKS / "vine_study").exists() and not (BENCHMARKS / "intervals.py").exists()
+
+
+def test_atari_throughput_table_takes_medians_of_the_latest_sitting(tmp_path, monkeypatch) -> None:
+    from reporting import atari_report
+
+    def write(folder: str, name: str, label: str, rate: float, policy_step: float) -> None:
+        parts = {"rollout": 5.0, "policy_step": policy_step, "critic": 4.0}
+        data = {"label": label, "rows": [{"lib": "sb3-trpo-ext", "steps_per_s": rate}],
+                "seconds_per_update": {"sb3-trpo-ext": parts}}  # fmt: skip
+        (tmp_path / folder).mkdir(exist_ok=True)
+        result = {"schema": 1, "machine": "m", "date": "2026-12-05T00:00", "git": None, "versions": None,
+                  "command": "python benchmarks/speed_atari.py --settings before --label x", "data": data}  # fmt: skip
+        (tmp_path / folder / name).write_text(json.dumps(result))
+
+    write("2026-01-01", "before_round1.json", "before (old)", 1.0, 99.0)  # an older sitting: not read
+    for i, (before, after) in enumerate([(80.0, 200.0), (90.0, 190.0), (85.0, 300.0)]):
+        write("2026-12-05", f"before_round{i}.json", "before (a)", before, 20.0 + i)
+        write("2026-12-05", f"after_round{i}.json", "after (b)", after, 10.0)
+    monkeypatch.setattr(atari_report, "THROUGHPUT", str(tmp_path))
+    rows = [line for line in atari_report.throughput_table() if line.startswith("| before") or line.startswith("| after")]
+    assert rows[0] == "| before (a) | 80.0, 90.0, 85.0 | 85.0 | **1.00x** | 5.0 | 21.0 | 4.0 |"
+    assert rows[1] == "| after (b) | 200.0, 190.0, 300.0 | 200.0 | **2.35x** | 5.0 | 10.0 | 4.0 |"
