@@ -18,10 +18,14 @@ from stable_baselines3.common.torch_layers import NatureCNN
 import sb3_trpo_ext.common.base as base_module
 from sb3_trpo_ext import TRPO
 from sb3_trpo_ext.common.backends import choose_backends
+from sb3_trpo_ext.common.fast_mlp import set_flat_params
 from sb3_trpo_ext.common.fisher import make_fisher_vector_product
+from sb3_trpo_ext.common.natural_gradient import STEP_CHUNK_SIZE, natural_direction
+from sb3_trpo_ext.common.policy_batch import AdvantageBatch
 from sb3_trpo_ext.common.precision import bfloat16_units
 from sb3_trpo_ext.common.preprocessing import channels_last_safe, images_normalized_once
 from sb3_trpo_ext.common.torch_layers import TRPOAtariCNN
+from sb3_trpo_ext.maskable.batch import MaskedAdvantageBatch, masked_batch
 from tests.conftest import TINY_CNN_KWARGS, TinyEnv
 
 HAS_BF16 = bfloat16_units(th.device("cpu"))
@@ -252,3 +256,53 @@ def test_trpo_trains_with_the_papers_cnn_and_the_zoo_string_names_it() -> None:
     model.learn(64)
     assert isinstance(model.policy.pi_features_extractor, TRPOAtariCNN)
     assert any(not th.equal(a, b) for a, b in zip(before, model.policy.pi_features_extractor.parameters(), strict=True))
+
+
+# ---------------------------------------------------------------------------------------------------- pieces
+
+
+def chunk_inputs(n: int = 96) -> tuple[ActorCriticPolicy, AdvantageBatch]:
+    policy = nature_policy()
+    generator = th.Generator().manual_seed(2)
+    observations = th.randint(0, 256, (n, 4, 36, 36), generator=generator).float() / 255.0
+    actions = th.randint(0, 3, (n,), generator=generator)
+    return policy, AdvantageBatch.from_rollout(observations, actions, th.randn(n, generator=generator))
+
+
+@pytest.mark.parametrize("backend", ["gauss-newton", "double-backprop"])
+def test_the_step_over_pieces_computes_what_the_whole_batch_does(backend: str) -> None:
+    policy, batch = chunk_inputs()
+    policy.normalize_images = False  # the frames are already in [0, 1]
+    params = list(policy.pi_features_extractor.parameters()) + list(policy.action_net.parameters())
+    whole = natural_direction(policy, batch, backend, 0.1, 10, params=params)  # type: ignore[arg-type]
+    pieces = natural_direction(policy, batch, backend, 0.1, 10, params=params, chunk_size=40)  # 40 + 40 + 16 states
+    assert whole.direction is not None and pieces.direction is not None
+    assert pieces.objective == pytest.approx(whole.objective, rel=1e-5, abs=1e-7)
+    th.testing.assert_close(pieces.gradient, whole.gradient, rtol=1e-4, atol=1e-6)
+    th.testing.assert_close(pieces.direction, whole.direction, rtol=1e-3, atol=1e-5)
+    old = th.cat([p.detach().reshape(-1) for p in params])
+    set_flat_params(params, old + 0.5 * whole.direction / whole.direction.norm())  # a step, measured both ways
+    assert whole.evaluate is not None and pieces.evaluate is not None
+    (objective, kl), (objective_pieces, kl_pieces) = whole.evaluate(), pieces.evaluate()
+    assert kl > 1e-4 and kl_pieces == pytest.approx(kl, rel=1e-4)
+    assert objective_pieces == pytest.approx(objective, rel=1e-4, abs=1e-6)
+
+
+def test_pieces_keep_every_field_and_weigh_by_their_states() -> None:
+    _, batch = chunk_inputs(10)
+    masks = th.rand(10, 3, generator=th.Generator().manual_seed(3)) > 0.3
+    masked = masked_batch(batch.observations, batch.actions, batch.advantages, masks, normalize_advantage=False)
+    pieces = masked.chunks(4)
+    assert [len(piece.actions) for piece, _ in pieces] == [4, 4, 2]
+    assert [weight for _, weight in pieces] == [0.4, 0.4, 0.2]
+    assert all(isinstance(piece, MaskedAdvantageBatch) for piece, _ in pieces)
+    th.testing.assert_close(th.cat([piece.action_masks for piece, _ in pieces]), masked.action_masks)  # type: ignore[attr-defined]
+    th.testing.assert_close(th.cat([piece.advantages for piece, _ in pieces]), masked.advantages)  # type: ignore[attr-defined]
+
+
+def test_only_stock_image_policies_on_the_cpu_step_over_pieces() -> None:
+    env = make_vec_env(lambda: TinyEnv(observation="image"), n_envs=2, seed=0)
+    kwargs = dict(features_extractor_class=NatureCNN, features_extractor_kwargs=dict(features_dim=16))
+    assert TRPO("CnnPolicy", env, policy_kwargs=kwargs)._step_chunk_size == STEP_CHUNK_SIZE
+    assert image_model()._step_chunk_size is None  # a user's extractor: one pass, as its author wrote it
+    assert TRPO("MlpPolicy", "Pendulum-v1")._step_chunk_size is None

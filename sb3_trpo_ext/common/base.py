@@ -40,7 +40,7 @@ from sb3_trpo_ext.common.backends import choose_backends
 from sb3_trpo_ext.common.critic import fit_critic
 from sb3_trpo_ext.common.fast_mlp import mlp_plan
 from sb3_trpo_ext.common.fisher import SUPPORTED_DISTRIBUTIONS, actor_parameters
-from sb3_trpo_ext.common.natural_gradient import StepRule, StepSettings, natural_gradient_step
+from sb3_trpo_ext.common.natural_gradient import STEP_CHUNK_SIZE, StepRule, StepSettings, natural_gradient_step
 from sb3_trpo_ext.common.policy_batch import AdvantageBatch, PolicyBatch
 from sb3_trpo_ext.common.precision import PRECISION_SETTINGS, PrecisionSetting
 from sb3_trpo_ext.common.preprocessing import channels_last_safe, images_normalized_once, normalizes_images
@@ -270,6 +270,8 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
         """Whether an update divides the image observations by 255 once (:mod:`~sb3_trpo_ext.common.preprocessing`)."""
         self._images_channels_last = channels_last_safe(self.policy)
         """Whether those images are laid out channels-last for the update's convolutions (faster on the CPU)."""
+        self._step_chunk_size = STEP_CHUNK_SIZE if self._images_channels_last else None
+        """The surrogate's passes over pieces of frames (same sums; the CPU's caches hold a piece's activations)."""
         self.mlp_plan = mlp_plan(self.policy)
         """What the NumPy paths run the policy with, read off it once (:class:`~sb3_trpo_ext.common.fast_mlp.MlpPlan`)."""
         self.backends = choose_backends(self.policy, self.precision, self.mlp_plan)
@@ -331,7 +333,7 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
         """
         settings = StepSettings(
             self.max_kl, self.fisher_damping, self.cg_max_steps, self.backends.fisher, self.fisher_sample_fraction,
-            self.damped_step_length, self.backends.precision,
+            self.damped_step_length, self.backends.precision, self._step_chunk_size,
         )  # fmt: skip
         outcome = natural_gradient_step(self.policy, batch, self._actor_params, self._step_rule(), settings, self.mlp_plan)
         if outcome.counts_as_skipped:
@@ -361,7 +363,14 @@ class NaturalGradientAlgorithm(OnPolicyAlgorithm):
     def _excluded_save_params(self) -> list[str]:
         # the plan holds the policy's own modules, and the actor's parameters are the policy's: both are rebuilt by
         # _setup_model on load
-        return [*super()._excluded_save_params(), "mlp_plan", "_actor_params", "_normalizes_images", "_images_channels_last"]
+        return [
+            *super()._excluded_save_params(),
+            "mlp_plan",
+            "_actor_params",
+            "_normalizes_images",
+            "_images_channels_last",
+            "_step_chunk_size",
+        ]
 
     def learn(
         self: SelfNaturalGradientAlgorithm,

@@ -42,6 +42,7 @@ __all__ = [
     "LineSearch",
     "Measure",
     "NaturalDirection",
+    "STEP_CHUNK_SIZE",
     "StepOutcome",
     "StepRule",
     "StepSettings",
@@ -53,6 +54,10 @@ __all__ = [
     "natural_direction",
     "natural_gradient_step",
 ]
+
+STEP_CHUNK_SIZE = 256
+"""States per pass of the surrogate's gradient and measures on image batches on the CPU (``model._step_chunk_size``):
+one NatureCNN pass over 4,096 frames and back took 3.8 s on one core, 16 passes of 256 frames 2.4 s."""
 
 Measure = Callable[[], tuple[float, float]]
 """Measures ``(surrogate, mean KL to the old policy)`` at the parameters the policy holds now."""
@@ -137,6 +142,8 @@ class StepSettings:
     """``beta`` from ``s^T (F + damping I) s``, as sb3-contrib, instead of the paper's ``s^T F s``."""
     precision: Precision = "float32"
     """The number format of the Fisher products' network passes (everything else is float32)."""
+    chunk_size: int | None = None
+    """The most states per pass of the surrogate's gradient and measures (``None``: the whole batch)."""
 
 
 def natural_gradient_step(
@@ -162,7 +169,7 @@ def natural_gradient_step(
     # direction: the surrogate's gradient g, and s ~ (F + damping I)^-1 g by conjugate gradient
     found = natural_direction(
         policy, batch, settings.fisher_backend, settings.damping, settings.cg_max_steps,
-        settings.fisher_sample_fraction, params, settings.precision, plan,
+        settings.fisher_sample_fraction, params, settings.precision, plan, settings.chunk_size,
     )  # fmt: skip
     if found.failure is not None:
         return StepOutcome.skip(found.objective, found.failure, found.diagnostics)
@@ -247,6 +254,7 @@ def natural_direction(
     params: Sequence[th.Tensor] | None = None,
     precision: Precision = "float32",
     plan: MlpPlan | None = None,
+    chunk_size: int | None = None,
 ) -> NaturalDirection:
     """
     The surrogate's gradient ``g``, the conjugate-gradient solution ``s`` of ``(F + damping I) s = g`` (the only place
@@ -261,22 +269,33 @@ def natural_direction(
     :param params: the actor's parameters (default: found from the policy's distribution)
     :param precision: the number format of the Fisher products' network passes (everything else is float32)
     :param plan: the policy's MLP plan (``model.mlp_plan``), for the NumPy Fisher path
+    :param chunk_size: run the surrogate's passes (gradient, measures) over pieces of at most this many states where
+        the batch splits (:meth:`~sb3_trpo_ext.common.policy_batch.PolicyBatch.chunks`): the same sums, in another
+        order, and far faster for convolutions on the CPU, whose activations of thousands of frames do not fit the
+        caches; ``None``: the whole batch in one pass
     :return: the direction, or the reason there is none
     """
-    distribution = batch.distribution(policy)
-    old_distribution = detach_distribution(distribution)
-    log_prob = distribution.log_prob(batch.actions)
-    old_log_prob = log_prob.detach()
-    params = list(params) if params is not None else list(actor_parameters(policy, distribution))
-    objective = batch.surrogate(log_prob, old_log_prob)
-    gradient = flat_grad(objective, params, retain_graph=True)
-    found = NaturalDirection(params=params, objective=float(objective.item()), gradient=gradient)
+    params = list(params) if params is not None else list(actor_parameters(policy, batch.distribution(policy)))
+    split = batch.chunks(chunk_size) if chunk_size is not None and len(batch.actions) > chunk_size else None
+    pieces = split or [(batch, 1.0)]
+    objective, gradient, distribution = 0.0, th.zeros(0), None
+    olds: list[tuple[PolicyBatch, float, Distribution, th.Tensor]] = []  # each piece, its weight, old distribution, log-probs
+    for piece, weight in pieces:  # the surrogate and its gradient, as weighted sums over the pieces
+        distribution = piece.distribution(policy)
+        log_prob = distribution.log_prob(piece.actions)
+        piece_objective = weight * piece.surrogate(log_prob, log_prob.detach())
+        piece_gradient = flat_grad(piece_objective, params, retain_graph=len(pieces) == 1)
+        gradient = piece_gradient if len(olds) == 0 else gradient + piece_gradient
+        objective += float(piece_objective.item())
+        olds.append((piece, weight, detach_distribution(distribution), log_prob.detach()))
+    found = NaturalDirection(params=params, objective=objective, gradient=gradient)
     if not (batch.is_finite() and th.isfinite(gradient).all()):
         found.failure = "non-finite advantages or gradient"
         return found
 
+    whole = distribution if len(pieces) == 1 else None  # reused by the Fisher product where it can be
     fisher = _batch_fisher_product(
-        policy, batch, distribution, params, fisher_backend, fisher_sample_fraction, precision, plan, gradient.device
+        policy, batch, whole, params, fisher_backend, fisher_sample_fraction, precision, plan, gradient.device
     )
     cg = conjugate_gradient(lambda v: fisher(v) + damping * v, gradient, cg_max_steps)
     found.diagnostics = {"cg_residual": cg.residual_norm, "cg_iterations": float(cg.iterations)}
@@ -286,11 +305,14 @@ def natural_direction(
     found.direction, found.fisher_direction = cg.solution, fisher(cg.solution)
 
     def evaluate() -> tuple[float, float]:
+        new_objective = kl = 0.0
         with th.no_grad():
-            new_distribution = batch.distribution(policy)
-            new_objective = batch.surrogate(new_distribution.log_prob(batch.actions), old_log_prob)
-            kl = batch.state_mean(kl_per_state(old_distribution, new_distribution))
-        return float(new_objective.item()), float(kl.item())
+            for piece, weight, old_distribution, old_log_prob in olds:
+                new_distribution = piece.distribution(policy)
+                surrogate = piece.surrogate(new_distribution.log_prob(piece.actions), old_log_prob)
+                new_objective += float((weight * surrogate).item())
+                kl += float((weight * piece.state_mean(kl_per_state(old_distribution, new_distribution))).item())
+        return new_objective, kl
 
     found.evaluate = evaluate
     return found
@@ -299,7 +321,7 @@ def natural_direction(
 def _batch_fisher_product(
     policy: ActorCriticPolicy,
     batch: PolicyBatch,
-    distribution: Distribution,
+    distribution: Distribution | None,
     params: Sequence[th.Tensor],
     backend: FisherBackend,
     sample_fraction: float,
@@ -309,7 +331,7 @@ def _batch_fisher_product(
 ) -> FisherVectorProduct:
     """
     :return: the undamped Fisher-vector product of ``batch``, or of a random ``sample_fraction`` of its states
-        (``distribution``: the policy's on the whole batch, reused where it can be; ``device``: of the subsample's
+        (``distribution``: the policy's on the whole batch, if at hand, reused where it can be; ``device``: of the subsample's
         indices)
     """
     fisher_batch, n_samples = batch, len(batch.actions)

@@ -6,6 +6,7 @@ vine method's batch (:class:`sb3_trpo_ext.vine.rollout_set.VineBatch`) holds Q-v
 The trust-region step only needs what :class:`PolicyBatch` declares.
 """
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +63,15 @@ class PolicyBatch:
         """:return: whether the estimates the surrogate weighs the actions with are all finite"""
         raise NotImplementedError
 
+    def chunks(self, size: int) -> "list[tuple[PolicyBatch, float]] | None":
+        """
+        :param size: the most states a piece holds
+        :return: the batch in consecutive pieces, each with its weight, such that the weighted sum of the pieces'
+            surrogates (and of their :meth:`state_mean`) is the batch's; ``None`` where the batch does not split so
+            (the default: a vine or recurrent batch is evaluated whole)
+        """
+        return None
+
 
 @dataclass
 class AdvantageBatch(PolicyBatch):
@@ -106,6 +116,17 @@ class AdvantageBatch(PolicyBatch):
 
     def is_finite(self) -> bool:
         return bool(th.isfinite(self.advantages).all())
+
+    def chunks(self, size: int) -> list[tuple[PolicyBatch, float]]:
+        """Pieces of the same class, every field (one row per state) cut alike, weighted by their share of states:
+        the surrogate and the state mean are means over states."""
+        n_states = len(self.actions)
+        pieces: list[tuple[PolicyBatch, float]] = []
+        for start in range(0, n_states, size):
+            rows = slice(start, min(start + size, n_states))
+            fields = {field.name: index_observations(getattr(self, field.name), rows) for field in dataclasses.fields(self)}
+            pieces.append((dataclasses.replace(self, **fields), (rows.stop - rows.start) / n_states))  # type: ignore[arg-type]
+        return pieces
 
 
 @dataclass
