@@ -220,7 +220,8 @@ def throughput_table() -> list[str]:
     first = by_label[labels[0]][0]
     lines = [
         f"Throughput on one core, Breakout, before and after the fast CPU path ({first['date'][:10]}, {first['machine']}, "
-        f"the two codes alternating, nothing else running; `{first['command'].split(' --label')[0]}` for before):",
+        f"the codes alternating, nothing else running; `{first['command'].split(' --label')[0]}` for before; "
+        "pieces: the policy step's gradient and line search over pieces of 256 frames):",
         "",
         "| code | rounds: env-steps/s | median | vs before | rollout s | policy step s | critic fit s (per 4,096 steps) |",
         "|---|---|---|---|---|---|---|",
