@@ -92,6 +92,14 @@ VARIANTS: dict[str, Variant] = {
     "trpo_ext-fisher-all": Variant(
         "trpo_ext", "Fisher-vector products on the whole batch", lambda env: {"fisher_sample_fraction": 1.0}
     ),
+    # the vine's Atari entry takes 400K simulator steps per iteration (the paper's): 5 updates in the 2M steps of the
+    # atari preset. At equal simulator steps against TRPO, an iteration 30x smaller: trunk 512, N = 64 states, K = 4
+    # uniform actions, m = 50 -> 512 + 12,800 = 13,312 steps, 150 iterations in 2M
+    "vine_trpo-atari-2m": Variant(
+        "vine_trpo",
+        "the vine's Atari entry with iterations of 13,312 simulator steps (150 in 2M) instead of 400K",
+        lambda env: {"n_steps": 512, "n_rollout_states": 64, "rollout_length": 50},
+    ),
     "trpo_ext-contrib-engine": Variant(
         "trpo_ext",
         "sb3-contrib's trust region, damping and Fisher batch in ours: target_kl and cg_damping x d, whole-batch Fisher",
@@ -169,7 +177,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # issue 25: the paper's seven games at 2M steps (hours per cell: checkpointed, resumed by a restarted runner). Also
     # for --algos sb3-contrib --envs BreakoutNoFrameskip-v4 (benchmarks/matrix_configs/trpo_contrib.yml: our settings)
-    # and --algos vine_trpo --envs BreakoutNoFrameskip-v4 QbertNoFrameskip-v4.
+    # and --algos vine_trpo-atari-2m --envs BreakoutNoFrameskip-v4 QbertNoFrameskip-v4 (the vine at equal simulator
+    # steps; its YAML entry's paper-size iterations would make 5 updates in 2M steps).
     "atari": {
         "algos": ["trpo_ext"],
         "envs": list(ATARI_GAMES),
@@ -250,7 +259,7 @@ def zoo_eval_freq(algo: str, env: str, eval_freq: int) -> int:
     """
     if base_algo(algo) != "vine_trpo" or algo in DEFAULTS:  # train_defaults.py scales the vine's itself
         return eval_freq
-    entry = config_entry(algo, env)
+    entry = {**config_entry(algo, env), **variant_params(algo, env)}
     trunk = int(entry.get("n_envs", 1)) * int(entry.get("n_steps", 2048))
     branches = int(entry["n_rollout_states"]) * int(entry["n_actions_per_state"]) * int(entry["rollout_length"])
     # at most one evaluation per iteration: the policy does not change during a trunk

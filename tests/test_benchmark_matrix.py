@@ -150,6 +150,11 @@ def test_commands_and_budgets(tmp_path: Path) -> None:
     # vine: callbacks on trunk steps only (512 per 512 + 64 x 2 x 10 simulator steps), at most one evaluation per trunk
     assert matrix_cells.zoo_eval_freq("vine_trpo", "CartPole-v1", 500) == 512
     assert matrix_cells.zoo_eval_freq("vine_trpo", "CartPole-v1", 50_000) == round(50_000 * 512 / 1792)
+    # a variant's iteration is its -params': the Atari vine at equal steps has 512 + 64 x 4 x 50, not 4,000 + 396,000
+    atari_vine = matrix_cells.make_cells(["vine_trpo-atari-2m"], ["BreakoutNoFrameskip-v4"], [0], budget=2_000_000)[0]
+    assert atari_vine.command()[-4:] == ["-params", "n_steps:512", "n_rollout_states:64", "rollout_length:50"]
+    assert matrix_cells.zoo_eval_freq("vine_trpo-atari-2m", "BreakoutNoFrameskip-v4", 100_000) == round(100_000 * 512 / 13_312)
+    assert matrix_cells.zoo_eval_freq("vine_trpo", "BreakoutNoFrameskip-v4", 100_000) == 4_000  # one per paper iteration
     small = matrix_cells.make_cells(["natural_pg"], ["Pendulum-v1"], [1], budget=3000, eval_freq=700)[0]
     assert (small.budget, small.eval_freq) == (3000, 700)
     assert matrix_cells.make_cells(["trpo_ext"], ["MountainCarContinuous-v0"], [0])[0].eval_freq == 2_500

@@ -351,3 +351,36 @@ def test_atari_cells_checkpoint_and_record_full_games(tmp_path: Path) -> None:
     assert games["episodes"]["steps"][:2] == [8, 16] and games["episodes"]["scores"][-1] == 149.0
     assert games["last_100_mean"] == pytest.approx(np.mean(np.arange(50, 150)))
     json.dumps(games)  # goes into the result file
+
+
+def test_a_killed_vine_run_resumes_and_ends_where_an_uninterrupted_one_does(tmp_path: Path) -> None:
+    # the vine counts trunk and branch steps (512 + up to 64 x 2 x 10 per CartPole-v1 iteration) and calls callbacks on
+    # trunk steps only: its checkpoints are taken by step count, and its branch generator is in the checkpoint
+    def command(logs: Path) -> list[str]:
+        vine = ["--algo", "vine_trpo", "--eval-freq", "512", "--checkpoint-freq", "5000", "-f", str(logs)]
+        return [*zoo_command(logs), *vine]  # the later flags win
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    whole = subprocess.run(command(tmp_path / "whole"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert whole.returncode == 0, whole.stdout[-3000:] + whole.stderr[-3000:]
+    run_dir = tmp_path / "cut" / "vine_trpo" / "CartPole-v1_1"
+    run_until_first_checkpoint(command(tmp_path / "cut"), run_dir, tmp_path / "first.log")
+    first = latest_checkpoint(run_dir)
+    assert first is not None and 5_000 <= first.steps < BUDGET
+    second = subprocess.run(command(tmp_path / "cut"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+
+    final, reference = latest_checkpoint(run_dir), latest_checkpoint(tmp_path / "whole" / "vine_trpo" / "CartPole-v1_1")
+    assert final is not None and reference is not None and final.state.resumed_at == [first.steps]
+    # the budget in whole iterations (the envs restart at the resume, so later branch counts differ from the whole run's)
+    assert final.state.finished and BUDGET <= final.steps < BUDGET + 512 + 64 * 2 * 10
+    assert abs(final.state.n_updates - reference.state.n_updates) <= 1
+    # one evaluation per iteration (at the end of its trunk): those before the checkpoint are the whole run's, none
+    # repeated or lost after it
+    evaluations = list(np.load(run_dir / "evaluations.npz")["timesteps"])
+    reference_evaluations = list(np.load(reference.path.parent / "evaluations.npz")["timesteps"])
+    before = [step for step in reference_evaluations if step < first.steps]
+    assert evaluations[: len(before)] == before and evaluations == sorted(set(evaluations))
+    assert len(evaluations) == final.state.n_updates
+    steps = [episode.step for episode in read_episodes(run_dir / EPISODES_FILE)]
+    assert steps == sorted(steps) and steps[-1] <= final.steps
