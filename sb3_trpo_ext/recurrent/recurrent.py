@@ -18,7 +18,11 @@ import torch as th
 from gymnasium import spaces
 from sb3_contrib.common.recurrent.buffers import RecurrentDictRolloutBuffer, RecurrentRolloutBuffer
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
-from sb3_contrib.common.recurrent.type_aliases import RecurrentRolloutBufferSamples, RNNStates
+from sb3_contrib.common.recurrent.type_aliases import (
+    RecurrentDictRolloutBufferSamples,
+    RecurrentRolloutBufferSamples,
+    RNNStates,
+)
 from sb3_contrib.ppo_recurrent.policies import CnnLstmPolicy, MlpLstmPolicy, MultiInputLstmPolicy
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
@@ -169,7 +173,7 @@ class RecurrentMixin(NaturalGradientAlgorithm):
         losses = (partial(self._sequence_critic_loss, sequences) for epoch in epochs for sequences in epoch)
         return optimizer_steps(self.policy.optimizer, losses, frozen=self._actor_params)
 
-    def _sequence_critic_loss(self, sequences: RecurrentRolloutBufferSamples) -> th.Tensor:
+    def _sequence_critic_loss(self, sequences: RecurrentRolloutBufferSamples | RecurrentDictRolloutBufferSamples) -> th.Tensor:
         """:return: the critic's squared error on a mini-batch of sequences, averaged over its real steps"""
         states, starts = starts_folded(sequences.lstm_states.vf, sequences.episode_starts)  # type: ignore[arg-type]
         values = self.policy.predict_values(sequences.observations, states, starts).flatten()  # type: ignore[arg-type]
