@@ -92,12 +92,9 @@ VARIANTS: dict[str, Variant] = {
     "trpo_ext-fisher-all": Variant(
         "trpo_ext", "Fisher-vector products on the whole batch", lambda env: {"fisher_sample_fraction": 1.0}
     ),
-    # the vine's Atari entry takes 400K simulator steps per iteration (the paper's): 5 updates in the 2M steps of the
-    # atari preset. At equal simulator steps against TRPO, an iteration 30x smaller: trunk 512, N = 64 states, K = 4
-    # uniform actions, m = 50 -> 512 + 12,800 = 13,312 steps, 150 iterations in 2M
-    "vine_trpo-atari-2m": Variant(
+    "vine_trpo-atari-2m": Variant(  # the YAML's 400K-step iterations (the paper's) make 5 updates in 2M steps
         "vine_trpo",
-        "the vine's Atari entry with iterations of 13,312 simulator steps (150 in 2M) instead of 400K",
+        "the vine's Atari entry with iterations of 512 + 64 x 4 x 50 = 13,312 simulator steps (150 in 2M), not 400K",
         lambda env: {"n_steps": 512, "n_rollout_states": 64, "rollout_length": 50},
     ),
     "trpo_ext-contrib-engine": Variant(
@@ -177,8 +174,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # issue 25: the paper's seven games at 2M steps (hours per cell: checkpointed, resumed by a restarted runner). Also
     # for --algos sb3-contrib --envs BreakoutNoFrameskip-v4 (benchmarks/matrix_configs/trpo_contrib.yml: our settings)
-    # and --algos vine_trpo-atari-2m --envs BreakoutNoFrameskip-v4 QbertNoFrameskip-v4 (the vine at equal simulator
-    # steps; its YAML entry's paper-size iterations would make 5 updates in 2M steps).
+    # and --algos vine_trpo-atari-2m --envs BreakoutNoFrameskip-v4 QbertNoFrameskip-v4 (the vine at equal steps).
     "atari": {
         "algos": ["trpo_ext"],
         "envs": list(ATARI_GAMES),

@@ -58,7 +58,12 @@ REFERENCE: dict[str, dict[str, float]] = {
 }
 """Published scores per game (``REFERENCE.md``): random and human play, the paper (~50M steps), baselines (10M)."""
 
-ALGOS = {"trpo_ext": "TRPO (ours)", "vine_trpo": "VineTRPO (ours)", "sb3-contrib": "sb3-contrib TRPO"}
+ALGOS = {
+    "trpo_ext": "TRPO (ours)",
+    "vine_trpo": "VineTRPO (ours)",
+    "vine_trpo-atari-2m": "VineTRPO (ours, 13K-step iterations)",
+    "sb3-contrib": "sb3-contrib TRPO",
+}
 
 
 def game_name(env_id: str) -> str:
